@@ -1,0 +1,76 @@
+//! The audit trail: an ATTEMPT record when work starts, an OUTCOME record
+//! when it ends (committed with the data it describes).
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    ConnectionCreated,
+    ConnectionRevoked,
+    SyncAttempted,
+    SyncSucceeded,
+    SyncFailed,
+    AuthFailed,
+}
+
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectionCreated => "connection_created",
+            Self::ConnectionRevoked => "connection_revoked",
+            Self::SyncAttempted => "sync_attempted",
+            Self::SyncSucceeded => "sync_succeeded",
+            Self::SyncFailed => "sync_failed",
+            Self::AuthFailed => "auth_failed",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditPhase {
+    Attempt,
+    Outcome,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditOutcome {
+    Attempted,
+    Succeeded,
+    Failed,
+}
+
+/// One row of the audit trail, ready to be appended.
+#[derive(Clone, Debug)]
+pub struct AuditEntry {
+    pub action: AuditAction,
+    pub phase: AuditPhase,
+    pub outcome: AuditOutcome,
+    /// `user:<sub>` or `system:<component>`.
+    pub actor: String,
+    pub resource_type: &'static str,
+    pub resource_id: String,
+    pub correlation_id: Option<String>,
+    pub reason: Option<String>,
+    /// Never token material.
+    pub context: serde_json::Value,
+}
+
+impl AuditPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Attempt => "attempt",
+            Self::Outcome => "outcome",
+        }
+    }
+}
+
+impl AuditOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Attempted => "attempted",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+}

@@ -1,0 +1,12 @@
+-- Batched failure: each job goes to 'retryable' (run_at pushed back by its
+-- delay) or 'failed' (dead), with the error appended to its history.
+UPDATE jobs AS j
+SET state = u.state,
+    run_at = CASE WHEN u.state = 'retryable' THEN now() + u.delay_ms * interval '1 millisecond'
+                  ELSE j.run_at END,
+    finished_at = CASE WHEN u.state = 'failed' THEN now() END,
+    locked_by = NULL,
+    errors = j.errors || jsonb_build_array(jsonb_build_object(
+        'attempt', j.attempt, 'at', now(), 'error', u.message))
+FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[]) AS u(id, state, delay_ms, message)
+WHERE j.id = u.id AND j.state = 'running' AND j.locked_by = $5

@@ -1,0 +1,200 @@
+//! Dashtam's Postgres-backed job queue.
+//!
+//! * [`Queue`] is the client side: enqueue (single with unique keys, or in
+//!   bulk), read a job, report progress.
+//! * [`WorkerPool`] runs handlers: batched claims with `FOR UPDATE SKIP
+//!   LOCKED`, wake-ups by `LISTEN/NOTIFY` with a polling fallback, batched
+//!   completion, retries scheduled in the database with exponential backoff
+//!   and jitter, heartbeats and orphan rescue, graceful shutdown.
+//!
+//! Architecture invariant: this crate owns the `jobs` and `queue_workers`
+//! tables; nothing else writes them.
+
+mod backoff;
+mod worker;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub use backoff::Backoff;
+pub use worker::{Handler, JobContext, JobError, QueueConfig, WorkerConfig, WorkerPool};
+
+/// Postgres `NOTIFY` channel that wakes idle workers.
+pub const NOTIFY_CHANNEL: &str = "dashtam_jobs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// A job to enqueue.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub queue: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    /// Lower runs first; 0 is the default.
+    pub priority: i16,
+    pub max_attempts: i32,
+    /// Not before this time (`None`: now).
+    pub run_at: Option<DateTime<Utc>>,
+    /// At most one pending or running job per key.
+    pub unique_key: Option<String>,
+    /// The tenant the job belongs to, for access checks.
+    pub owner: Option<String>,
+}
+
+impl NewJob {
+    pub fn new(queue: &str, kind: &str, payload: serde_json::Value) -> Self {
+        Self {
+            queue: queue.to_owned(),
+            kind: kind.to_owned(),
+            payload,
+            priority: 0,
+            max_attempts: 5,
+            run_at: None,
+            unique_key: None,
+            owner: None,
+        }
+    }
+}
+
+/// A job row as clients see it.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct JobRecord {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub state: String,
+    pub priority: i16,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub run_at: DateTime<Utc>,
+    pub unique_key: Option<String>,
+    pub owner: Option<String>,
+    pub locked_by: Option<Uuid>,
+    pub progress: Option<serde_json::Value>,
+    pub errors: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl JobRecord {
+    /// Whether the job will not run again by itself.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
+    }
+}
+
+/// Whether [`Queue::enqueue`] made a new job or found a pending one with the
+/// same unique key.
+#[derive(Debug)]
+pub enum Enqueued {
+    Created(JobRecord),
+    Existing(JobRecord),
+}
+
+impl Enqueued {
+    pub fn job(&self) -> &JobRecord {
+        match self {
+            Self::Created(j) | Self::Existing(j) => j,
+        }
+    }
+}
+
+/// The client side of the queue.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    pool: PgPool,
+}
+
+impl Queue {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Enqueues one job; with a unique key, returns the pending job holding
+    /// that key instead of creating a second one.
+    pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            job: JobRecord,
+            created: bool,
+        }
+        // The unique-key conflict and the lookup of the winner are one
+        // statement, but a winner that finishes in between makes it come back
+        // empty: then the insert is simply tried again.
+        loop {
+            let row: Option<Row> = sqlx::query_as(include_str!("../queries/enqueue.sql"))
+                .bind(Uuid::now_v7())
+                .bind(&job.queue)
+                .bind(&job.kind)
+                .bind(&job.payload)
+                .bind(job.priority)
+                .bind(job.max_attempts)
+                .bind(job.run_at.unwrap_or_else(Utc::now))
+                .bind(&job.unique_key)
+                .bind(&job.owner)
+                .fetch_optional(&self.pool)
+                .await?;
+            match row {
+                Some(Row { job, created: true }) => return Ok(Enqueued::Created(job)),
+                Some(Row { job, created: false }) => return Ok(Enqueued::Existing(job)),
+                None => continue,
+            }
+        }
+    }
+
+    /// Enqueues many jobs in one statement (unique keys are not applied).
+    /// Returns how many rows were inserted.
+    pub async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<u64, QueueError> {
+        let mut ids = Vec::with_capacity(jobs.len());
+        let mut queues = Vec::with_capacity(jobs.len());
+        let mut kinds = Vec::with_capacity(jobs.len());
+        let mut payloads = Vec::with_capacity(jobs.len());
+        let mut priorities = Vec::with_capacity(jobs.len());
+        let mut max_attempts = Vec::with_capacity(jobs.len());
+        let mut run_ats = Vec::with_capacity(jobs.len());
+        let mut owners = Vec::with_capacity(jobs.len());
+        let now = Utc::now();
+        for job in jobs {
+            ids.push(Uuid::now_v7());
+            queues.push(job.queue.as_str());
+            kinds.push(job.kind.as_str());
+            payloads.push(&job.payload);
+            priorities.push(job.priority);
+            max_attempts.push(job.max_attempts);
+            run_ats.push(job.run_at.unwrap_or(now));
+            owners.push(job.owner.as_deref());
+        }
+        let done = sqlx::query(include_str!("../queries/enqueue_many.sql"))
+            .bind(&ids)
+            .bind(&queues)
+            .bind(&kinds)
+            .bind(&payloads)
+            .bind(&priorities)
+            .bind(&max_attempts)
+            .bind(&run_ats)
+            .bind(&owners)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, QueueError> {
+        Ok(sqlx::query_as(include_str!("../queries/get.sql"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+}

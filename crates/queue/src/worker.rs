@@ -1,0 +1,559 @@
+//! The worker runtime: claims jobs, runs handlers, records outcomes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+use uuid::Uuid;
+
+use crate::{Backoff, NOTIFY_CHANNEL, QueueError};
+
+/// Per-queue settings.
+#[derive(Clone, Debug)]
+pub struct QueueConfig {
+    pub name: String,
+    /// Jobs of this queue running at once in this process.
+    pub concurrency: usize,
+    /// Most jobs claimed in one round trip.
+    pub fetch_batch: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Shown in `queue_workers.name` (host and pid, say); the id is unique
+    /// per process regardless.
+    pub name: String,
+    pub queues: Vec<QueueConfig>,
+    /// Fallback poll when no notification arrives (also picks up retries
+    /// and scheduled jobs falling due).
+    pub poll_interval: Duration,
+    pub heartbeat_interval: Duration,
+    /// A worker silent for this long is presumed dead and its jobs rescued.
+    pub orphan_timeout: Duration,
+    /// How often this process looks for orphans.
+    pub rescue_interval: Duration,
+    pub backoff: Backoff,
+    /// Most outcomes written in one statement.
+    pub completion_batch: usize,
+    /// On shutdown, how long running jobs may take to finish before they are
+    /// handed back.
+    pub shutdown_timeout: Duration,
+}
+
+/// What a handler reports when a job did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Try again later: after `after` if given (a provider's `Retry-After`),
+    /// else after the configured backoff.
+    #[error("{message}")]
+    Retry { message: String, after: Option<Duration> },
+    /// Retrying cannot help: the job dies now.
+    #[error("{message}")]
+    Permanent { message: String },
+}
+
+impl JobError {
+    pub fn retry(message: impl Into<String>) -> Self {
+        Self::Retry { message: message.into(), after: None }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::Permanent { message: message.into() }
+    }
+}
+
+/// What a handler is given: the claimed job and a way to report progress.
+#[derive(Clone, Debug)]
+pub struct JobContext {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    /// 1 on the first run.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub owner: Option<String>,
+    worker_id: Uuid,
+    pool: PgPool,
+}
+
+impl JobContext {
+    /// Records progress visible through the job's status.
+    pub async fn set_progress(&self, progress: &serde_json::Value) -> Result<(), QueueError> {
+        sqlx::query(include_str!("../queries/set_progress.sql"))
+            .bind(self.id)
+            .bind(progress)
+            .bind(self.worker_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, job: &JobContext) -> Result<(), JobError>;
+}
+
+enum Outcome {
+    Succeeded,
+    Failed { state: &'static str, delay: Duration, message: String },
+}
+
+struct Completion {
+    id: Uuid,
+    outcome: Outcome,
+}
+
+/// A pool of workers over one or more queues, in one process.
+pub struct WorkerPool {
+    pool: PgPool,
+    config: WorkerConfig,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    id: Uuid,
+}
+
+impl WorkerPool {
+    pub fn new(pool: PgPool, config: WorkerConfig) -> Self {
+        Self { pool, config, handlers: HashMap::new(), id: Uuid::now_v7() }
+    }
+
+    /// Registers the handler for jobs of `kind`.
+    pub fn handle(mut self, kind: &str, handler: Arc<dyn Handler>) -> Self {
+        self.handlers.insert(kind.to_owned(), handler);
+        self
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops claiming, lets running
+    /// jobs finish (up to the timeout), hands the rest back and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), QueueError> {
+        sqlx::query(include_str!("../queries/register_worker.sql"))
+            .bind(self.id)
+            .bind(&self.config.name)
+            .execute(&self.pool)
+            .await?;
+        info!(worker_id = %self.id, queues = ?self.config.queues.iter().map(|q| &q.name).collect::<Vec<_>>(), "worker pool started");
+
+        let wakers: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
+            self.config.queues.iter().map(|q| (q.name.clone(), Arc::new(Notify::new()))).collect(),
+        );
+        let handlers = Arc::new(self.handlers);
+        let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
+        let fetch_stop = shutdown.child_token();
+        let background_stop = CancellationToken::new();
+
+        let mut background = JoinSet::new();
+        background.spawn(listen(self.pool.clone(), wakers.clone(), background_stop.clone()));
+        background.spawn(heartbeat(
+            self.pool.clone(),
+            self.id,
+            self.config.name.clone(),
+            self.config.heartbeat_interval,
+            background_stop.clone(),
+        ));
+        background.spawn(rescue(
+            self.pool.clone(),
+            self.config.orphan_timeout,
+            self.config.rescue_interval,
+            background_stop.clone(),
+        ));
+        let completer = tokio::spawn(complete(
+            self.pool.clone(),
+            self.id,
+            self.config.completion_batch,
+            done_rx,
+        ));
+
+        let mut fetchers = JoinSet::new();
+        for q in &self.config.queues {
+            let fetcher = Fetcher {
+                pool: self.pool.clone(),
+                worker_id: self.id,
+                queue: q.clone(),
+                handlers: handlers.clone(),
+                waker: wakers[&q.name].clone(),
+                poll_interval: self.config.poll_interval,
+                backoff: self.config.backoff,
+                done: done_tx.clone(),
+            };
+            fetchers.spawn(fetcher.run(fetch_stop.clone(), self.config.shutdown_timeout));
+        }
+        drop(done_tx);
+
+        let mut handed_back = Vec::new();
+        while let Some(res) = fetchers.join_next().await {
+            match res {
+                Ok(ids) => handed_back.extend(ids),
+                Err(e) => error!(error = %e, "fetcher task panicked"),
+            }
+        }
+        // All senders are gone once the fetchers (and their jobs) are done:
+        // the completer drains what is left and exits.
+        if let Err(e) = completer.await {
+            error!(error = %e, "completer task panicked");
+        }
+        if !handed_back.is_empty() {
+            warn!(count = handed_back.len(), "handing unfinished jobs back to the queue");
+            sqlx::query(include_str!("../queries/hand_back.sql"))
+                .bind(&handed_back)
+                .bind(self.id)
+                .execute(&self.pool)
+                .await?;
+        }
+        background_stop.cancel();
+        while background.join_next().await.is_some() {}
+        sqlx::query("DELETE FROM queue_workers WHERE id = $1")
+            .bind(self.id)
+            .execute(&self.pool)
+            .await?;
+        info!(worker_id = %self.id, "worker pool stopped");
+        Ok(())
+    }
+}
+
+struct Fetcher {
+    pool: PgPool,
+    worker_id: Uuid,
+    queue: QueueConfig,
+    handlers: Arc<HashMap<String, Arc<dyn Handler>>>,
+    waker: Arc<Notify>,
+    poll_interval: Duration,
+    backoff: Backoff,
+    done: mpsc::UnboundedSender<Completion>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Claimed {
+    id: Uuid,
+    queue: String,
+    kind: String,
+    payload: serde_json::Value,
+    attempt: i32,
+    max_attempts: i32,
+    owner: Option<String>,
+}
+
+impl Fetcher {
+    /// Claims and runs jobs until `stop`; then waits up to `grace` for
+    /// running jobs and returns the ids of those it had to abandon.
+    async fn run(self, stop: CancellationToken, grace: Duration) -> Vec<Uuid> {
+        let slots = Arc::new(Semaphore::new(self.queue.concurrency));
+        let mut running: JoinSet<()> = JoinSet::new();
+        let mut running_ids: HashMap<tokio::task::Id, Uuid> = HashMap::new();
+        let mut db_failures = 0u32;
+        loop {
+            // Reap finished tasks so the id map stays small.
+            while let Some(res) = running.try_join_next_with_id() {
+                let id = match res {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                running_ids.remove(&id);
+            }
+            // Wait for a free slot, then take as many as are free (up to a batch).
+            let first = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = stop.cancelled() => break,
+            };
+            let mut permits = vec![first];
+            while permits.len() < self.queue.fetch_batch {
+                match slots.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
+            }
+            let want = permits.len();
+            let claimed: Result<Vec<Claimed>, sqlx::Error> =
+                sqlx::query_as(include_str!("../queries/fetch.sql"))
+                    .bind(&self.queue.name)
+                    .bind(i64::try_from(want).unwrap_or(i64::MAX))
+                    .bind(self.worker_id)
+                    .fetch_all(&self.pool)
+                    .await;
+            let claimed = match claimed {
+                Ok(c) => {
+                    db_failures = 0;
+                    c
+                }
+                Err(e) => {
+                    db_failures += 1;
+                    let pause = Duration::from_millis(100 * u64::from(db_failures.min(50)));
+                    warn!(queue = %self.queue.name, error = %e, ?pause, "claiming jobs failed; retrying");
+                    drop(permits);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => continue,
+                        _ = stop.cancelled() => break,
+                    }
+                }
+            };
+            let got = claimed.len();
+            for (job, permit) in claimed.into_iter().zip(permits.drain(..)) {
+                let job_id = job.id;
+                let task = self.run_job(job, permit);
+                let handle = running.spawn(task);
+                running_ids.insert(handle.id(), job_id);
+            }
+            drop(permits);
+            if got < want {
+                // The queue is (momentarily) empty: sleep until woken.
+                tokio::select! {
+                    _ = self.waker.notified() => {}
+                    _ = tokio::time::sleep(self.poll_interval) => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+        }
+        // Stop claiming; give running jobs their grace period.
+        let deadline = tokio::time::sleep(grace);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = running.join_next_with_id() => match next {
+                    Some(Ok((id, ()))) => { running_ids.remove(&id); }
+                    Some(Err(e)) => { running_ids.remove(&e.id()); }
+                    None => break,
+                },
+                _ = &mut deadline => {
+                    running.abort_all();
+                    break;
+                }
+            }
+        }
+        running_ids.into_values().collect()
+    }
+
+    fn run_job(
+        &self,
+        job: Claimed,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let handler = self.handlers.get(&job.kind).cloned();
+        let done = self.done.clone();
+        let backoff = self.backoff;
+        let span = info_span!("job", job_id = %job.id, queue = %job.queue, kind = %job.kind, attempt = job.attempt);
+        let ctx = JobContext {
+            id: job.id,
+            queue: job.queue,
+            kind: job.kind,
+            payload: job.payload,
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            owner: job.owner,
+            worker_id: self.worker_id,
+            pool: self.pool.clone(),
+        };
+        async move {
+            let result = match handler {
+                Some(h) => h.handle(&ctx).await,
+                None => Err(JobError::permanent(format!("no handler for job kind {:?}", ctx.kind))),
+            };
+            let outcome = match result {
+                Ok(()) => Outcome::Succeeded,
+                Err(JobError::Permanent { message }) => {
+                    warn!(error = %message, "job failed permanently");
+                    Outcome::Failed { state: "failed", delay: Duration::ZERO, message }
+                }
+                Err(JobError::Retry { message, after }) => {
+                    if ctx.attempt >= ctx.max_attempts {
+                        warn!(error = %message, "job failed on its last attempt");
+                        Outcome::Failed { state: "failed", delay: Duration::ZERO, message }
+                    } else {
+                        let delay = after.unwrap_or_else(|| backoff.delay(ctx.attempt));
+                        debug!(error = %message, ?delay, "job will be retried");
+                        Outcome::Failed { state: "retryable", delay, message }
+                    }
+                }
+            };
+            // The slot is free as soon as the handler is done; the outcome is
+            // written by the completer in a batch.
+            drop(permit);
+            let _ = done.send(Completion { id: ctx.id, outcome });
+        }
+        .instrument(span)
+    }
+}
+
+/// Writes outcomes in batches; retries on database errors so no outcome is
+/// lost while the database is briefly away.
+async fn complete(
+    pool: PgPool,
+    worker_id: Uuid,
+    batch: usize,
+    mut rx: mpsc::UnboundedReceiver<Completion>,
+) {
+    let mut buf: Vec<Completion> = Vec::with_capacity(batch);
+    while rx.recv_many(&mut buf, batch).await > 0 {
+        let mut succeeded = Vec::new();
+        let (mut f_ids, mut f_states, mut f_delays, mut f_msgs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for c in buf.drain(..) {
+            match c.outcome {
+                Outcome::Succeeded => succeeded.push(c.id),
+                Outcome::Failed { state, delay, message } => {
+                    f_ids.push(c.id);
+                    f_states.push(state);
+                    f_delays.push(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                    f_msgs.push(message);
+                }
+            }
+        }
+        let mut attempt = 0u32;
+        loop {
+            let res = async {
+                if !succeeded.is_empty() {
+                    sqlx::query(include_str!("../queries/complete_succeeded.sql"))
+                        .bind(&succeeded)
+                        .bind(worker_id)
+                        .execute(&pool)
+                        .await?;
+                    succeeded.clear();
+                }
+                if !f_ids.is_empty() {
+                    sqlx::query(include_str!("../queries/complete_failed.sql"))
+                        .bind(&f_ids)
+                        .bind(&f_states)
+                        .bind(&f_delays)
+                        .bind(&f_msgs)
+                        .bind(worker_id)
+                        .execute(&pool)
+                        .await?;
+                    f_ids.clear();
+                }
+                Ok::<(), sqlx::Error>(())
+            }
+            .await;
+            match res {
+                Ok(()) => break,
+                Err(e) => {
+                    attempt += 1;
+                    let pause = Duration::from_millis(100 * u64::from(attempt.min(50)));
+                    warn!(error = %e, ?pause, "recording job outcomes failed; retrying");
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+}
+
+/// Wakes the fetcher of a queue when a job is inserted into it.
+async fn listen(pool: PgPool, wakers: Arc<HashMap<String, Arc<Notify>>>, stop: CancellationToken) {
+    let wake_all = || wakers.values().for_each(|w| w.notify_one());
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "LISTEN connection failed; polling meanwhile");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+        };
+        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
+            warn!(error = %e, "LISTEN failed; polling meanwhile");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                _ = stop.cancelled() => return,
+            }
+        }
+        // Anything inserted while we were not listening.
+        wake_all();
+        loop {
+            tokio::select! {
+                msg = listener.try_recv() => match msg {
+                    Ok(Some(n)) => {
+                        if let Some(w) = wakers.get(n.payload()) {
+                            w.notify_one();
+                        }
+                    }
+                    // Connection lost: sqlx reconnects on the next call.
+                    Ok(None) => wake_all(),
+                    Err(e) => {
+                        warn!(error = %e, "LISTEN connection broke; reconnecting");
+                        break;
+                    }
+                },
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+async fn heartbeat(
+    pool: PgPool,
+    id: Uuid,
+    name: String,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(e) = sqlx::query(include_str!("../queries/register_worker.sql"))
+            .bind(id)
+            .bind(&name)
+            .execute(&pool)
+            .await
+        {
+            warn!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+async fn rescue(pool: PgPool, timeout: Duration, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        match rescue_once(&pool, timeout).await {
+            Ok(0) => {}
+            Ok(n) => info!(rescued = n, "rescued jobs from workers that stopped heartbeating"),
+            Err(e) => warn!(error = %e, "orphan rescue failed"),
+        }
+    }
+}
+
+/// Hands back jobs held by workers silent for longer than `timeout`.
+/// Returns how many jobs were rescued.
+pub async fn rescue_once(pool: &PgPool, timeout: Duration) -> Result<usize, sqlx::Error> {
+    let secs = timeout.as_secs_f64();
+    let mut tx = pool.begin().await?;
+    let queues: Vec<(String,)> = sqlx::query_as(include_str!("../queries/rescue_orphans.sql"))
+        .bind(secs)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut distinct: Vec<&str> = queues.iter().map(|(q,)| q.as_str()).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    for q in distinct {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(q)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(include_str!("../queries/prune_workers.sql"))
+        .bind(secs * 10.0)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(queues.len())
+}

@@ -1,0 +1,184 @@
+//! The sandbox provider: an HTTP server of ours that speaks Plaid's
+//! `/transactions/sync` wire format faithfully, with deterministic seeded
+//! data of any size and fault injection. Tests, the demo and the benchmarks
+//! point the real provider adapter at it.
+//!
+//! Architecture invariant: nothing here is used by the daemon's production
+//! paths; the adapters must work unchanged against the real provider.
+
+mod data;
+mod plaid;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+pub use data::ItemSpec;
+
+/// Sandbox-wide settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// The API keys clients must present (`client_id` / `secret`).
+    pub client_id: String,
+    pub secret: String,
+    /// Seed of all generated data: the same seed gives the same data.
+    pub seed: u64,
+    /// Accounts per item unless the item asks otherwise.
+    pub accounts_per_item: u32,
+    /// Transactions per account unless the item asks otherwise.
+    pub transactions_per_account: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            client_id: "dashtam-sandbox-client".into(),
+            secret: "dashtam-sandbox-secret".into(),
+            seed: 42,
+            accounts_per_item: 3,
+            transactions_per_account: 200,
+        }
+    }
+}
+
+/// Faults injected into `/transactions/sync`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Added to every data response.
+    pub latency_ms: u64,
+    /// Probability (0–1) of a 500.
+    pub error_rate: f64,
+    /// Probability (0–1) of a 429.
+    pub rate_limit_rate: f64,
+    /// `Retry-After` seconds sent with a 429.
+    pub retry_after_secs: u64,
+    /// Probability (0–1) that a paginating call finds the data changed.
+    pub mutation_rate: f64,
+    /// Faults for the next calls, in order, before the random ones apply.
+    pub script: VecDeque<ScriptedFault>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(tag = "fault", rename_all = "snake_case")]
+pub enum ScriptedFault {
+    ServerError,
+    RateLimited { retry_after_secs: u64 },
+    MutationDuringPagination,
+}
+
+/// Call counters, for tests and the demo.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Stats {
+    pub transactions_sync_calls: u64,
+    pub exchange_calls: u64,
+    pub faults_injected: u64,
+    pub by_item: HashMap<String, u64>,
+}
+
+pub(crate) struct Inner {
+    pub config: SandboxConfig,
+    pub items: HashMap<String, data::Item>,
+    pub public_tokens: HashMap<String, ItemSpec>,
+    pub faults: Faults,
+    pub stats: Stats,
+    pub rng: fastrand::Rng,
+    pub next_item: u64,
+}
+
+/// Shared handle on the sandbox's state.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Self {
+        let rng = fastrand::Rng::with_seed(config.seed);
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                config,
+                items: HashMap::new(),
+                public_tokens: HashMap::new(),
+                faults: Faults::default(),
+                stats: Stats::default(),
+                rng,
+                next_item: 0,
+            })),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn router(&self) -> Router {
+        plaid::router(self.clone())
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.lock().faults = faults;
+    }
+
+    pub fn push_fault(&self, fault: ScriptedFault) {
+        self.lock().faults.script.push_back(fault);
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.lock().stats.clone()
+    }
+
+    pub fn config(&self) -> SandboxConfig {
+        self.lock().config.clone()
+    }
+
+    /// Creates an item directly (what `/sandbox/public_token/create` plus the
+    /// exchange do) and returns its access token.
+    pub fn create_item(&self, spec: ItemSpec) -> String {
+        data::create_item(&mut self.lock(), spec)
+    }
+
+    /// Moves an item's data forward in time; see [`data::Advance`].
+    pub fn advance(&self, access_token: &str, advance: data::Advance) -> Option<data::Advanced> {
+        data::advance(&mut self.lock(), access_token, advance)
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+    }
+
+    /// Binds `addr` (port 0 for any) and serves in a background task until
+    /// the returned guard's token is cancelled.
+    pub async fn spawn(
+        self,
+        addr: SocketAddr,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        tokio::spawn(async move {
+            if let Err(e) = self.serve(listener, shutdown).await {
+                tracing::error!(error = %e, "sandbox server failed");
+            }
+        });
+        Ok(local)
+    }
+}
+
+pub(crate) fn latency(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+pub use data::{Advance, Advanced};

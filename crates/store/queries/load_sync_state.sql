@@ -1,0 +1,3 @@
+SELECT provider, status, credentials, sync_cursor
+FROM provider_connections
+WHERE id = $1

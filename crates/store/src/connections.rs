@@ -1,0 +1,125 @@
+//! Provider connections and their (encrypted) credentials.
+
+use chrono::{DateTime, Utc};
+use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
+use dashtam_domain::model::{ConnectionStatus, ProviderKind};
+use dashtam_domain::ports::ProviderCredentials;
+use dashtam_domain::{ConnectionId, UserId};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{Store, StoreError, audit};
+
+/// A connection as its owner sees it: never any token material.
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct Connection {
+    pub id: Uuid,
+    pub user_id: String,
+    pub provider: String,
+    pub status: String,
+    pub access_token_expires_at: Option<DateTime<Utc>>,
+    pub refresh_token_expires_at: Option<DateTime<Utc>>,
+    pub has_synced: bool,
+    pub last_sync_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a sync needs to know about its connection.
+#[derive(Debug)]
+pub struct SyncState {
+    pub provider: ProviderKind,
+    pub status: ConnectionStatus,
+    pub credentials: ProviderCredentials,
+    pub cursor: Option<String>,
+}
+
+pub struct NewConnection<'a> {
+    pub user: &'a UserId,
+    pub provider: ProviderKind,
+    pub credentials: &'a ProviderCredentials,
+    pub access_token_expires_at: Option<DateTime<Utc>>,
+    pub refresh_token_expires_at: Option<DateTime<Utc>>,
+    pub correlation_id: Option<String>,
+}
+
+impl Store {
+    /// Stores a new active connection with its credentials encrypted, and
+    /// audits it, in one transaction.
+    pub async fn create_connection(&self, new: NewConnection<'_>) -> Result<Connection, StoreError> {
+        let id = ConnectionId::new();
+        let plaintext = serde_json::to_vec(new.credentials)
+            .map_err(|e| StoreError::Corrupt(format!("credentials do not serialize: {e}")))?;
+        let blob = self.cipher.encrypt(id.0.as_bytes(), &plaintext)?;
+        let mut tx = self.pool.begin().await?;
+        let conn: Connection = sqlx::query_as(include_str!("../queries/insert_connection.sql"))
+            .bind(id.0)
+            .bind(new.user.as_str())
+            .bind(new.provider.as_str())
+            .bind(ConnectionStatus::Active.as_str())
+            .bind(&blob)
+            .bind(new.access_token_expires_at)
+            .bind(new.refresh_token_expires_at)
+            .fetch_one(&mut *tx)
+            .await?;
+        audit::append(
+            &mut *tx,
+            &AuditEntry {
+                action: AuditAction::ConnectionCreated,
+                phase: AuditPhase::Outcome,
+                outcome: AuditOutcome::Succeeded,
+                actor: format!("user:{}", new.user),
+                resource_type: "connection",
+                resource_id: id.to_string(),
+                correlation_id: new.correlation_id,
+                reason: None,
+                context: serde_json::json!({ "provider": new.provider.as_str() }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(conn)
+    }
+
+    /// The connection, if it exists and belongs to `user`.
+    pub async fn connection(
+        &self,
+        user: &UserId,
+        id: ConnectionId,
+    ) -> Result<Option<Connection>, StoreError> {
+        Ok(sqlx::query_as(include_str!("../queries/get_connection.sql"))
+            .bind(id.0)
+            .bind(user.as_str())
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn connections(&self, user: &UserId) -> Result<Vec<Connection>, StoreError> {
+        Ok(sqlx::query_as(include_str!("../queries/list_connections.sql"))
+            .bind(user.as_str())
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Provider, status, decrypted credentials and cursor, for a sync.
+    pub async fn sync_state(&self, id: ConnectionId) -> Result<Option<SyncState>, StoreError> {
+        let row: Option<(String, String, Option<Vec<u8>>, Option<String>)> =
+            sqlx::query_as(include_str!("../queries/load_sync_state.sql"))
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((provider, status, blob, cursor)) = row else {
+            return Ok(None);
+        };
+        let provider = ProviderKind::parse(&provider)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown provider {provider:?}")))?;
+        let status = ConnectionStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?;
+        let blob =
+            blob.ok_or_else(|| StoreError::Corrupt("connection has no credentials".into()))?;
+        let plaintext = self.cipher.decrypt(id.0.as_bytes(), &blob)?;
+        let credentials = serde_json::from_slice(&plaintext)
+            .map_err(|_| StoreError::Corrupt("credentials do not parse".into()))?;
+        Ok(Some(SyncState { provider, status, credentials, cursor }))
+    }
+}

@@ -1,0 +1,47 @@
+//! Postgres repositories for the domain tables.
+//!
+//! Architecture invariant: `store` is the only crate that reads or writes
+//! the domain tables (connections, accounts, transactions, audit records);
+//! its SQL lives in `queries/*.sql`. The queue's tables belong to `queue`.
+
+pub mod audit;
+pub mod connections;
+pub mod crypto;
+pub mod migrate;
+pub mod sync;
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+pub use crypto::{Cipher, CryptoError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    /// Someone else changed the row since we read it.
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+/// Handle on the domain tables.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    cipher: Arc<Cipher>,
+}
+
+impl Store {
+    pub fn new(pool: PgPool, cipher: Arc<Cipher>) -> Self {
+        Self { pool, cipher }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
