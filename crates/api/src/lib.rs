@@ -1,0 +1,85 @@
+//! The HTTP API (axum): thin handlers over `store` and `queue`.
+//!
+//! Architecture invariant: no SQL here; every error is an [`ApiError`]
+//! rendered as RFC 9457 problem details; a client only ever sees its own
+//! resources (another tenant's id is a 404).
+
+pub mod auth;
+pub mod error;
+mod extract;
+mod v1;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use dashtam_providers::Providers;
+use dashtam_queue::Queue;
+use dashtam_store::Store;
+use tracing::Instrument;
+
+pub use auth::{Auth, Role, issue_token};
+pub use error::ApiError;
+
+/// Per-kind job settings the API applies when enqueueing.
+#[derive(Clone, Debug)]
+pub struct JobSettings {
+    pub sync_max_attempts: i32,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub queue: Queue,
+    pub providers: Providers,
+    pub auth: Arc<Auth>,
+    pub jobs: JobSettings,
+}
+
+/// The request's id: echoed in `x-request-id`, in problem bodies and logs.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = uuid::Uuid::now_v7().to_string();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let mut resp = next.run(req).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match dashtam_store::migrate::status(state.store.pool()).await {
+        Ok(dashtam_store::migrate::SchemaStatus::Current) => "ready".into_response(),
+        Ok(other) => ApiError::unavailable(format!("database schema is not current: {other:?}"), None)
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: database unreachable");
+            ApiError::unavailable("database unreachable", Some(5)).into_response()
+        }
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState, body_limit: usize) -> Router {
+    Router::new()
+        .nest("/api/v1", v1::router())
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(error::problem_details))
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}

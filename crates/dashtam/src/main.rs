@@ -1,1 +1,294 @@
-fn main() {}
+//! `dashtam`: one binary, several roles. See `dashtam --help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use dashtam::app::{self, Daemon, Role};
+use dashtam::config::Config;
+use dashtam_sandbox::{Sandbox, SandboxConfig};
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[derive(Parser)]
+#[command(name = "dashtam", version, about = "Dashtam Worker: keeps financial data fresh through durable Postgres-backed job queues.")]
+struct Cli {
+    /// Configuration file layered over the built-in defaults (see config/default.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct DbArgs {
+    /// PostgreSQL URL [default: database.url from the configuration]
+    #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: API, workers and scheduler (all by default).
+    Serve {
+        /// Address for the HTTP API [default: http.listen, 127.0.0.1:8080]
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        #[command(flatten)]
+        db: DbArgs,
+        /// Run only these roles (repeatable): api, worker, scheduler.
+        #[arg(long = "role", value_enum, value_name = "ROLE")]
+        roles: Vec<Role>,
+        /// Apply pending migrations at start instead of refusing to start.
+        #[arg(long)]
+        migrate: bool,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Run the sandbox provider (Plaid wire format) alone.
+    Sandbox {
+        /// Address to listen on [default: sandbox.listen, 127.0.0.1:8081]
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Accepted for symmetry with the other commands; the sandbox keeps its data in memory.
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Sync several sandbox connections end to end through the real API, then print a summary.
+    Demo {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Address for the demo's API (port 0: any free port).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Sandbox connections to link.
+        #[arg(long, default_value_t = 4)]
+        connections: u32,
+        /// Accounts per connection.
+        #[arg(long, default_value_t = 3)]
+        accounts: u32,
+        /// Transactions per account.
+        #[arg(long, default_value_t = 250)]
+        transactions_per_account: u32,
+    },
+    /// Development access tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Credential encryption keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Benchmarks; each prints one JSON line.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print an access token signed with auth.jwt_secret.
+    Issue {
+        /// The user (JWT `sub`).
+        #[arg(long)]
+        sub: String,
+        /// client or operator.
+        #[arg(long, default_value = "client")]
+        role: String,
+        /// Lifetime, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new random AES-256 key (base64) for crypto.keys.
+    Generate,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Ingest throughput: M connections × K transactions, then an idempotent re-sync.
+    Sync {
+        /// Database to (re)create for the run.
+        #[arg(long, env = "DATABASE_URL", value_name = "URL",
+              default_value = "postgres://postgres@127.0.0.1:5432/dashtam_bench")]
+        database_url: String,
+        #[arg(long, default_value_t = 20)]
+        connections: u32,
+        /// Transactions per connection.
+        #[arg(long, default_value_t = 50_000)]
+        transactions: u32,
+        /// Accounts per connection (transactions are split among them).
+        #[arg(long, default_value_t = 2)]
+        accounts: u32,
+        /// Sync jobs running at once.
+        #[arg(long, default_value_t = 10)]
+        concurrency: usize,
+    },
+}
+
+fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("--ttl {s:?}: expected e.g. 30m, 1h, 7d"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => anyhow::bail!("--ttl {s:?}: unit must be s, m, h or d"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Bench { .. } | Command::Token { .. } | Command::Keys { .. });
+    let filter = if quiet { "warn" } else { config.log.filter.as_str() };
+    dashtam_telemetry::init(config.log.format, filter)?;
+    let db_url = |db: DbArgs| db.database_url.unwrap_or_else(|| config.database.url.clone());
+
+    match cli.command {
+        Command::Serve { listen, db, roles, migrate } => {
+            let mut config = config.clone();
+            if let Some(l) = listen {
+                config.http.listen = l;
+            }
+            let url = db_url(db);
+            let roles = if roles.is_empty() { vec![Role::Api, Role::Worker, Role::Scheduler] } else { roles };
+            let jwt_secret = if roles.contains(&Role::Api) { Some(config.jwt_secret()?) } else { None };
+            let cipher = Arc::new(config.cipher()?);
+            let pool = app::connect(&config, &url).await?;
+            app::ensure_schema(&pool, migrate).await?;
+            let daemon = Daemon { providers: app::providers(&config)?, cipher, jwt_secret, pool, config };
+            let shutdown = CancellationToken::new();
+            app::cancel_on_signals(shutdown.clone());
+            info!(roles = ?roles, "dashtam starting");
+            daemon.start(&roles, None, shutdown).await?.wait().await?;
+            info!("dashtam stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { db } => {
+            let url = db_url(db);
+            let pool = app::connect(&config, &url).await?;
+            dashtam_store::migrate::run(&pool).await.context("migration failed")?;
+            println!("database {} is up to date", app::redact(&url));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sandbox { listen, db: _ } => {
+            let s = &config.sandbox;
+            let sandbox = Sandbox::new(SandboxConfig {
+                client_id: s.client_id.clone(),
+                secret: s.secret.clone(),
+                seed: s.seed,
+                accounts_per_item: s.accounts_per_item,
+                transactions_per_account: s.transactions_per_account,
+            });
+            let addr = listen.unwrap_or(s.listen);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            info!(addr = %listener.local_addr()?, "sandbox provider listening");
+            let shutdown = CancellationToken::new();
+            app::cancel_on_signals(shutdown.clone());
+            sandbox.serve(listener, async move { shutdown.cancelled().await }).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { db, listen, connections, accounts, transactions_per_account } => {
+            let url = db_url(db);
+            let ok = dashtam::demo::run(
+                config,
+                dashtam::demo::DemoOptions {
+                    database_url: url,
+                    listen,
+                    connections,
+                    accounts,
+                    transactions_per_account,
+                },
+            )
+            .await?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Token { command: TokenCommand::Issue { sub, role, ttl } } => {
+            let role = match role.as_str() {
+                "client" => dashtam_api::Role::Client,
+                "operator" => dashtam_api::Role::Operator,
+                other => anyhow::bail!("--role {other:?}: expected client or operator"),
+            };
+            dashtam_domain::UserId::parse(&sub).map_err(|e| anyhow::anyhow!("--sub: {e}"))?;
+            let token = dashtam_api::issue_token(
+                &config.jwt_secret()?,
+                &config.auth.issuer,
+                &config.auth.audience,
+                &sub,
+                role,
+                parse_ttl(&ttl)?,
+            )?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { command: KeysCommand::Generate } => {
+            println!("{}", dashtam_store::Cipher::generate_key()?.expose_secret());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Sync { database_url, connections, transactions, accounts, concurrency } } => {
+            dashtam::bench::sync(
+                config,
+                dashtam::bench::SyncBenchOptions { database_url, connections, transactions, accounts, concurrency },
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_parsing() {
+        assert_eq!(parse_ttl("90").unwrap().as_secs(), 90);
+        assert_eq!(parse_ttl("30m").unwrap().as_secs(), 1800);
+        assert_eq!(parse_ttl("1h").unwrap().as_secs(), 3600);
+        assert_eq!(parse_ttl("7d").unwrap().as_secs(), 604_800);
+        assert!(parse_ttl("1w").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

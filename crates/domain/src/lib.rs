@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod ids;
+pub mod jobs;
 pub mod model;
 pub mod money;
 pub mod ports;

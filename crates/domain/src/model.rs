@@ -127,8 +127,8 @@ pub struct NormalizedTransaction {
     pub price: Option<Decimal>,
     /// For a posted transaction: the provider id of the pending one it replaced.
     pub pending_provider_transaction_id: Option<String>,
-    /// The provider's own JSON for this transaction, kept verbatim.
-    pub raw: serde_json::Value,
+    /// The provider's own JSON for this transaction, verbatim text.
+    pub raw: String,
 }
 
 /// A transaction the provider says is gone.

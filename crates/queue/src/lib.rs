@@ -19,7 +19,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub use backoff::Backoff;
-pub use worker::{Handler, JobContext, JobError, QueueConfig, WorkerConfig, WorkerPool};
+pub use worker::{
+    Handler, JobContext, JobError, QueueConfig, WorkerConfig, WorkerPool, maintain, rescue_once,
+};
 
 /// Postgres `NOTIFY` channel that wakes idle workers.
 pub const NOTIFY_CHANNEL: &str = "dashtam_jobs";
@@ -189,6 +191,16 @@ impl Queue {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+
+    /// How many jobs are in each state (for one kind, or all).
+    pub async fn state_counts(&self, kind: Option<&str>) -> Result<Vec<(String, i64)>, QueueError> {
+        Ok(sqlx::query_as(
+            "SELECT state, count(*) FROM jobs WHERE $1::text IS NULL OR kind = $1 GROUP BY state",
+        )
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, QueueError> {

@@ -162,7 +162,7 @@ impl WorkerPool {
             self.config.heartbeat_interval,
             background_stop.clone(),
         ));
-        background.spawn(rescue(
+        background.spawn(maintain(
             self.pool.clone(),
             self.config.orphan_timeout,
             self.config.rescue_interval,
@@ -341,7 +341,14 @@ impl Fetcher {
         let handler = self.handlers.get(&job.kind).cloned();
         let done = self.done.clone();
         let backoff = self.backoff;
-        let span = info_span!("job", job_id = %job.id, queue = %job.queue, kind = %job.kind, attempt = job.attempt);
+        let span = info_span!(
+            "job",
+            job_id = %job.id,
+            queue = %job.queue,
+            kind = %job.kind,
+            attempt = job.attempt,
+            connection_id = tracing::field::Empty,
+        );
         let ctx = JobContext {
             id: job.id,
             queue: job.queue,
@@ -515,7 +522,9 @@ async fn heartbeat(
     }
 }
 
-async fn rescue(pool: PgPool, timeout: Duration, every: Duration, stop: CancellationToken) {
+/// Hands back the jobs of dead workers every `every` until `stop`; every
+/// worker pool runs this, and so does the scheduler role.
+pub async fn maintain(pool: PgPool, timeout: Duration, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -145,6 +145,15 @@ impl Sandbox {
         data::create_item(&mut self.lock(), spec)
     }
 
+    /// Access tokens of every item, oldest first.
+    pub fn access_tokens(&self) -> Vec<String> {
+        let inner = self.lock();
+        let mut items: Vec<(&String, u64)> =
+            inner.items.iter().map(|(t, i)| (t, i.index())).collect();
+        items.sort_by_key(|(_, i)| *i);
+        items.into_iter().map(|(t, _)| t.clone()).collect()
+    }
+
     /// Moves an item's data forward in time; see [`data::Advance`].
     pub fn advance(&self, access_token: &str, advance: data::Advance) -> Option<data::Advanced> {
         data::advance(&mut self.lock(), access_token, advance)

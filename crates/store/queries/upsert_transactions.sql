@@ -12,11 +12,11 @@ SELECT u.id, u.account_id, u.ptid, u.amount, u.currency, u.status,
            (SELECT p.id FROM transactions p
             WHERE p.account_id = u.account_id AND p.provider_transaction_id = u.pending_ptid)
        END,
-       u.raw
+       u.raw::jsonb
 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::text[], $6::text[],
             $7::date[], $8::date[], $9::text[], $10::text[], $11::text[],
             $12::text[], $13::text[], $14::text[], $15::numeric[], $16::numeric[],
-            $17::text[], $18::jsonb[])
+            $17::text[], $18::text[])
      AS u(id, account_id, ptid, amount, currency, status,
           transaction_date, posted_date, description, merchant, category,
           txn_type, txn_subtype, symbol, quantity, price, pending_ptid, raw)

@@ -123,3 +123,20 @@ impl Store {
         Ok(Some(SyncState { provider, status, credentials, cursor }))
     }
 }
+
+impl Store {
+    /// Moves a connection to `status` (e.g. `reauth_required` when the
+    /// provider refuses its credentials).
+    pub async fn set_connection_status(
+        &self,
+        id: ConnectionId,
+        status: ConnectionStatus,
+    ) -> Result<(), StoreError> {
+        sqlx::query(include_str!("../queries/set_connection_status.sql"))
+            .bind(id.0)
+            .bind(status.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod connections;
 pub mod crypto;
 pub mod migrate;
+pub mod reads;
 pub mod sync;
 
 use std::sync::Arc;

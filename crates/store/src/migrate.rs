@@ -44,3 +44,46 @@ pub async fn status(pool: &PgPool) -> Result<SchemaStatus, sqlx::Error> {
     }
     Ok(SchemaStatus::Current)
 }
+
+/// Creates the database named in `url` if it does not exist (connecting to
+/// the server's `postgres` database to do so).
+pub async fn ensure_database(url: &str) -> Result<bool, sqlx::Error> {
+    use sqlx::ConnectOptions;
+    use sqlx::postgres::PgConnectOptions;
+
+    let target: PgConnectOptions = url.parse()?;
+    let name = target.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = target.clone().database("postgres").connect().await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await?;
+    if exists {
+        return Ok(false);
+    }
+    // The name is quoted as an identifier (embedded quotes doubled).
+    let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    match sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await {
+        Ok(_) => Ok(true),
+        // Someone else created it in the meantime.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Drops and re-creates the database named in `url` (benchmarks only).
+pub async fn recreate_database(url: &str) -> Result<(), sqlx::Error> {
+    use sqlx::ConnectOptions;
+    use sqlx::postgres::PgConnectOptions;
+
+    let target: PgConnectOptions = url.parse()?;
+    let name = target.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = target.clone().database("postgres").connect().await?;
+    let quoted = name.replace('"', "\"\"");
+    // The name is quoted as an identifier (embedded quotes doubled).
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)")))
+        .execute(&mut admin)
+        .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\""))).execute(&mut admin).await?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! `/api/v1`: one module per resource, each with its routes.
+
+mod connections;
+mod data;
+mod jobs;
+
+use axum::Router;
+
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().merge(connections::router()).merge(jobs::router()).merge(data::router())
+}

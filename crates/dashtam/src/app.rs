@@ -1,0 +1,232 @@
+//! Wiring: builds the services from configuration and runs the roles.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use dashtam_api::{AppState, Auth, JobSettings};
+use dashtam_providers::{PlaidClient, PlaidConfig, Providers};
+use dashtam_queue::{Queue, WorkerPool};
+use dashtam_store::migrate::SchemaStatus;
+use dashtam_store::{Cipher, Store};
+use dashtam_worker::{SyncHandler, SyncSettings};
+use secrecy::SecretString;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Role {
+    /// The HTTP API.
+    Api,
+    /// The job workers.
+    Worker,
+    /// Periodic maintenance (for now: handing back jobs of dead workers).
+    Scheduler,
+}
+
+/// Connects to the database named in `url`, saying which one on failure
+/// (without the password).
+pub async fn connect(config: &Config, url: &str) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(config.database.max_connections)
+        .acquire_timeout(Duration::from_secs(config.database.acquire_timeout_secs))
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to the database at {}", redact(url)))
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Refuses a database whose schema does not match this binary, unless
+/// `migrate` is set and the schema is merely behind.
+pub async fn ensure_schema(pool: &PgPool, migrate: bool) -> anyhow::Result<()> {
+    match dashtam_store::migrate::status(pool).await? {
+        SchemaStatus::Current => Ok(()),
+        SchemaStatus::Behind { pending } if migrate => {
+            info!(pending = pending.len(), "applying migrations");
+            dashtam_store::migrate::run(pool).await?;
+            Ok(())
+        }
+        SchemaStatus::Behind { pending } => bail!(
+            "the database schema is behind this release ({} migration(s) pending): \
+             run `dashtam migrate` first, or start with `--migrate`",
+            pending.len()
+        ),
+        SchemaStatus::Ahead { unknown } => bail!(
+            "the database was migrated by a newer release ({} migration(s) unknown to this binary): \
+             upgrade dashtam",
+            unknown.len()
+        ),
+    }
+}
+
+pub fn providers(config: &Config) -> anyhow::Result<Providers> {
+    let p = &config.providers.plaid;
+    let plaid = PlaidClient::new(PlaidConfig {
+        base_url: p.base_url.clone(),
+        client_id: p.client_id.clone(),
+        secret: p.secret.clone(),
+        timeout: Duration::from_secs(p.timeout_secs),
+    })
+    .context("building the Plaid HTTP client")?;
+    Ok(Providers { plaid: Some(Arc::new(plaid)) })
+}
+
+/// Everything a running daemon needs, built once.
+pub struct Daemon {
+    pub config: Config,
+    pub pool: PgPool,
+    pub cipher: Arc<Cipher>,
+    pub jwt_secret: Option<SecretString>,
+    pub providers: Providers,
+}
+
+/// A started daemon: the API's address (if the api role runs) and its tasks.
+pub struct Running {
+    pub api_addr: Option<SocketAddr>,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits for every role to stop; the first error wins.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        while let Some(r) = self.tasks.join_next().await {
+            let r = r.map_err(anyhow::Error::from).and_then(|r| r);
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    }
+}
+
+impl Daemon {
+    pub fn store(&self) -> Store {
+        Store::new(self.pool.clone(), self.cipher.clone())
+    }
+
+    /// Starts `roles`; the api listens on `listener`. Everything stops when
+    /// `shutdown` is cancelled.
+    pub async fn start(
+        &self,
+        roles: &[Role],
+        listener: Option<TcpListener>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Running> {
+        let mut tasks = JoinSet::new();
+        let mut api_addr = None;
+        let queue = Queue::new(self.pool.clone());
+        if roles.contains(&Role::Api) {
+            let secret = self.jwt_secret.clone().context("the api role needs auth.jwt_secret")?;
+            let listener = match listener {
+                Some(l) => l,
+                None => TcpListener::bind(self.config.http.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", self.config.http.listen))?,
+            };
+            api_addr = Some(listener.local_addr()?);
+            let state = AppState {
+                store: self.store(),
+                queue: queue.clone(),
+                providers: self.providers.clone(),
+                auth: Arc::new(Auth::hs256(&secret, &self.config.auth.issuer, &self.config.auth.audience)),
+                jobs: JobSettings { sync_max_attempts: self.config.jobs.sync_max_attempts },
+            };
+            let app = dashtam_api::router(state, self.config.http.body_limit_bytes);
+            let stop = shutdown.clone();
+            info!(addr = %listener.local_addr()?, "api listening");
+            tasks.spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+                    .context("api server failed")
+            });
+        }
+        if roles.contains(&Role::Worker) {
+            let name = format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "dashtam".into()),
+                std::process::id()
+            );
+            let handler = SyncHandler::new(
+                self.store(),
+                self.providers.clone(),
+                SyncSettings {
+                    page_size: self.config.sync.page_size,
+                    max_restarts: self.config.sync.max_restarts,
+                },
+            );
+            let pool = WorkerPool::new(self.pool.clone(), self.config.worker_config(name))
+                .handle(dashtam_domain::jobs::KIND_SYNC, Arc::new(handler));
+            let stop = shutdown.clone();
+            tasks.spawn(async move { pool.run(stop).await.context("worker pool failed") });
+        }
+        if roles.contains(&Role::Scheduler) {
+            let pool = self.pool.clone();
+            let w = &self.config.worker;
+            let timeout = Duration::from_secs(w.orphan_timeout_secs);
+            let every = Duration::from_secs(w.rescue_interval_secs);
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                dashtam_queue::maintain(pool, timeout, every, stop).await;
+                Ok(())
+            });
+        }
+        Ok(Running { api_addr, tasks })
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => info!("SIGINT received; shutting down"),
+            _ = term => info!("SIGTERM received; shutting down"),
+        }
+        token.cancel();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn database_passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
+}

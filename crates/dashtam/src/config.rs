@@ -1,0 +1,317 @@
+//! Layered configuration: built-in defaults (`config/default.toml`), then an
+//! optional file, then `DASHTAM__SECTION__KEY` environment variables.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use dashtam_telemetry::LogFormat;
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+pub const DEFAULTS: &str = include_str!("../../../config/default.toml");
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+    pub crypto: CryptoConfig,
+    pub worker: WorkerSection,
+    pub jobs: JobsConfig,
+    pub sync: SyncConfig,
+    pub providers: ProvidersConfig,
+    pub sandbox: SandboxSection,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    pub body_limit_bytes: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt_secret: SecretString,
+    pub issuer: String,
+    pub audience: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptoConfig {
+    pub active_key: String,
+    #[serde(default)]
+    pub keys: HashMap<String, SecretString>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    pub poll_interval_ms: u64,
+    pub heartbeat_interval_secs: u64,
+    pub orphan_timeout_secs: u64,
+    pub rescue_interval_secs: u64,
+    pub shutdown_timeout_secs: u64,
+    pub backoff_base_ms: u64,
+    pub backoff_max_secs: u64,
+    pub completion_batch: usize,
+    pub queues: BTreeMap<String, QueueSection>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSection {
+    pub concurrency: usize,
+    pub fetch_batch: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    pub sync_max_attempts: i32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    pub page_size: u32,
+    pub max_restarts: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersConfig {
+    pub plaid: PlaidSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaidSection {
+    pub base_url: String,
+    pub client_id: String,
+    pub secret: SecretString,
+    pub timeout_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSection {
+    pub listen: SocketAddr,
+    pub client_id: String,
+    pub secret: String,
+    pub seed: u64,
+    pub accounts_per_item: u32,
+    pub transactions_per_account: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+impl Config {
+    /// Defaults, then `file` (which must exist if given), then the
+    /// environment; validated.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::load_from(file, Env::prefixed("DASHTAM__").split("__"))
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> anyhow::Result<Self> {
+        let mut fig = Figment::new().merge(Toml::string(DEFAULTS));
+        if let Some(path) = file {
+            if !path.is_file() {
+                bail!("configuration file {} does not exist", path.display());
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        let config: Config = fig
+            .merge(env)
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {}", describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, key: &str, msg: &str| {
+            if !ok {
+                problems.push(format!("{key}: {msg}"));
+            }
+        };
+        check(self.database.max_connections >= 2, "database.max_connections", "must be at least 2");
+        check(self.http.body_limit_bytes >= 1024, "http.body_limit_bytes", "must be at least 1024");
+        check(self.worker.poll_interval_ms >= 10, "worker.poll_interval_ms", "must be at least 10");
+        check(self.worker.heartbeat_interval_secs >= 1, "worker.heartbeat_interval_secs", "must be at least 1");
+        check(
+            self.worker.orphan_timeout_secs >= 2 * self.worker.heartbeat_interval_secs,
+            "worker.orphan_timeout_secs",
+            "must be at least twice worker.heartbeat_interval_secs",
+        );
+        check(self.worker.rescue_interval_secs >= 1, "worker.rescue_interval_secs", "must be at least 1");
+        check(self.worker.backoff_base_ms >= 1, "worker.backoff_base_ms", "must be at least 1");
+        check(
+            self.worker.backoff_max_secs * 1000 >= self.worker.backoff_base_ms,
+            "worker.backoff_max_secs",
+            "must not be below worker.backoff_base_ms",
+        );
+        check(self.worker.completion_batch >= 1, "worker.completion_batch", "must be at least 1");
+        check(
+            self.worker.queues.contains_key(dashtam_domain::jobs::QUEUE_SYNC),
+            "worker.queues.sync",
+            "the sync queue must be configured",
+        );
+        for (name, q) in &self.worker.queues {
+            check(q.concurrency >= 1, &format!("worker.queues.{name}.concurrency"), "must be at least 1");
+            check(q.fetch_batch >= 1, &format!("worker.queues.{name}.fetch_batch"), "must be at least 1");
+        }
+        check(self.jobs.sync_max_attempts >= 1, "jobs.sync_max_attempts", "must be at least 1");
+        check((1..=500).contains(&self.sync.page_size), "sync.page_size", "must be between 1 and 500");
+        check(
+            self.providers.plaid.base_url.starts_with("http://")
+                || self.providers.plaid.base_url.starts_with("https://"),
+            "providers.plaid.base_url",
+            "must be an http:// or https:// URL",
+        );
+        check(self.providers.plaid.timeout_secs >= 1, "providers.plaid.timeout_secs", "must be at least 1");
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("invalid configuration:\n  {}", problems.join("\n  "))
+        }
+    }
+
+    /// The JWT secret, or a message saying how to set it.
+    pub fn jwt_secret(&self) -> anyhow::Result<SecretString> {
+        let s = &self.auth.jwt_secret;
+        if s.expose_secret().len() < 32 {
+            bail!(
+                "auth.jwt_secret is not set (or shorter than 32 characters): set DASHTAM__AUTH__JWT_SECRET"
+            );
+        }
+        Ok(s.clone())
+    }
+
+    pub fn cipher(&self) -> anyhow::Result<dashtam_store::Cipher> {
+        if self.crypto.active_key.is_empty() || self.crypto.keys.is_empty() {
+            bail!(
+                "crypto.active_key and crypto.keys are not set: generate a key with `dashtam keys generate` \
+                 and set DASHTAM__CRYPTO__ACTIVE_KEY=k1 DASHTAM__CRYPTO__KEYS__K1=<key>"
+            );
+        }
+        dashtam_store::Cipher::new(&self.crypto.active_key, &self.crypto.keys)
+            .with_context(|| "crypto.keys")
+    }
+
+    pub fn worker_config(&self, name: String) -> dashtam_queue::WorkerConfig {
+        let w = &self.worker;
+        dashtam_queue::WorkerConfig {
+            name,
+            queues: w
+                .queues
+                .iter()
+                .map(|(name, q)| dashtam_queue::QueueConfig {
+                    name: name.clone(),
+                    concurrency: q.concurrency,
+                    fetch_batch: q.fetch_batch,
+                })
+                .collect(),
+            poll_interval: Duration::from_millis(w.poll_interval_ms),
+            heartbeat_interval: Duration::from_secs(w.heartbeat_interval_secs),
+            orphan_timeout: Duration::from_secs(w.orphan_timeout_secs),
+            rescue_interval: Duration::from_secs(w.rescue_interval_secs),
+            backoff: dashtam_queue::Backoff {
+                base: Duration::from_millis(w.backoff_base_ms),
+                max: Duration::from_secs(w.backoff_max_secs),
+            },
+            completion_batch: w.completion_batch,
+            shutdown_timeout: Duration::from_secs(w.shutdown_timeout_secs),
+        }
+    }
+}
+
+/// figment's errors name the key; make the message one readable line.
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = if e.path.is_empty() { "(root)".to_owned() } else { e.path.join(".") };
+            format!("{key}: {}", e.kind)
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_env(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        figment::Jail::expect_with(|jail| {
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            let r = Config::load(None).map_err(|e| e.to_string());
+            Ok(r)
+        })
+        .map_err(anyhow::Error::msg)
+    }
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let c = with_env(&[]).unwrap();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.database.url.ends_with("/dashtam"));
+        assert_eq!(c.worker.queues["sync"].concurrency, 10);
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let c = with_env(&[
+            ("DASHTAM__HTTP__LISTEN", "0.0.0.0:9000"),
+            ("DASHTAM__WORKER__QUEUES__SYNC__CONCURRENCY", "3"),
+            ("DASHTAM__CRYPTO__ACTIVE_KEY", "k1"),
+            ("DASHTAM__CRYPTO__KEYS__K1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        ])
+        .unwrap();
+        assert_eq!(c.http.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(c.worker.queues["sync"].concurrency, 3);
+        assert!(c.cipher().is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = with_env(&[("DASHTAM__HTTP__LISTEN", "not-an-address")]).unwrap_err().to_string();
+        assert!(e.contains("http.listen"), "{e}");
+        let e = with_env(&[("DASHTAM__SYNC__PAGE_SIZE", "900")]).unwrap_err().to_string();
+        assert!(e.contains("sync.page_size"), "{e}");
+        let e = with_env(&[("DASHTAM__HTTP__NO_SUCH_KEY", "1")]).unwrap_err().to_string();
+        assert!(e.contains("no_such_key"), "{e}");
+    }
+
+    #[test]
+    fn missing_secrets_say_how_to_set_them() {
+        let c = with_env(&[]).unwrap();
+        assert!(c.jwt_secret().unwrap_err().to_string().contains("DASHTAM__AUTH__JWT_SECRET"));
+        assert!(c.cipher().unwrap_err().to_string().contains("dashtam keys generate"));
+    }
+}

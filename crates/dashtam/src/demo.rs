@@ -1,0 +1,242 @@
+//! `dashtam demo`: the whole product in one process against the local
+//! Postgres and the sandbox provider, driven through the real HTTP API.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use dashtam_api::{Role as TokenRole, issue_token};
+use dashtam_domain::UserId;
+use dashtam_sandbox::{Advance, Sandbox, SandboxConfig};
+use dashtam_store::Cipher;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{self, Daemon, Role};
+use crate::config::Config;
+
+pub struct DemoOptions {
+    pub database_url: String,
+    pub listen: SocketAddr,
+    pub connections: u32,
+    pub accounts: u32,
+    pub transactions_per_account: u32,
+}
+
+pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let created = dashtam_store::migrate::ensure_database(&opts.database_url)
+        .await
+        .with_context(|| format!("cannot reach PostgreSQL at {}", app::redact(&opts.database_url)))?;
+    let pool = app::connect(&config, &opts.database_url).await?;
+    dashtam_store::migrate::run(&pool).await.context("migrating the demo database")?;
+    println!(
+        "database   {} ({})",
+        app::redact(&opts.database_url),
+        if created { "created and migrated" } else { "migrated" }
+    );
+
+    let shutdown = CancellationToken::new();
+    let sandbox_config = SandboxConfig {
+        client_id: config.sandbox.client_id.clone(),
+        secret: config.sandbox.secret.clone(),
+        seed: config.sandbox.seed,
+        ..SandboxConfig::default()
+    };
+    let sandbox = Sandbox::new(sandbox_config.clone());
+    let stop = shutdown.clone();
+    let sandbox_addr = sandbox
+        .clone()
+        .spawn("127.0.0.1:0".parse()?, async move { stop.cancelled().await })
+        .await
+        .context("starting the sandbox provider")?;
+    println!("sandbox    http://{sandbox_addr} (Plaid /transactions/sync format)");
+    config.providers.plaid.base_url = format!("http://{sandbox_addr}");
+    config.providers.plaid.client_id = sandbox_config.client_id.clone();
+    config.providers.plaid.secret = sandbox_config.secret.clone().into();
+    config.worker.poll_interval_ms = 200;
+
+    let jwt_secret = Cipher::generate_key()?;
+    let daemon = Daemon {
+        providers: app::providers(&config)?,
+        cipher: Arc::new(Cipher::ephemeral()?),
+        jwt_secret: Some(jwt_secret.clone()),
+        pool,
+        config,
+    };
+    let listener = TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let running = daemon
+        .start(&[Role::Api, Role::Worker, Role::Scheduler], Some(listener), shutdown.clone())
+        .await?;
+    let api = format!("http://{}", running.api_addr.context("api address")?);
+    println!("api        {api}");
+
+    let result = drive(&daemon, &sandbox, &sandbox_config, &api, &jwt_secret, &opts, started).await;
+    shutdown.cancel();
+    running.wait().await?;
+    result
+}
+
+async fn drive(
+    daemon: &Daemon,
+    sandbox: &Sandbox,
+    sandbox_config: &SandboxConfig,
+    api: &str,
+    jwt_secret: &secrecy::SecretString,
+    opts: &DemoOptions,
+    started: Instant,
+) -> anyhow::Result<bool> {
+    let user = format!("demo-{:08x}", fastrand_u32());
+    let token = issue_token(
+        jwt_secret,
+        &daemon.config.auth.issuer,
+        &daemon.config.auth.audience,
+        &user,
+        TokenRole::Client,
+        Duration::from_secs(3600),
+    )?;
+    let http = reqwest::Client::new();
+    let sandbox_url = format!("{}", daemon.config.providers.plaid.base_url);
+
+    // Link flow: the sandbox hands out public tokens; the API exchanges them.
+    let mut connections = Vec::new();
+    for _ in 0..opts.connections {
+        let linked: Value = http
+            .post(format!("{sandbox_url}/sandbox/public_token/create"))
+            .json(&json!({
+                "client_id": sandbox_config.client_id,
+                "secret": sandbox_config.secret,
+                "institution_id": "ins_109508",
+                "initial_products": ["transactions"],
+                "options": {
+                    "accounts": opts.accounts,
+                    "transactions_per_account": opts.transactions_per_account,
+                },
+            }))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let resp = http
+            .post(format!("{api}/api/v1/connections"))
+            .bearer_auth(&token)
+            .json(&json!({ "provider": "plaid", "public_token": linked["public_token"] }))
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        if status.as_u16() != 201 {
+            bail!("creating a connection failed: {status} {body}");
+        }
+        connections.push(body["id"].as_str().context("connection id")?.to_owned());
+    }
+    println!("user       {user}: {} sandbox connections linked", connections.len());
+
+    println!("\nround 1: initial sync of every connection");
+    let mut outcomes = sync_round(&http, api, &token, &connections).await?;
+
+    println!("\nround 2: the provider posts pending transactions, modifies, removes and adds some");
+    for access_token in sandbox.access_tokens() {
+        sandbox.advance(
+            &access_token,
+            Advance { post_pending: true, modify: 5, remove: 2, add: 10 },
+        );
+    }
+    outcomes.extend(sync_round(&http, api, &token, &connections).await?);
+
+    let summary = daemon.store().user_summary(&UserId::parse(&user).map_err(anyhow::Error::msg)?).await?;
+    let succeeded = outcomes.values().filter(|s| s.as_str() == "succeeded").count();
+    let failed = outcomes.len() - succeeded;
+    println!(
+        "\nsummary: {} jobs ({succeeded} succeeded, {failed} failed), {} connections, {} accounts, \
+         {} transactions (+{} removed), {} audit records, {:.2} s",
+        outcomes.len(),
+        summary.connections,
+        summary.accounts,
+        summary.transactions,
+        summary.removed_transactions,
+        summary.audit_records,
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(failed == 0)
+}
+
+/// Enqueues a sync per connection through the API and polls the jobs until
+/// they finish, printing progress. Returns each job's final state.
+async fn sync_round(
+    http: &reqwest::Client,
+    api: &str,
+    token: &str,
+    connections: &[String],
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut jobs = Vec::new();
+    for c in connections {
+        let resp = http
+            .post(format!("{api}/api/v1/connections/{c}/syncs"))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("enqueueing a sync failed: {status} {body}");
+        }
+        jobs.push(body["id"].as_str().context("job id")?.to_owned());
+    }
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut finals = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while finals.len() < jobs.len() {
+        if Instant::now() > deadline {
+            bail!("jobs did not finish within 10 minutes");
+        }
+        for id in &jobs {
+            if finals.contains_key(id) {
+                continue;
+            }
+            let job: Value = http
+                .get(format!("{api}/api/v1/jobs/{id}"))
+                .bearer_auth(token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            let state = job["state"].as_str().unwrap_or("?").to_owned();
+            let p = &job["progress"];
+            let line = format!(
+                "  job {} {:<10} attempt {} pages {:>3} transactions {:>6}{}",
+                &id[id.len() - 8..],
+                state,
+                job["attempt"],
+                p["pages"].as_u64().unwrap_or(0),
+                p["transactions"].as_u64().unwrap_or(0),
+                job["last_error"]["error"]
+                    .as_str()
+                    .map(|e| format!("  last error: {e}"))
+                    .unwrap_or_default(),
+            );
+            if last.get(id) != Some(&line) {
+                println!("{line}");
+                last.insert(id.clone(), line);
+            }
+            if matches!(state.as_str(), "succeeded" | "failed" | "cancelled") {
+                finals.insert(id.clone(), state);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(finals)
+}
+
+fn fastrand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).unwrap_or_default();
+    u32::from_le_bytes(b)
+}

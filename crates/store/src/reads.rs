@@ -1,0 +1,106 @@
+//! Read models for the API: accounts, transactions, summaries.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use dashtam_domain::{AccountId, ConnectionId, UserId};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct Account {
+    pub id: Uuid,
+    pub connection_id: Uuid,
+    pub provider_account_id: String,
+    pub name: String,
+    pub official_name: Option<String>,
+    pub mask: Option<String>,
+    pub account_type: String,
+    pub account_subtype: Option<String>,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub balance_current: Option<Decimal>,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub balance_available: Option<Decimal>,
+    pub currency: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+pub struct Transaction {
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub provider_transaction_id: String,
+    /// Decimal string; positive = money in.
+    #[serde(with = "rust_decimal::serde::str")]
+    pub amount: Decimal,
+    pub currency: String,
+    pub status: String,
+    pub transaction_date: NaiveDate,
+    pub posted_date: Option<NaiveDate>,
+    pub description: String,
+    pub merchant: Option<String>,
+    pub category: Option<String>,
+    pub txn_type: String,
+    pub txn_subtype: Option<String>,
+    pub symbol: Option<String>,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub quantity: Option<Decimal>,
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub price: Option<Decimal>,
+    pub replaces_transaction_id: Option<Uuid>,
+    pub removed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Counts of what a user has, for the demo's summary.
+#[derive(Clone, Copy, Debug, Default, Serialize, sqlx::FromRow)]
+pub struct UserSummary {
+    pub connections: i64,
+    pub accounts: i64,
+    pub transactions: i64,
+    pub removed_transactions: i64,
+    pub audit_records: i64,
+}
+
+impl Store {
+    pub async fn accounts(
+        &self,
+        user: &UserId,
+        connection: Option<ConnectionId>,
+    ) -> Result<Vec<Account>, StoreError> {
+        Ok(sqlx::query_as(include_str!("../queries/list_accounts.sql"))
+            .bind(user.as_str())
+            .bind(connection.map(|c| c.0))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// A page of live transactions, newest first, after `after` (the last
+    /// row's date and id of the previous page).
+    pub async fn transactions(
+        &self,
+        user: &UserId,
+        account: Option<AccountId>,
+        after: Option<(NaiveDate, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<Transaction>, StoreError> {
+        Ok(sqlx::query_as(include_str!("../queries/list_transactions.sql"))
+            .bind(user.as_str())
+            .bind(account.map(|a| a.0))
+            .bind(after.map(|a| a.0))
+            .bind(after.map(|a| a.1))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn user_summary(&self, user: &UserId) -> Result<UserSummary, StoreError> {
+        Ok(sqlx::query_as(include_str!("../queries/user_summary.sql"))
+            .bind(user.as_str())
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}
