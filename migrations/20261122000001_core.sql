@@ -32,8 +32,8 @@ CREATE TABLE accounts (
     mask                 text,
     account_type         text        NOT NULL,
     account_subtype      text,
-    balance_current      numeric(24, 6),
-    balance_available    numeric(24, 6),
+    balance_current      numeric,
+    balance_available    numeric,
     currency             text        NOT NULL,
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now(),
@@ -44,8 +44,9 @@ CREATE TABLE transactions (
     id                               uuid PRIMARY KEY,
     account_id                       uuid        NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
     provider_transaction_id          text        NOT NULL,
-    -- positive = money in, negative = money out
-    amount                           numeric(24, 6) NOT NULL,
+    -- positive = money in, negative = money out; unconstrained numeric keeps
+    -- the provider's exact scale
+    amount                           numeric NOT NULL,
     currency                         text        NOT NULL,
     status                           text        NOT NULL
         CHECK (status IN ('pending', 'settled', 'failed', 'cancelled')),
@@ -57,8 +58,8 @@ CREATE TABLE transactions (
     txn_type                         text        NOT NULL,
     txn_subtype                      text,
     symbol                           text,
-    quantity                         numeric(24, 8),
-    price                            numeric(24, 8),
+    quantity                         numeric,
+    price                            numeric,
     pending_provider_transaction_id  text,
     -- the pending transaction this posted one replaced
     replaces_transaction_id          uuid REFERENCES transactions (id) ON DELETE SET NULL,

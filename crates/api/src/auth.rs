@@ -47,7 +47,10 @@ impl Auth {
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
         validation.validate_nbf = true;
         validation.leeway = 30;
-        Self { key: DecodingKey::from_secret(secret.expose_secret().as_bytes()), validation }
+        Self {
+            key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+            validation,
+        }
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
@@ -108,7 +111,10 @@ pub struct Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -116,13 +122,21 @@ impl FromRequestParts<AppState> for Caller {
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be \"Bearer <token>\""))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("the Authorization header must be \"Bearer <token>\"")
+            })?;
         let claims = state.auth.verify(token)?;
         let user = UserId::parse(&claims.sub)
             .map_err(|e| ApiError::unauthorized(format!("the token's subject is invalid: {e}")))?;
-        Ok(Caller { user, role: claims.role })
+        Ok(Caller {
+            user,
+            role: claims.role,
+        })
     }
 }

@@ -20,8 +20,13 @@ pub struct FieldError {
     pub message: String,
 }
 
+/// Boxed: errors travel through every handler's `Result`, so they stay one
+/// pointer wide.
 #[derive(Clone, Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<Details>);
+
+#[derive(Clone, Debug)]
+pub struct Details {
     pub status: StatusCode,
     /// Stable, machine-readable problem kind (the last part of `type`).
     pub kind: &'static str,
@@ -35,8 +40,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self(Box::new(Details {
             status,
             kind,
             title,
@@ -45,15 +55,25 @@ impl ApiError {
             internal: None,
             www_authenticate: None,
             retry_after: None,
-        }
+        }))
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not-found", "Resource not found", detail)
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Resource not found",
+            detail,
+        )
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
     }
 
     pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
@@ -64,7 +84,10 @@ impl ApiError {
             "Invalid request parameter",
             format!("{field}: {message}"),
         );
-        e.errors.push(FieldError { field: field.to_owned(), message });
+        e.errors.push(FieldError {
+            field: field.to_owned(),
+            message,
+        });
         e
     }
 
@@ -74,15 +97,26 @@ impl ApiError {
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
         let detail = detail.into();
-        let mut e = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized", detail.clone());
+        let mut e = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            detail.clone(),
+        );
         let desc = detail.replace(['"', '\\'], "'");
-        e.www_authenticate =
-            Some(format!(r#"Bearer realm="dashtam", error="invalid_token", error_description="{desc}""#));
+        e.www_authenticate = Some(format!(
+            r#"Bearer realm="dashtam", error="invalid_token", error_description="{desc}""#
+        ));
         e
     }
 
     pub fn unavailable(detail: impl Into<String>, retry_after: Option<u64>) -> Self {
-        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable", detail);
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Service unavailable",
+            detail,
+        );
         e.retry_after = retry_after;
         e
     }
@@ -98,6 +132,19 @@ impl ApiError {
         );
         e.internal = Some(cause.to_string());
         e
+    }
+}
+
+impl std::ops::Deref for ApiError {
+    type Target = Details;
+    fn deref(&self) -> &Details {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut Details {
+        &mut self.0
     }
 }
 
@@ -146,8 +193,15 @@ fn render(e: &ApiError, instance: &str, request_id: &str) -> Response {
     };
     let mut resp = (e.status, axum::Json(body)).into_response();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-    if let Some(v) = e.www_authenticate.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Some(v) = e
+        .www_authenticate
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
         h.insert(header::WWW_AUTHENTICATE, v);
     }
     if let Some(secs) = e.retry_after {
@@ -159,7 +213,11 @@ fn render(e: &ApiError, instance: &str, request_id: &str) -> Response {
 /// Renders problems (see the module docs).
 pub async fn problem_details(req: Request, next: Next) -> Response {
     let instance = req.uri().path().to_owned();
-    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
     let resp = next.run(req).await;
     if let Some(e) = resp.extensions().get::<ApiError>() {
         if let Some(cause) = &e.internal {
@@ -176,7 +234,10 @@ pub async fn problem_details(req: Request, next: Next) -> Response {
     }
     let status = resp.status();
     if (status.is_client_error() || status.is_server_error())
-        && resp.headers().get(header::CONTENT_TYPE).is_none_or(|ct| ct != "application/problem+json")
+        && resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_none_or(|ct| ct != "application/problem+json")
     {
         let e = match status {
             StatusCode::NOT_FOUND => ApiError::not_found(format!("no route for {instance}")),
@@ -187,7 +248,12 @@ pub async fn problem_details(req: Request, next: Next) -> Response {
                 format!("{instance} does not accept this method"),
             ),
             s if s.is_server_error() => ApiError::internal(format!("unhandled {s}")),
-            s => ApiError::new(s, "bad-request", "Bad request", s.canonical_reason().unwrap_or("")),
+            s => ApiError::new(
+                s,
+                "bad-request",
+                "Bad request",
+                s.canonical_reason().unwrap_or(""),
+            ),
         };
         if let Some(cause) = &e.internal {
             tracing::error!(request_id = %request_id, error = %cause, "request failed");

@@ -62,8 +62,10 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<AppState>) -> Response {
     match dashtam_store::migrate::status(state.store.pool()).await {
         Ok(dashtam_store::migrate::SchemaStatus::Current) => "ready".into_response(),
-        Ok(other) => ApiError::unavailable(format!("database schema is not current: {other:?}"), None)
-            .into_response(),
+        Ok(other) => {
+            ApiError::unavailable(format!("database schema is not current: {other:?}"), None)
+                .into_response()
+        }
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: database unreachable");
             ApiError::unavailable("database unreachable", Some(5)).into_response()

@@ -88,7 +88,9 @@ pub fn providers(config: &Config) -> anyhow::Result<Providers> {
         timeout: Duration::from_secs(p.timeout_secs),
     })
     .context("building the Plaid HTTP client")?;
-    Ok(Providers { plaid: Some(Arc::new(plaid)) })
+    Ok(Providers {
+        plaid: Some(Arc::new(plaid)),
+    })
 }
 
 /// Everything a running daemon needs, built once.
@@ -137,7 +139,10 @@ impl Daemon {
         let mut api_addr = None;
         let queue = Queue::new(self.pool.clone());
         if roles.contains(&Role::Api) {
-            let secret = self.jwt_secret.clone().context("the api role needs auth.jwt_secret")?;
+            let secret = self
+                .jwt_secret
+                .clone()
+                .context("the api role needs auth.jwt_secret")?;
             let listener = match listener {
                 Some(l) => l,
                 None => TcpListener::bind(self.config.http.listen)
@@ -149,8 +154,14 @@ impl Daemon {
                 store: self.store(),
                 queue: queue.clone(),
                 providers: self.providers.clone(),
-                auth: Arc::new(Auth::hs256(&secret, &self.config.auth.issuer, &self.config.auth.audience)),
-                jobs: JobSettings { sync_max_attempts: self.config.jobs.sync_max_attempts },
+                auth: Arc::new(Auth::hs256(
+                    &secret,
+                    &self.config.auth.issuer,
+                    &self.config.auth.audience,
+                )),
+                jobs: JobSettings {
+                    sync_max_attempts: self.config.jobs.sync_max_attempts,
+                },
             };
             let app = dashtam_api::router(state, self.config.http.body_limit_bytes);
             let stop = shutdown.clone();
@@ -225,7 +236,10 @@ mod tests {
 
     #[test]
     fn database_passwords_are_redacted() {
-        assert_eq!(redact("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("postgres://h/db"), "postgres://h/db");
     }

@@ -31,7 +31,7 @@ pub struct SyncBenchOptions {
 /// The brief's "sync" workload: M connections with K transactions each,
 /// one sync per connection, then an immediate re-sync with nothing new.
 pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<()> {
-    if opts.accounts == 0 || opts.transactions % opts.accounts != 0 {
+    if opts.accounts == 0 || !opts.transactions.is_multiple_of(opts.accounts) {
         bail!("--transactions must be a multiple of --accounts");
     }
     dashtam_store::migrate::recreate_database(&opts.database_url)
@@ -46,7 +46,10 @@ pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<
     let stop = shutdown.clone();
     let addr = sandbox
         .clone()
-        .spawn("127.0.0.1:0".parse()?, async move { stop.cancelled().await })
+        .spawn(
+            "127.0.0.1:0".parse()?,
+            async move { stop.cancelled().await },
+        )
         .await?;
     config.providers.plaid.base_url = format!("http://{addr}");
     config.providers.plaid.client_id = sandbox_config.client_id.clone();
@@ -54,9 +57,15 @@ pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<
     config.worker.poll_interval_ms = 50;
     config.worker.queues.insert(
         QUEUE_SYNC.into(),
-        QueueSection { concurrency: opts.concurrency, fetch_batch: opts.concurrency },
+        QueueSection {
+            concurrency: opts.concurrency,
+            fetch_batch: opts.concurrency,
+        },
     );
-    config.database.max_connections = config.database.max_connections.max(opts.concurrency as u32 + 8);
+    config.database.max_connections = config
+        .database
+        .max_connections
+        .max(opts.concurrency as u32 + 8);
 
     let daemon = Daemon {
         providers: app::providers(&config)?,
@@ -88,18 +97,23 @@ pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<
             .await?;
         connections.push(ConnectionId(conn.id));
     }
-    let running = daemon.start(&[Role::Worker], None, shutdown.clone()).await?;
+    let running = daemon
+        .start(&[Role::Worker], None, shutdown.clone())
+        .await?;
     let queue = Queue::new(pool.clone());
     let total = u64::from(opts.connections) * u64::from(opts.transactions);
 
     let first = round(&queue, &connections).await?;
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM transactions").fetch_one(&pool).await?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM transactions")
+        .fetch_one(&pool)
+        .await?;
     if stored != i64::try_from(total)? {
         bail!("expected {total} transactions stored, found {stored}");
     }
     let second = round(&queue, &connections).await?;
-    let stored_again: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM transactions").fetch_one(&pool).await?;
+    let stored_again: i64 = sqlx::query_scalar("SELECT count(*) FROM transactions")
+        .fetch_one(&pool)
+        .await?;
     if stored_again != stored {
         bail!("re-sync changed the row count from {stored} to {stored_again}");
     }
@@ -131,7 +145,11 @@ async fn round(queue: &Queue, connections: &[ConnectionId]) -> anyhow::Result<Du
     let jobs: Vec<NewJob> = connections
         .iter()
         .map(|c| {
-            let mut j = NewJob::new(QUEUE_SYNC, KIND_SYNC, serde_json::to_value(SyncJob::new(*c))?);
+            let mut j = NewJob::new(
+                QUEUE_SYNC,
+                KIND_SYNC,
+                serde_json::to_value(SyncJob::new(*c))?,
+            );
             j.max_attempts = 3;
             Ok(j)
         })
@@ -145,7 +163,11 @@ async fn round(queue: &Queue, connections: &[ConnectionId]) -> anyhow::Result<Du
             .map(|(_, n)| n)
             .sum();
         if unfinished == 0 {
-            let failed: i64 = counts.iter().filter(|(s, _)| s == "failed").map(|(_, n)| n).sum();
+            let failed: i64 = counts
+                .iter()
+                .filter(|(s, _)| s == "failed")
+                .map(|(_, n)| n)
+                .sum();
             if failed > 0 {
                 bail!("{failed} sync job(s) failed");
             }

@@ -159,41 +159,91 @@ impl Config {
                 problems.push(format!("{key}: {msg}"));
             }
         };
-        check(self.database.max_connections >= 2, "database.max_connections", "must be at least 2");
-        check(self.http.body_limit_bytes >= 1024, "http.body_limit_bytes", "must be at least 1024");
-        check(self.worker.poll_interval_ms >= 10, "worker.poll_interval_ms", "must be at least 10");
-        check(self.worker.heartbeat_interval_secs >= 1, "worker.heartbeat_interval_secs", "must be at least 1");
+        check(
+            self.database.max_connections >= 2,
+            "database.max_connections",
+            "must be at least 2",
+        );
+        check(
+            self.http.body_limit_bytes >= 1024,
+            "http.body_limit_bytes",
+            "must be at least 1024",
+        );
+        check(
+            self.worker.poll_interval_ms >= 10,
+            "worker.poll_interval_ms",
+            "must be at least 10",
+        );
+        check(
+            self.worker.heartbeat_interval_secs >= 1,
+            "worker.heartbeat_interval_secs",
+            "must be at least 1",
+        );
         check(
             self.worker.orphan_timeout_secs >= 2 * self.worker.heartbeat_interval_secs,
             "worker.orphan_timeout_secs",
             "must be at least twice worker.heartbeat_interval_secs",
         );
-        check(self.worker.rescue_interval_secs >= 1, "worker.rescue_interval_secs", "must be at least 1");
-        check(self.worker.backoff_base_ms >= 1, "worker.backoff_base_ms", "must be at least 1");
+        check(
+            self.worker.rescue_interval_secs >= 1,
+            "worker.rescue_interval_secs",
+            "must be at least 1",
+        );
+        check(
+            self.worker.backoff_base_ms >= 1,
+            "worker.backoff_base_ms",
+            "must be at least 1",
+        );
         check(
             self.worker.backoff_max_secs * 1000 >= self.worker.backoff_base_ms,
             "worker.backoff_max_secs",
             "must not be below worker.backoff_base_ms",
         );
-        check(self.worker.completion_batch >= 1, "worker.completion_batch", "must be at least 1");
         check(
-            self.worker.queues.contains_key(dashtam_domain::jobs::QUEUE_SYNC),
+            self.worker.completion_batch >= 1,
+            "worker.completion_batch",
+            "must be at least 1",
+        );
+        check(
+            self.worker
+                .queues
+                .contains_key(dashtam_domain::jobs::QUEUE_SYNC),
             "worker.queues.sync",
             "the sync queue must be configured",
         );
         for (name, q) in &self.worker.queues {
-            check(q.concurrency >= 1, &format!("worker.queues.{name}.concurrency"), "must be at least 1");
-            check(q.fetch_batch >= 1, &format!("worker.queues.{name}.fetch_batch"), "must be at least 1");
+            check(
+                q.concurrency >= 1,
+                &format!("worker.queues.{name}.concurrency"),
+                "must be at least 1",
+            );
+            check(
+                q.fetch_batch >= 1,
+                &format!("worker.queues.{name}.fetch_batch"),
+                "must be at least 1",
+            );
         }
-        check(self.jobs.sync_max_attempts >= 1, "jobs.sync_max_attempts", "must be at least 1");
-        check((1..=500).contains(&self.sync.page_size), "sync.page_size", "must be between 1 and 500");
+        check(
+            self.jobs.sync_max_attempts >= 1,
+            "jobs.sync_max_attempts",
+            "must be at least 1",
+        );
+        check(
+            (1..=500).contains(&self.sync.page_size),
+            "sync.page_size",
+            "must be between 1 and 500",
+        );
         check(
             self.providers.plaid.base_url.starts_with("http://")
                 || self.providers.plaid.base_url.starts_with("https://"),
             "providers.plaid.base_url",
             "must be an http:// or https:// URL",
         );
-        check(self.providers.plaid.timeout_secs >= 1, "providers.plaid.timeout_secs", "must be at least 1");
+        check(
+            self.providers.plaid.timeout_secs >= 1,
+            "providers.plaid.timeout_secs",
+            "must be at least 1",
+        );
         if problems.is_empty() {
             Ok(())
         } else {
@@ -254,7 +304,11 @@ impl Config {
 fn describe(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
-            let key = if e.path.is_empty() { "(root)".to_owned() } else { e.path.join(".") };
+            let key = if e.path.is_empty() {
+                "(root)".to_owned()
+            } else {
+                e.path.join(".")
+            };
             format!("{key}: {}", e.kind)
         })
         .collect::<Vec<_>>()
@@ -265,15 +319,20 @@ fn describe(e: figment::Error) -> String {
 mod tests {
     use super::*;
 
+    /// Loads the configuration with exactly `vars` as DASHTAM__ variables
+    /// (figment's jail serializes tests that touch the environment).
+    #[allow(clippy::result_large_err)] // figment's own error type
     fn with_env(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let mut result = None;
         figment::Jail::expect_with(|jail| {
+            jail.clear_env();
             for (k, v) in vars {
                 jail.set_env(k, v);
             }
-            let r = Config::load(None).map_err(|e| e.to_string());
-            Ok(r)
-        })
-        .map_err(anyhow::Error::msg)
+            result = Some(Config::load(None));
+            Ok(())
+        });
+        result.expect("jail ran")
     }
 
     #[test]
@@ -290,7 +349,10 @@ mod tests {
             ("DASHTAM__HTTP__LISTEN", "0.0.0.0:9000"),
             ("DASHTAM__WORKER__QUEUES__SYNC__CONCURRENCY", "3"),
             ("DASHTAM__CRYPTO__ACTIVE_KEY", "k1"),
-            ("DASHTAM__CRYPTO__KEYS__K1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            (
+                "DASHTAM__CRYPTO__KEYS__K1",
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            ),
         ])
         .unwrap();
         assert_eq!(c.http.listen.to_string(), "0.0.0.0:9000");
@@ -300,18 +362,34 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = with_env(&[("DASHTAM__HTTP__LISTEN", "not-an-address")]).unwrap_err().to_string();
+        let e = with_env(&[("DASHTAM__HTTP__LISTEN", "not-an-address")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("http.listen"), "{e}");
-        let e = with_env(&[("DASHTAM__SYNC__PAGE_SIZE", "900")]).unwrap_err().to_string();
+        let e = with_env(&[("DASHTAM__SYNC__PAGE_SIZE", "900")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("sync.page_size"), "{e}");
-        let e = with_env(&[("DASHTAM__HTTP__NO_SUCH_KEY", "1")]).unwrap_err().to_string();
+        let e = with_env(&[("DASHTAM__HTTP__NO_SUCH_KEY", "1")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no_such_key"), "{e}");
     }
 
     #[test]
     fn missing_secrets_say_how_to_set_them() {
         let c = with_env(&[]).unwrap();
-        assert!(c.jwt_secret().unwrap_err().to_string().contains("DASHTAM__AUTH__JWT_SECRET"));
-        assert!(c.cipher().unwrap_err().to_string().contains("dashtam keys generate"));
+        assert!(
+            c.jwt_secret()
+                .unwrap_err()
+                .to_string()
+                .contains("DASHTAM__AUTH__JWT_SECRET")
+        );
+        assert!(
+            c.cipher()
+                .unwrap_err()
+                .to_string()
+                .contains("dashtam keys generate")
+        );
     }
 }

@@ -30,13 +30,24 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<bool> 
     let started = Instant::now();
     let created = dashtam_store::migrate::ensure_database(&opts.database_url)
         .await
-        .with_context(|| format!("cannot reach PostgreSQL at {}", app::redact(&opts.database_url)))?;
+        .with_context(|| {
+            format!(
+                "cannot reach PostgreSQL at {}",
+                app::redact(&opts.database_url)
+            )
+        })?;
     let pool = app::connect(&config, &opts.database_url).await?;
-    dashtam_store::migrate::run(&pool).await.context("migrating the demo database")?;
+    dashtam_store::migrate::run(&pool)
+        .await
+        .context("migrating the demo database")?;
     println!(
         "database   {} ({})",
         app::redact(&opts.database_url),
-        if created { "created and migrated" } else { "migrated" }
+        if created {
+            "created and migrated"
+        } else {
+            "migrated"
+        }
     );
 
     let shutdown = CancellationToken::new();
@@ -50,7 +61,10 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<bool> 
     let stop = shutdown.clone();
     let sandbox_addr = sandbox
         .clone()
-        .spawn("127.0.0.1:0".parse()?, async move { stop.cancelled().await })
+        .spawn(
+            "127.0.0.1:0".parse()?,
+            async move { stop.cancelled().await },
+        )
         .await
         .context("starting the sandbox provider")?;
     println!("sandbox    http://{sandbox_addr} (Plaid /transactions/sync format)");
@@ -71,12 +85,25 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<bool> 
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let running = daemon
-        .start(&[Role::Api, Role::Worker, Role::Scheduler], Some(listener), shutdown.clone())
+        .start(
+            &[Role::Api, Role::Worker, Role::Scheduler],
+            Some(listener),
+            shutdown.clone(),
+        )
         .await?;
     let api = format!("http://{}", running.api_addr.context("api address")?);
     println!("api        {api}");
 
-    let result = drive(&daemon, &sandbox, &sandbox_config, &api, &jwt_secret, &opts, started).await;
+    let result = drive(
+        &daemon,
+        &sandbox,
+        &sandbox_config,
+        &api,
+        &jwt_secret,
+        &opts,
+        started,
+    )
+    .await;
     shutdown.cancel();
     running.wait().await?;
     result
@@ -101,7 +128,7 @@ async fn drive(
         Duration::from_secs(3600),
     )?;
     let http = reqwest::Client::new();
-    let sandbox_url = format!("{}", daemon.config.providers.plaid.base_url);
+    let sandbox_url = &daemon.config.providers.plaid.base_url;
 
     // Link flow: the sandbox hands out public tokens; the API exchanges them.
     let mut connections = Vec::new();
@@ -136,7 +163,10 @@ async fn drive(
         }
         connections.push(body["id"].as_str().context("connection id")?.to_owned());
     }
-    println!("user       {user}: {} sandbox connections linked", connections.len());
+    println!(
+        "user       {user}: {} sandbox connections linked",
+        connections.len()
+    );
 
     println!("\nround 1: initial sync of every connection");
     let mut outcomes = sync_round(&http, api, &token, &connections).await?;
@@ -145,13 +175,24 @@ async fn drive(
     for access_token in sandbox.access_tokens() {
         sandbox.advance(
             &access_token,
-            Advance { post_pending: true, modify: 5, remove: 2, add: 10 },
+            Advance {
+                post_pending: true,
+                modify: 5,
+                remove: 2,
+                add: 10,
+            },
         );
     }
     outcomes.extend(sync_round(&http, api, &token, &connections).await?);
 
-    let summary = daemon.store().user_summary(&UserId::parse(&user).map_err(anyhow::Error::msg)?).await?;
-    let succeeded = outcomes.values().filter(|s| s.as_str() == "succeeded").count();
+    let summary = daemon
+        .store()
+        .user_summary(&UserId::parse(&user).map_err(anyhow::Error::msg)?)
+        .await?;
+    let succeeded = outcomes
+        .values()
+        .filter(|s| s.as_str() == "succeeded")
+        .count();
     let failed = outcomes.len() - succeeded;
     println!(
         "\nsummary: {} jobs ({succeeded} succeeded, {failed} failed), {} connections, {} accounts, \

@@ -16,7 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 #[derive(Parser)]
-#[command(name = "dashtam", version, about = "Dashtam Worker: keeps financial data fresh through durable Postgres-backed job queues.")]
+#[command(
+    name = "dashtam",
+    version,
+    about = "Dashtam Worker: keeps financial data fresh through durable Postgres-backed job queues."
+)]
 struct Cli {
     /// Configuration file layered over the built-in defaults (see config/default.toml).
     #[arg(long, global = true, value_name = "FILE")]
@@ -123,8 +127,12 @@ enum BenchCommand {
     /// Ingest throughput: M connections × K transactions, then an idempotent re-sync.
     Sync {
         /// Database to (re)create for the run.
-        #[arg(long, env = "DATABASE_URL", value_name = "URL",
-              default_value = "postgres://postgres@127.0.0.1:5432/dashtam_bench")]
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            value_name = "URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/dashtam_bench"
+        )]
         database_url: String,
         #[arg(long, default_value_t = 20)]
         connections: u32,
@@ -142,7 +150,9 @@ enum BenchCommand {
 
 fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().with_context(|| format!("--ttl {s:?}: expected e.g. 30m, 1h, 7d"))?;
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("--ttl {s:?}: expected e.g. 30m, 1h, 7d"))?;
     let secs = match unit {
         "s" | "" => n,
         "m" => n * 60,
@@ -155,7 +165,10 @@ fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -173,24 +186,53 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
-    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Bench { .. } | Command::Token { .. } | Command::Keys { .. });
-    let filter = if quiet { "warn" } else { config.log.filter.as_str() };
+    let quiet = matches!(
+        cli.command,
+        Command::Demo { .. } | Command::Bench { .. } | Command::Token { .. } | Command::Keys { .. }
+    );
+    let filter = if quiet {
+        "warn"
+    } else {
+        config.log.filter.as_str()
+    };
     dashtam_telemetry::init(config.log.format, filter)?;
-    let db_url = |db: DbArgs| db.database_url.unwrap_or_else(|| config.database.url.clone());
+    let db_url = |db: DbArgs| {
+        db.database_url
+            .unwrap_or_else(|| config.database.url.clone())
+    };
 
     match cli.command {
-        Command::Serve { listen, db, roles, migrate } => {
+        Command::Serve {
+            listen,
+            db,
+            roles,
+            migrate,
+        } => {
             let mut config = config.clone();
             if let Some(l) = listen {
                 config.http.listen = l;
             }
             let url = db_url(db);
-            let roles = if roles.is_empty() { vec![Role::Api, Role::Worker, Role::Scheduler] } else { roles };
-            let jwt_secret = if roles.contains(&Role::Api) { Some(config.jwt_secret()?) } else { None };
+            let roles = if roles.is_empty() {
+                vec![Role::Api, Role::Worker, Role::Scheduler]
+            } else {
+                roles
+            };
+            let jwt_secret = if roles.contains(&Role::Api) {
+                Some(config.jwt_secret()?)
+            } else {
+                None
+            };
             let cipher = Arc::new(config.cipher()?);
             let pool = app::connect(&config, &url).await?;
             app::ensure_schema(&pool, migrate).await?;
-            let daemon = Daemon { providers: app::providers(&config)?, cipher, jwt_secret, pool, config };
+            let daemon = Daemon {
+                providers: app::providers(&config)?,
+                cipher,
+                jwt_secret,
+                pool,
+                config,
+            };
             let shutdown = CancellationToken::new();
             app::cancel_on_signals(shutdown.clone());
             info!(roles = ?roles, "dashtam starting");
@@ -201,7 +243,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate { db } => {
             let url = db_url(db);
             let pool = app::connect(&config, &url).await?;
-            dashtam_store::migrate::run(&pool).await.context("migration failed")?;
+            dashtam_store::migrate::run(&pool)
+                .await
+                .context("migration failed")?;
             println!("database {} is up to date", app::redact(&url));
             Ok(ExitCode::SUCCESS)
         }
@@ -221,10 +265,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             info!(addr = %listener.local_addr()?, "sandbox provider listening");
             let shutdown = CancellationToken::new();
             app::cancel_on_signals(shutdown.clone());
-            sandbox.serve(listener, async move { shutdown.cancelled().await }).await?;
+            sandbox
+                .serve(listener, async move { shutdown.cancelled().await })
+                .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { db, listen, connections, accounts, transactions_per_account } => {
+        Command::Demo {
+            db,
+            listen,
+            connections,
+            accounts,
+            transactions_per_account,
+        } => {
             let url = db_url(db);
             let ok = dashtam::demo::run(
                 config,
@@ -237,9 +289,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             )
             .await?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Command::Token { command: TokenCommand::Issue { sub, role, ttl } } => {
+        Command::Token {
+            command: TokenCommand::Issue { sub, role, ttl },
+        } => {
             let role = match role.as_str() {
                 "client" => dashtam_api::Role::Client,
                 "operator" => dashtam_api::Role::Operator,
@@ -257,14 +315,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keys { command: KeysCommand::Generate } => {
+        Command::Keys {
+            command: KeysCommand::Generate,
+        } => {
             println!("{}", dashtam_store::Cipher::generate_key()?.expose_secret());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { command: BenchCommand::Sync { database_url, connections, transactions, accounts, concurrency } } => {
+        Command::Bench {
+            command:
+                BenchCommand::Sync {
+                    database_url,
+                    connections,
+                    transactions,
+                    accounts,
+                    concurrency,
+                },
+        } => {
             dashtam::bench::sync(
                 config,
-                dashtam::bench::SyncBenchOptions { database_url, connections, transactions, accounts, concurrency },
+                dashtam::bench::SyncBenchOptions {
+                    database_url,
+                    connections,
+                    transactions,
+                    accounts,
+                    concurrency,
+                },
             )
             .await?;
             Ok(ExitCode::SUCCESS)

@@ -43,6 +43,11 @@ mod tests {
         let v = serde_json::to_value(SyncJob::new(id)).unwrap();
         assert_eq!(v["v"], "1");
         assert_eq!(v["connection_id"], id.to_string());
-        assert_eq!(serde_json::from_value::<SyncJob>(v).unwrap().connection_id(), id);
+        assert_eq!(
+            serde_json::from_value::<SyncJob>(v)
+                .unwrap()
+                .connection_id(),
+            id
+        );
     }
 }

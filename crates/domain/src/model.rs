@@ -168,10 +168,18 @@ impl SyncBatch {
             let gone: std::collections::HashSet<(&str, &str)> = page
                 .removed
                 .iter()
-                .map(|r| (r.provider_account_id.as_str(), r.provider_transaction_id.as_str()))
+                .map(|r| {
+                    (
+                        r.provider_account_id.as_str(),
+                        r.provider_transaction_id.as_str(),
+                    )
+                })
                 .collect();
             self.upserts.retain(|t| {
-                !gone.contains(&(t.provider_account_id.as_str(), t.provider_transaction_id.as_str()))
+                !gone.contains(&(
+                    t.provider_account_id.as_str(),
+                    t.provider_transaction_id.as_str(),
+                ))
             });
         }
         self.upserts.extend(page.added);

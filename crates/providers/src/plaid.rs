@@ -82,7 +82,11 @@ fn without_url(e: &reqwest::Error) -> String {
     if let Some(url) = e.url() {
         s = s.replace(url.as_str(), "");
     }
-    if e.is_timeout() { format!("timed out ({s})") } else { s }
+    if e.is_timeout() {
+        format!("timed out ({s})")
+    } else {
+        s
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,9 +188,15 @@ struct Category {
     detailed: String,
 }
 
-fn currency(iso: Option<&str>, unofficial: Option<&str>, what: &str) -> Result<Currency, ProviderError> {
+fn currency(
+    iso: Option<&str>,
+    unofficial: Option<&str>,
+    what: &str,
+) -> Result<Currency, ProviderError> {
     let code = iso.or(unofficial).ok_or_else(|| {
-        ProviderError::Permanent(format!("{what} has neither iso nor unofficial currency code"))
+        ProviderError::Permanent(format!(
+            "{what} has neither iso nor unofficial currency code"
+        ))
     })?;
     Currency::parse(code).map_err(|e| ProviderError::Permanent(format!("{what}: {e}")))
 }
@@ -223,7 +233,11 @@ fn account(a: AccountWire) -> Result<NormalizedAccount, ProviderError> {
 fn transaction(raw: Box<RawValue>) -> Result<NormalizedTransaction, ProviderError> {
     let t: TransactionWire = serde_json::from_str(raw.get())
         .map_err(|e| ProviderError::Permanent(format!("transaction does not parse: {e}")))?;
-    let txn_type = match t.personal_finance_category.as_ref().map(|c| c.primary.as_str()) {
+    let txn_type = match t
+        .personal_finance_category
+        .as_ref()
+        .map(|c| c.primary.as_str())
+    {
         Some("INCOME") => "income",
         Some("TRANSFER_IN" | "TRANSFER_OUT") => "transfer",
         Some("BANK_FEES") => "fee",
@@ -240,12 +254,21 @@ fn transaction(raw: Box<RawValue>) -> Result<NormalizedTransaction, ProviderErro
         provider_account_id: t.account_id,
         provider_transaction_id: t.transaction_id,
         amount: -t.amount,
-        status: if t.pending { TransactionStatus::Pending } else { TransactionStatus::Settled },
+        status: if t.pending {
+            TransactionStatus::Pending
+        } else {
+            TransactionStatus::Settled
+        },
         transaction_date: t.authorized_date.unwrap_or(t.date),
         posted_date: (!t.pending).then_some(t.date),
-        description: t.name.or_else(|| t.merchant_name.clone()).unwrap_or_default(),
+        description: t
+            .name
+            .or_else(|| t.merchant_name.clone())
+            .unwrap_or_default(),
         merchant: t.merchant_name,
-        category: t.personal_finance_category.map(|c| c.detailed.to_lowercase()),
+        category: t
+            .personal_finance_category
+            .map(|c| c.detailed.to_lowercase()),
         txn_type: txn_type.to_owned(),
         txn_subtype: None,
         symbol: None,
@@ -267,7 +290,10 @@ impl TransactionSyncSource for PlaidClient {
             access_token: String,
         }
         let bytes = self
-            .post("/item/public_token/exchange", &serde_json::json!({ "public_token": public_token }))
+            .post(
+                "/item/public_token/exchange",
+                &serde_json::json!({ "public_token": public_token }),
+            )
             .await?;
         let e: Exchanged = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::Permanent(format!("exchange response: {e}")))?;
@@ -293,7 +319,11 @@ impl TransactionSyncSource for PlaidClient {
         let bytes = self.post("/transactions/sync", &body).await?;
         let r: SyncResponse = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::Permanent(format!("/transactions/sync response: {e}")))?;
-        let accounts = r.accounts.into_iter().map(account).collect::<Result<Vec<_>, _>>()?;
+        let accounts = r
+            .accounts
+            .into_iter()
+            .map(account)
+            .collect::<Result<Vec<_>, _>>()?;
         // Plaid omits `account_id` on some removals; such a removal applies
         // to whichever account holds the id, which only one can.
         let removed = r
@@ -314,8 +344,16 @@ impl TransactionSyncSource for PlaidClient {
             })
             .collect();
         Ok(SyncPage {
-            added: r.added.into_iter().map(transaction).collect::<Result<_, _>>()?,
-            modified: r.modified.into_iter().map(transaction).collect::<Result<_, _>>()?,
+            added: r
+                .added
+                .into_iter()
+                .map(transaction)
+                .collect::<Result<_, _>>()?,
+            modified: r
+                .modified
+                .into_iter()
+                .map(transaction)
+                .collect::<Result<_, _>>()?,
             removed,
             accounts,
             next_cursor: r.next_cursor,
@@ -393,7 +431,12 @@ mod tests {
             ProviderError::MutationDuringPagination
         ));
         assert!(matches!(
-            classify("/x", StatusCode::BAD_REQUEST, None, body("ITEM_LOGIN_REQUIRED")),
+            classify(
+                "/x",
+                StatusCode::BAD_REQUEST,
+                None,
+                body("ITEM_LOGIN_REQUIRED")
+            ),
             ProviderError::Unauthorized(_)
         ));
         assert!(matches!(

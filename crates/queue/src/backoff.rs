@@ -16,8 +16,14 @@ impl Backoff {
     /// (1-based): uniformly random in `[base, min(max, base * 2^(attempt-1))]`.
     /// The floor of `base` keeps a retry from ever being instant.
     pub fn delay(&self, attempt: i32) -> Duration {
-        let exp = u32::try_from(attempt.saturating_sub(1)).unwrap_or(0).min(30);
-        let cap = self.base.saturating_mul(1 << exp).min(self.max).max(self.base);
+        let exp = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(0)
+            .min(30);
+        let cap = self
+            .base
+            .saturating_mul(1 << exp)
+            .min(self.max)
+            .max(self.base);
         let spread = cap - self.base;
         let jitter = spread.mul_f64(fastrand::f64());
         self.base + jitter
@@ -30,7 +36,10 @@ mod tests {
 
     #[test]
     fn delays_grow_are_capped_and_jittered() {
-        let b = Backoff { base: Duration::from_millis(100), max: Duration::from_secs(10) };
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        };
         for attempt in 1..40 {
             let cap = Duration::from_millis(100)
                 .saturating_mul(1 << (attempt - 1).min(30))

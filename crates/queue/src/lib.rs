@@ -151,7 +151,10 @@ impl Queue {
                 .await?;
             match row {
                 Some(Row { job, created: true }) => return Ok(Enqueued::Created(job)),
-                Some(Row { job, created: false }) => return Ok(Enqueued::Existing(job)),
+                Some(Row {
+                    job,
+                    created: false,
+                }) => return Ok(Enqueued::Existing(job)),
                 None => continue,
             }
         }

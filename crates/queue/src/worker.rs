@@ -53,7 +53,10 @@ pub enum JobError {
     /// Try again later: after `after` if given (a provider's `Retry-After`),
     /// else after the configured backoff.
     #[error("{message}")]
-    Retry { message: String, after: Option<Duration> },
+    Retry {
+        message: String,
+        after: Option<Duration>,
+    },
     /// Retrying cannot help: the job dies now.
     #[error("{message}")]
     Permanent { message: String },
@@ -61,11 +64,16 @@ pub enum JobError {
 
 impl JobError {
     pub fn retry(message: impl Into<String>) -> Self {
-        Self::Retry { message: message.into(), after: None }
+        Self::Retry {
+            message: message.into(),
+            after: None,
+        }
     }
 
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self::Permanent { message: message.into() }
+        Self::Permanent {
+            message: message.into(),
+        }
     }
 }
 
@@ -104,7 +112,11 @@ pub trait Handler: Send + Sync + 'static {
 
 enum Outcome {
     Succeeded,
-    Failed { state: &'static str, delay: Duration, message: String },
+    Failed {
+        state: &'static str,
+        delay: Duration,
+        message: String,
+    },
 }
 
 struct Completion {
@@ -122,7 +134,12 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     pub fn new(pool: PgPool, config: WorkerConfig) -> Self {
-        Self { pool, config, handlers: HashMap::new(), id: Uuid::now_v7() }
+        Self {
+            pool,
+            config,
+            handlers: HashMap::new(),
+            id: Uuid::now_v7(),
+        }
     }
 
     /// Registers the handler for jobs of `kind`.
@@ -146,7 +163,11 @@ impl WorkerPool {
         info!(worker_id = %self.id, queues = ?self.config.queues.iter().map(|q| &q.name).collect::<Vec<_>>(), "worker pool started");
 
         let wakers: Arc<HashMap<String, Arc<Notify>>> = Arc::new(
-            self.config.queues.iter().map(|q| (q.name.clone(), Arc::new(Notify::new()))).collect(),
+            self.config
+                .queues
+                .iter()
+                .map(|q| (q.name.clone(), Arc::new(Notify::new())))
+                .collect(),
         );
         let handlers = Arc::new(self.handlers);
         let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
@@ -154,7 +175,11 @@ impl WorkerPool {
         let background_stop = CancellationToken::new();
 
         let mut background = JoinSet::new();
-        background.spawn(listen(self.pool.clone(), wakers.clone(), background_stop.clone()));
+        background.spawn(listen(
+            self.pool.clone(),
+            wakers.clone(),
+            background_stop.clone(),
+        ));
         background.spawn(heartbeat(
             self.pool.clone(),
             self.id,
@@ -204,7 +229,10 @@ impl WorkerPool {
             error!(error = %e, "completer task panicked");
         }
         if !handed_back.is_empty() {
-            warn!(count = handed_back.len(), "handing unfinished jobs back to the queue");
+            warn!(
+                count = handed_back.len(),
+                "handing unfinished jobs back to the queue"
+            );
             sqlx::query(include_str!("../queries/hand_back.sql"))
                 .bind(&handed_back)
                 .bind(self.id)
@@ -363,29 +391,47 @@ impl Fetcher {
         async move {
             let result = match handler {
                 Some(h) => h.handle(&ctx).await,
-                None => Err(JobError::permanent(format!("no handler for job kind {:?}", ctx.kind))),
+                None => Err(JobError::permanent(format!(
+                    "no handler for job kind {:?}",
+                    ctx.kind
+                ))),
             };
             let outcome = match result {
                 Ok(()) => Outcome::Succeeded,
                 Err(JobError::Permanent { message }) => {
                     warn!(error = %message, "job failed permanently");
-                    Outcome::Failed { state: "failed", delay: Duration::ZERO, message }
+                    Outcome::Failed {
+                        state: "failed",
+                        delay: Duration::ZERO,
+                        message,
+                    }
                 }
                 Err(JobError::Retry { message, after }) => {
                     if ctx.attempt >= ctx.max_attempts {
                         warn!(error = %message, "job failed on its last attempt");
-                        Outcome::Failed { state: "failed", delay: Duration::ZERO, message }
+                        Outcome::Failed {
+                            state: "failed",
+                            delay: Duration::ZERO,
+                            message,
+                        }
                     } else {
                         let delay = after.unwrap_or_else(|| backoff.delay(ctx.attempt));
                         debug!(error = %message, ?delay, "job will be retried");
-                        Outcome::Failed { state: "retryable", delay, message }
+                        Outcome::Failed {
+                            state: "retryable",
+                            delay,
+                            message,
+                        }
                     }
                 }
             };
             // The slot is free as soon as the handler is done; the outcome is
             // written by the completer in a batch.
             drop(permit);
-            let _ = done.send(Completion { id: ctx.id, outcome });
+            let _ = done.send(Completion {
+                id: ctx.id,
+                outcome,
+            });
         }
         .instrument(span)
     }
@@ -407,7 +453,11 @@ async fn complete(
         for c in buf.drain(..) {
             match c.outcome {
                 Outcome::Succeeded => succeeded.push(c.id),
-                Outcome::Failed { state, delay, message } => {
+                Outcome::Failed {
+                    state,
+                    delay,
+                    message,
+                } => {
                     f_ids.push(c.id);
                     f_states.push(state);
                     f_delays.push(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
@@ -497,13 +547,7 @@ async fn listen(pool: PgPool, wakers: Arc<HashMap<String, Arc<Notify>>>, stop: C
     }
 }
 
-async fn heartbeat(
-    pool: PgPool,
-    id: Uuid,
-    name: String,
-    every: Duration,
-    stop: CancellationToken,
-) {
+async fn heartbeat(pool: PgPool, id: Uuid, name: String, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -534,7 +578,10 @@ pub async fn maintain(pool: PgPool, timeout: Duration, every: Duration, stop: Ca
         }
         match rescue_once(&pool, timeout).await {
             Ok(0) => {}
-            Ok(n) => info!(rescued = n, "rescued jobs from workers that stopped heartbeating"),
+            Ok(n) => info!(
+                rescued = n,
+                "rescued jobs from workers that stopped heartbeating"
+            ),
             Err(e) => warn!(error = %e, "orphan rescue failed"),
         }
     }

@@ -67,7 +67,10 @@ pub struct Txn {
 pub enum Event {
     Added(Txn),
     Modified(Txn),
-    Removed { transaction_id: String, account_id: String },
+    Removed {
+        transaction_id: String,
+        account_id: String,
+    },
 }
 
 pub struct Item {
@@ -91,16 +94,56 @@ fn anchor() -> NaiveDate {
 }
 
 const MERCHANTS: [(&str, &str, &str, &str); 10] = [
-    ("Blue Bottle Coffee", "FOOD_AND_DRINK", "FOOD_AND_DRINK_COFFEE", "in store"),
-    ("Whole Foods", "FOOD_AND_DRINK", "FOOD_AND_DRINK_GROCERIES", "in store"),
+    (
+        "Blue Bottle Coffee",
+        "FOOD_AND_DRINK",
+        "FOOD_AND_DRINK_COFFEE",
+        "in store",
+    ),
+    (
+        "Whole Foods",
+        "FOOD_AND_DRINK",
+        "FOOD_AND_DRINK_GROCERIES",
+        "in store",
+    ),
     ("Shell", "TRANSPORTATION", "TRANSPORTATION_GAS", "in store"),
-    ("Amazon", "GENERAL_MERCHANDISE", "GENERAL_MERCHANDISE_ONLINE_MARKETPLACES", "online"),
-    ("Uber", "TRANSPORTATION", "TRANSPORTATION_TAXIS_AND_RIDE_SHARES", "online"),
-    ("Netflix", "ENTERTAINMENT", "ENTERTAINMENT_TV_AND_MOVIES", "online"),
+    (
+        "Amazon",
+        "GENERAL_MERCHANDISE",
+        "GENERAL_MERCHANDISE_ONLINE_MARKETPLACES",
+        "online",
+    ),
+    (
+        "Uber",
+        "TRANSPORTATION",
+        "TRANSPORTATION_TAXIS_AND_RIDE_SHARES",
+        "online",
+    ),
+    (
+        "Netflix",
+        "ENTERTAINMENT",
+        "ENTERTAINMENT_TV_AND_MOVIES",
+        "online",
+    ),
     ("Delta", "TRAVEL", "TRAVEL_FLIGHTS", "online"),
-    ("Target", "GENERAL_MERCHANDISE", "GENERAL_MERCHANDISE_SUPERSTORES", "in store"),
-    ("Costco", "GENERAL_MERCHANDISE", "GENERAL_MERCHANDISE_SUPERSTORES", "in store"),
-    ("Chipotle", "FOOD_AND_DRINK", "FOOD_AND_DRINK_FAST_FOOD", "in store"),
+    (
+        "Target",
+        "GENERAL_MERCHANDISE",
+        "GENERAL_MERCHANDISE_SUPERSTORES",
+        "in store",
+    ),
+    (
+        "Costco",
+        "GENERAL_MERCHANDISE",
+        "GENERAL_MERCHANDISE_SUPERSTORES",
+        "in store",
+    ),
+    (
+        "Chipotle",
+        "FOOD_AND_DRINK",
+        "FOOD_AND_DRINK_FAST_FOOD",
+        "in store",
+    ),
 ];
 
 /// splitmix64: a tiny, good, stable mixing function.
@@ -149,10 +192,15 @@ impl Item {
         } else {
             anchor() + Days::new(1 + (i - total) / 50)
         };
-        let income = h % 10 == 0;
+        let income = h.is_multiple_of(10);
         let cents = 100 + (h >> 8) % 20_000;
         let (name, merchant, category, channel) = if income {
-            ("ACME Corp Payroll".to_owned(), None, ("INCOME", "INCOME_WAGES"), "other")
+            (
+                "ACME Corp Payroll".to_owned(),
+                None,
+                ("INCOME", "INCOME_WAGES"),
+                "other",
+            )
         } else {
             let m = MERCHANTS[usize::try_from((h >> 32) % 10).unwrap_or(0)];
             (m.0.to_uppercase(), Some(m.0), (m.1, m.2), m.3)
@@ -161,7 +209,11 @@ impl Item {
         Txn {
             transaction_id: id,
             account_id: self.account_id(account),
-            amount: if income { -amount * Decimal::TEN } else { amount },
+            amount: if income {
+                -amount * Decimal::TEN
+            } else {
+                amount
+            },
             date,
             name,
             merchant_name: merchant,
@@ -185,7 +237,13 @@ impl Item {
         }
         let start = usize::try_from(from.max(total) - total).unwrap_or(usize::MAX);
         let end = usize::try_from(to.max(total) - total).unwrap_or(usize::MAX);
-        out.extend(self.extra.iter().skip(start).take(end.saturating_sub(start)).cloned());
+        out.extend(
+            self.extra
+                .iter()
+                .skip(start)
+                .take(end.saturating_sub(start))
+                .cloned(),
+        );
         out
     }
 }
@@ -193,12 +251,20 @@ impl Item {
 pub(crate) fn create_item(inner: &mut Inner, spec: ItemSpec) -> String {
     let index = inner.next_item;
     inner.next_item += 1;
-    let access_token = format!("access-sandbox-{:016x}-{index}", mix(inner.config.seed ^ index));
+    let access_token = format!(
+        "access-sandbox-{:016x}-{index}",
+        mix(inner.config.seed ^ index)
+    );
     let item = Item {
         item_id: format!("item-{index}"),
         index,
-        accounts: spec.accounts.unwrap_or(inner.config.accounts_per_item).max(1),
-        per_account: spec.transactions_per_account.unwrap_or(inner.config.transactions_per_account),
+        accounts: spec
+            .accounts
+            .unwrap_or(inner.config.accounts_per_item)
+            .max(1),
+        per_account: spec
+            .transactions_per_account
+            .unwrap_or(inner.config.transactions_per_account),
         generation: 0,
         extra: Vec::new(),
         posted: HashSet::new(),
@@ -232,7 +298,9 @@ pub(crate) fn advance(inner: &mut Inner, access_token: &str, adv: Advance) -> Op
             done.posted += 1;
         }
     }
-    let settled: Vec<u64> = (0..item.pending_from()).filter(|i| !item.removed.contains(i)).collect();
+    let settled: Vec<u64> = (0..item.pending_from())
+        .filter(|i| !item.removed.contains(i))
+        .collect();
     for &i in settled.iter().take(adv.modify as usize) {
         let version = item.modified.entry(i).or_insert(0);
         *version += 1;
@@ -246,14 +314,24 @@ pub(crate) fn advance(inner: &mut Inner, access_token: &str, adv: Advance) -> Op
     for &i in settled.iter().rev().take(adv.remove as usize) {
         item.removed.insert(i);
         let t = item.generate(seed, i, item.initial_id(i));
-        events.push(Event::Removed { transaction_id: t.transaction_id, account_id: t.account_id });
+        events.push(Event::Removed {
+            transaction_id: t.transaction_id,
+            account_id: t.account_id,
+        });
         done.removed += 1;
     }
     for _ in 0..adv.add {
         let j = item.added;
         item.added += 1;
-        let t = item.generate(seed, item.total() + j, format!("txn-{}-new-{j}", item.index));
-        events.push(Event::Added(Txn { pending: false, ..t }));
+        let t = item.generate(
+            seed,
+            item.total() + j,
+            format!("txn-{}-new-{j}", item.index),
+        );
+        events.push(Event::Added(Txn {
+            pending: false,
+            ..t
+        }));
         done.added += 1;
     }
     if !events.is_empty() {
@@ -272,7 +350,10 @@ mod tests {
     fn histories_are_deterministic_and_lazy() {
         let a = Sandbox::new(SandboxConfig::default());
         let b = Sandbox::new(SandboxConfig::default());
-        let spec = ItemSpec { accounts: Some(2), transactions_per_account: Some(1_000_000) };
+        let spec = ItemSpec {
+            accounts: Some(2),
+            transactions_per_account: Some(1_000_000),
+        };
         let ta = a.create_item(spec.clone());
         let tb = b.create_item(spec);
         assert_eq!(ta, tb);
@@ -292,13 +373,40 @@ mod tests {
     #[test]
     fn advance_appends_posting_modification_removal_and_additions() {
         let s = Sandbox::new(SandboxConfig::default());
-        let token = s.create_item(ItemSpec { accounts: Some(1), transactions_per_account: Some(100) });
+        let token = s.create_item(ItemSpec {
+            accounts: Some(1),
+            transactions_per_account: Some(100),
+        });
         let done = s
-            .advance(&token, Advance { post_pending: true, modify: 3, remove: 2, add: 5 })
+            .advance(
+                &token,
+                Advance {
+                    post_pending: true,
+                    modify: 3,
+                    remove: 2,
+                    add: 5,
+                },
+            )
             .unwrap();
-        assert_eq!(done, Advanced { posted: 2, modified: 3, removed: 2, added: 5 });
+        assert_eq!(
+            done,
+            Advanced {
+                posted: 2,
+                modified: 3,
+                removed: 2,
+                added: 5
+            }
+        );
         // Posting twice posts nothing new.
-        let again = s.advance(&token, Advance { post_pending: true, ..Advance::default() }).unwrap();
+        let again = s
+            .advance(
+                &token,
+                Advance {
+                    post_pending: true,
+                    ..Advance::default()
+                },
+            )
+            .unwrap();
         assert_eq!(again.posted, 0);
         let inner = s.lock();
         let item = &inner.items[&token];

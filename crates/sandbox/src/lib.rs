@@ -145,6 +145,12 @@ impl Sandbox {
         data::create_item(&mut self.lock(), spec)
     }
 
+    /// Drops an item: its access token is refused from now on (as after the
+    /// user revoked access at the institution).
+    pub fn forget_item(&self, access_token: &str) -> bool {
+        self.lock().items.remove(access_token).is_some()
+    }
+
     /// Access tokens of every item, oldest first.
     pub fn access_tokens(&self) -> Vec<String> {
         let inner = self.lock();
@@ -165,7 +171,9 @@ impl Sandbox {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
     }
 
     /// Binds `addr` (port 0 for any) and serves in a background task until

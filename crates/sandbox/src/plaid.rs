@@ -25,7 +25,10 @@ pub(crate) fn router(sandbox: Sandbox) -> Router {
         .route("/transactions/sync", post(transactions_sync))
         .route("/sandbox/dashtam/faults", put(set_faults))
         .route("/sandbox/dashtam/faults/script", post(push_fault))
-        .route("/sandbox/dashtam/items/{access_token}/advance", post(advance))
+        .route(
+            "/sandbox/dashtam/items/{access_token}/advance",
+            post(advance),
+        )
         .route("/sandbox/dashtam/stats", get(stats))
         .with_state(sandbox)
 }
@@ -46,7 +49,12 @@ struct PlaidError {
     request_id: String,
 }
 
-fn error(status: StatusCode, error_type: &'static str, code: &'static str, msg: String) -> Response {
+fn error(
+    status: StatusCode,
+    error_type: &'static str,
+    code: &'static str,
+    msg: String,
+) -> Response {
     let body = PlaidError {
         error_type,
         error_code: code,
@@ -60,7 +68,12 @@ fn error(status: StatusCode, error_type: &'static str, code: &'static str, msg: 
 }
 
 fn invalid_request(msg: String) -> Response {
-    error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "INVALID_FIELD", msg)
+    error(
+        StatusCode::BAD_REQUEST,
+        "INVALID_REQUEST",
+        "INVALID_FIELD",
+        msg,
+    )
 }
 
 /// Parses the body and checks the API keys, from the body or from the
@@ -69,22 +82,27 @@ fn authenticate<T: DeserializeOwned + HasKeys>(
     sandbox: &Sandbox,
     headers: &HeaderMap,
     body: &Bytes,
-) -> Result<T, Response> {
+) -> Result<T, Box<Response>> {
     let req: T = serde_json::from_slice(body)
-        .map_err(|e| invalid_request(format!("request body is not valid: {e}")))?;
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        .map_err(|e| Box::new(invalid_request(format!("request body is not valid: {e}"))))?;
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     let client_id = req.client_id().or_else(|| header("plaid-client-id"));
     let secret = req.secret().or_else(|| header("plaid-secret"));
     let config = sandbox.config();
     if client_id.as_deref() != Some(config.client_id.as_str())
         || secret.as_deref() != Some(config.secret.as_str())
     {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             "INVALID_INPUT",
             "INVALID_API_KEYS",
             "invalid client_id or secret provided".into(),
-        ));
+        )));
     }
     Ok(req)
 }
@@ -127,11 +145,13 @@ async fn public_token_create(
 ) -> Response {
     let req: PublicTokenCreate = match authenticate(&sandbox, &headers, &body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     let mut inner = sandbox.lock();
     let token = format!("public-sandbox-{:016x}", inner.rng.u64(..));
-    inner.public_tokens.insert(token.clone(), req.options.unwrap_or_default());
+    inner
+        .public_tokens
+        .insert(token.clone(), req.options.unwrap_or_default());
     Json(serde_json::json!({ "public_token": token, "request_id": request_id() })).into_response()
 }
 
@@ -150,7 +170,7 @@ async fn public_token_exchange(
 ) -> Response {
     let req: Exchange = match authenticate(&sandbox, &headers, &body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     let mut inner = sandbox.lock();
     inner.stats.exchange_calls += 1;
@@ -197,7 +217,12 @@ struct Cursor {
 
 impl Cursor {
     fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("v1:{}:{}:{}", self.offset, self.generation, u8::from(self.more)))
+        URL_SAFE_NO_PAD.encode(format!(
+            "v1:{}:{}:{}",
+            self.offset,
+            self.generation,
+            u8::from(self.more)
+        ))
     }
 
     fn decode(s: &str) -> Option<Cursor> {
@@ -206,7 +231,11 @@ impl Cursor {
         let offset = parts.next()?.parse().ok()?;
         let generation = parts.next()?.parse().ok()?;
         let more = parts.next()? == "1";
-        parts.next().is_none().then_some(Cursor { offset, generation, more })
+        parts.next().is_none().then_some(Cursor {
+            offset,
+            generation,
+            more,
+        })
     }
 }
 
@@ -350,7 +379,11 @@ impl From<Txn> for TransactionWire {
             personal_finance_category_icon_url: None,
             transaction_code: None,
             transaction_id: t.transaction_id,
-            transaction_type: if t.payment_channel == "online" { "digital" } else { "place" },
+            transaction_type: if t.payment_channel == "online" {
+                "digital"
+            } else {
+                "place"
+            },
             website: None,
         }
     }
@@ -414,7 +447,7 @@ async fn transactions_sync(
 ) -> Response {
     let req: SyncRequest = match authenticate(&sandbox, &headers, &body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return *e,
     };
     let count = req.count.unwrap_or(100);
     if !(1..=500).contains(&count) {
@@ -440,7 +473,11 @@ async fn transactions_sync(
         let mut guard = sandbox.lock();
         let inner = &mut *guard;
         inner.stats.transactions_sync_calls += 1;
-        *inner.stats.by_item.entry(req.access_token.clone()).or_default() += 1;
+        *inner
+            .stats
+            .by_item
+            .entry(req.access_token.clone())
+            .or_default() += 1;
         let Some(item) = inner.items.get(&req.access_token) else {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -454,16 +491,17 @@ async fn transactions_sync(
         let fault = match faults.script.pop_front() {
             Some(f) => Some(f),
             None if inner.rng.f64() < faults.error_rate => Some(ScriptedFault::ServerError),
-            None if inner.rng.f64() < faults.rate_limit_rate => {
-                Some(ScriptedFault::RateLimited { retry_after_secs: faults.retry_after_secs })
-            }
+            None if inner.rng.f64() < faults.rate_limit_rate => Some(ScriptedFault::RateLimited {
+                retry_after_secs: faults.retry_after_secs,
+            }),
             None if paginating && inner.rng.f64() < faults.mutation_rate => {
                 Some(ScriptedFault::MutationDuringPagination)
             }
             None => None,
         };
-        let mutated =
-            cursor.as_ref().is_some_and(|c| c.more && c.generation != item.generation);
+        let mutated = cursor
+            .as_ref()
+            .is_some_and(|c| c.more && c.generation != item.generation);
         let fault = fault.or(mutated.then_some(ScriptedFault::MutationDuringPagination));
         if fault.is_some() {
             inner.stats.faults_injected += 1;
@@ -502,7 +540,8 @@ async fn transactions_sync(
                 "TRANSACTIONS_SYNC_LIMIT",
                 "rate limit exceeded for /transactions/sync".into(),
             );
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             return resp;
         }
         Some(ScriptedFault::MutationDuringPagination) => {
@@ -537,9 +576,13 @@ async fn transactions_sync(
         match e {
             Event::Added(t) => added.push(TransactionWire::from(t)),
             Event::Modified(t) => modified.push(TransactionWire::from(t)),
-            Event::Removed { transaction_id, account_id } => {
-                removed.push(RemovedWire { account_id, transaction_id })
-            }
+            Event::Removed {
+                transaction_id,
+                account_id,
+            } => removed.push(RemovedWire {
+                account_id,
+                transaction_id,
+            }),
         }
     }
     let has_more = to < len;
@@ -548,7 +591,12 @@ async fn transactions_sync(
         added,
         modified,
         removed,
-        next_cursor: Cursor { offset: to, generation, more: has_more }.encode(),
+        next_cursor: Cursor {
+            offset: to,
+            generation,
+            more: has_more,
+        }
+        .encode(),
         has_more,
         request_id: request_id(),
         transactions_update_status: "HISTORICAL_UPDATE_COMPLETE",
@@ -561,7 +609,10 @@ async fn set_faults(State(sandbox): State<Sandbox>, Json(faults): Json<Faults>) 
     StatusCode::NO_CONTENT
 }
 
-async fn push_fault(State(sandbox): State<Sandbox>, Json(fault): Json<ScriptedFault>) -> StatusCode {
+async fn push_fault(
+    State(sandbox): State<Sandbox>,
+    Json(fault): Json<ScriptedFault>,
+) -> StatusCode {
     sandbox.push_fault(fault);
     StatusCode::NO_CONTENT
 }

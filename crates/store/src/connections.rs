@@ -46,7 +46,10 @@ pub struct NewConnection<'a> {
 impl Store {
     /// Stores a new active connection with its credentials encrypted, and
     /// audits it, in one transaction.
-    pub async fn create_connection(&self, new: NewConnection<'_>) -> Result<Connection, StoreError> {
+    pub async fn create_connection(
+        &self,
+        new: NewConnection<'_>,
+    ) -> Result<Connection, StoreError> {
         let id = ConnectionId::new();
         let plaintext = serde_json::to_vec(new.credentials)
             .map_err(|e| StoreError::Corrupt(format!("credentials do not serialize: {e}")))?;
@@ -87,28 +90,44 @@ impl Store {
         user: &UserId,
         id: ConnectionId,
     ) -> Result<Option<Connection>, StoreError> {
-        Ok(sqlx::query_as(include_str!("../queries/get_connection.sql"))
-            .bind(id.0)
-            .bind(user.as_str())
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as(include_str!("../queries/get_connection.sql"))
+                .bind(id.0)
+                .bind(user.as_str())
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn connections(&self, user: &UserId) -> Result<Vec<Connection>, StoreError> {
-        Ok(sqlx::query_as(include_str!("../queries/list_connections.sql"))
-            .bind(user.as_str())
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as(include_str!("../queries/list_connections.sql"))
+                .bind(user.as_str())
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Provider, status, decrypted credentials and cursor, for a sync.
     pub async fn sync_state(&self, id: ConnectionId) -> Result<Option<SyncState>, StoreError> {
-        let row: Option<(String, String, Option<Vec<u8>>, Option<String>)> =
-            sqlx::query_as(include_str!("../queries/load_sync_state.sql"))
-                .bind(id.0)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some((provider, status, blob, cursor)) = row else {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            provider: String,
+            status: String,
+            credentials: Option<Vec<u8>>,
+            sync_cursor: Option<String>,
+        }
+        let row: Option<Row> = sqlx::query_as(include_str!("../queries/load_sync_state.sql"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(Row {
+            provider,
+            status,
+            credentials: blob,
+            sync_cursor: cursor,
+        }) = row
+        else {
             return Ok(None);
         };
         let provider = ProviderKind::parse(&provider)
@@ -120,7 +139,12 @@ impl Store {
         let plaintext = self.cipher.decrypt(id.0.as_bytes(), &blob)?;
         let credentials = serde_json::from_slice(&plaintext)
             .map_err(|_| StoreError::Corrupt("credentials do not parse".into()))?;
-        Ok(Some(SyncState { provider, status, credentials, cursor }))
+        Ok(Some(SyncState {
+            provider,
+            status,
+            credentials,
+            cursor,
+        }))
     }
 }
 

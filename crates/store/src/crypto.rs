@@ -39,7 +39,9 @@ pub struct Cipher {
 
 impl std::fmt::Debug for Cipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cipher").field("active", &self.active).finish_non_exhaustive()
+        f.debug_struct("Cipher")
+            .field("active", &self.active)
+            .finish_non_exhaustive()
     }
 }
 
@@ -61,7 +63,10 @@ impl Cipher {
         if !ring.contains_key(active) {
             return Err(CryptoError::NoActiveKey(active.to_owned()));
         }
-        Ok(Self { active: active.to_owned(), keys: ring })
+        Ok(Self {
+            active: active.to_owned(),
+            keys: ring,
+        })
     }
 
     /// A keyring with one fresh random key (demo and tests).
@@ -74,7 +79,9 @@ impl Cipher {
     pub fn generate_key() -> Result<SecretString, CryptoError> {
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).map_err(|_| CryptoError::Rng)?;
-        Ok(SecretString::from(base64::engine::general_purpose::STANDARD.encode(key)))
+        Ok(SecretString::from(
+            base64::engine::general_purpose::STANDARD.encode(key),
+        ))
     }
 
     pub fn encrypt(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -82,7 +89,13 @@ impl Cipher {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|_| CryptoError::Rng)?;
         let ct = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| CryptoError::Malformed)?;
         let id = self.active.as_bytes();
         let mut blob = Vec::with_capacity(2 + id.len() + NONCE_LEN + ct.len());
@@ -107,7 +120,10 @@ impl Cipher {
         let (id, rest) = rest.split_at(id_len);
         let (nonce, ct) = rest.split_at(NONCE_LEN);
         let id = std::str::from_utf8(id).map_err(|_| CryptoError::Malformed)?;
-        let cipher = self.keys.get(id).ok_or_else(|| CryptoError::UnknownKey(id.to_owned()))?;
+        let cipher = self
+            .keys
+            .get(id)
+            .ok_or_else(|| CryptoError::UnknownKey(id.to_owned()))?;
         cipher
             .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
             .map_err(|_| CryptoError::Unauthentic)
@@ -126,11 +142,20 @@ mod tests {
         // Same plaintext twice: different nonces, different blobs.
         assert_ne!(blob, c.encrypt(b"conn-1", b"secret token").unwrap());
         // Blob moved to another connection does not decrypt.
-        assert!(matches!(c.decrypt(b"conn-2", &blob), Err(CryptoError::Unauthentic)));
+        assert!(matches!(
+            c.decrypt(b"conn-2", &blob),
+            Err(CryptoError::Unauthentic)
+        ));
         let mut bad = blob.clone();
         *bad.last_mut().unwrap() ^= 1;
-        assert!(matches!(c.decrypt(b"conn-1", &bad), Err(CryptoError::Unauthentic)));
-        assert!(matches!(c.decrypt(b"conn-1", &[]), Err(CryptoError::Malformed)));
+        assert!(matches!(
+            c.decrypt(b"conn-1", &bad),
+            Err(CryptoError::Unauthentic)
+        ));
+        assert!(matches!(
+            c.decrypt(b"conn-1", &[]),
+            Err(CryptoError::Malformed)
+        ));
         // The plaintext is nowhere in the blob.
         assert!(!blob.windows(12).any(|w| w == b"secret token"));
     }
@@ -141,21 +166,31 @@ mod tests {
         let k2 = Cipher::generate_key().unwrap();
         let old = Cipher::new("k1", &HashMap::from([("k1".into(), k1.clone())])).unwrap();
         let blob = old.encrypt(b"a", b"x").unwrap();
-        let new = Cipher::new("k2", &HashMap::from([("k1".into(), k1), ("k2".into(), k2)])).unwrap();
+        let new =
+            Cipher::new("k2", &HashMap::from([("k1".into(), k1), ("k2".into(), k2)])).unwrap();
         assert_eq!(new.decrypt(b"a", &blob).unwrap(), b"x");
         let only_k2 = Cipher::new(
             "k2",
             &HashMap::from([("k2".into(), Cipher::generate_key().unwrap())]),
         )
         .unwrap();
-        assert!(matches!(only_k2.decrypt(b"a", &blob), Err(CryptoError::UnknownKey(_))));
+        assert!(matches!(
+            only_k2.decrypt(b"a", &blob),
+            Err(CryptoError::UnknownKey(_))
+        ));
     }
 
     #[test]
     fn bad_keys_are_refused() {
         let short = HashMap::from([("k".into(), SecretString::from("c2hvcnQ="))]);
-        assert!(matches!(Cipher::new("k", &short), Err(CryptoError::BadKey(_))));
+        assert!(matches!(
+            Cipher::new("k", &short),
+            Err(CryptoError::BadKey(_))
+        ));
         let good = HashMap::from([("k".into(), Cipher::generate_key().unwrap())]);
-        assert!(matches!(Cipher::new("other", &good), Err(CryptoError::NoActiveKey(_))));
+        assert!(matches!(
+            Cipher::new("other", &good),
+            Err(CryptoError::NoActiveKey(_))
+        ));
     }
 }

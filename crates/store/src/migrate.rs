@@ -16,10 +16,14 @@ pub async fn run(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 pub enum SchemaStatus {
     Current,
     /// Migrations this binary has that the database has not applied.
-    Behind { pending: Vec<i64> },
+    Behind {
+        pending: Vec<i64>,
+    },
     /// The database has migrations this binary does not know (a newer
     /// release migrated it).
-    Ahead { unknown: Vec<i64> },
+    Ahead {
+        unknown: Vec<i64>,
+    },
 }
 
 pub async fn status(pool: &PgPool) -> Result<SchemaStatus, sqlx::Error> {
@@ -34,11 +38,19 @@ pub async fn status(pool: &PgPool) -> Result<SchemaStatus, sqlx::Error> {
         Vec::new()
     };
     let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
-    let pending: Vec<i64> = known.iter().copied().filter(|v| !applied.contains(v)).collect();
+    let pending: Vec<i64> = known
+        .iter()
+        .copied()
+        .filter(|v| !applied.contains(v))
+        .collect();
     if !pending.is_empty() {
         return Ok(SchemaStatus::Behind { pending });
     }
-    let unknown: Vec<i64> = applied.iter().copied().filter(|v| !known.contains(v)).collect();
+    let unknown: Vec<i64> = applied
+        .iter()
+        .copied()
+        .filter(|v| !known.contains(v))
+        .collect();
     if !unknown.is_empty() {
         return Ok(SchemaStatus::Ahead { unknown });
     }
@@ -54,16 +66,20 @@ pub async fn ensure_database(url: &str) -> Result<bool, sqlx::Error> {
     let target: PgConnectOptions = url.parse()?;
     let name = target.get_database().unwrap_or("postgres").to_owned();
     let mut admin = target.clone().database("postgres").connect().await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await?;
     if exists {
         return Ok(false);
     }
     // The name is quoted as an identifier (embedded quotes doubled).
     let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-    match sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await {
+    match sqlx::query(sqlx::AssertSqlSafe(create))
+        .execute(&mut admin)
+        .await
+    {
         Ok(_) => Ok(true),
         // Someone else created it in the meantime.
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(false),
@@ -81,9 +97,13 @@ pub async fn recreate_database(url: &str) -> Result<(), sqlx::Error> {
     let mut admin = target.clone().database("postgres").connect().await?;
     let quoted = name.replace('"', "\"\"");
     // The name is quoted as an identifier (embedded quotes doubled).
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)")))
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{quoted}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\"")))
         .execute(&mut admin)
         .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{quoted}\""))).execute(&mut admin).await?;
     Ok(())
 }

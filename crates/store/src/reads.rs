@@ -87,14 +87,16 @@ impl Store {
         after: Option<(NaiveDate, Uuid)>,
         limit: i64,
     ) -> Result<Vec<Transaction>, StoreError> {
-        Ok(sqlx::query_as(include_str!("../queries/list_transactions.sql"))
-            .bind(user.as_str())
-            .bind(account.map(|a| a.0))
-            .bind(after.map(|a| a.0))
-            .bind(after.map(|a| a.1))
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_as(include_str!("../queries/list_transactions.sql"))
+                .bind(user.as_str())
+                .bind(account.map(|a| a.0))
+                .bind(after.map(|a| a.0))
+                .bind(after.map(|a| a.1))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     pub async fn user_summary(&self, user: &UserId) -> Result<UserSummary, StoreError> {

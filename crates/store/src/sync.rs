@@ -64,14 +64,38 @@ impl Store {
             stats.accounts = sqlx::query(include_str!("../queries/upsert_accounts.sql"))
                 .bind(connection.0)
                 .bind(a.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
-                .bind(a.iter().map(|x| x.provider_account_id.as_str()).collect::<Vec<_>>())
+                .bind(
+                    a.iter()
+                        .map(|x| x.provider_account_id.as_str())
+                        .collect::<Vec<_>>(),
+                )
                 .bind(a.iter().map(|x| x.name.as_str()).collect::<Vec<_>>())
-                .bind(a.iter().map(|x| x.official_name.as_deref()).collect::<Vec<_>>())
+                .bind(
+                    a.iter()
+                        .map(|x| x.official_name.as_deref())
+                        .collect::<Vec<_>>(),
+                )
                 .bind(a.iter().map(|x| x.mask.as_deref()).collect::<Vec<_>>())
-                .bind(a.iter().map(|x| x.account_type.as_str()).collect::<Vec<_>>())
-                .bind(a.iter().map(|x| x.account_subtype.as_deref()).collect::<Vec<_>>())
-                .bind(a.iter().map(|x| x.balance_current).collect::<Vec<Option<Decimal>>>())
-                .bind(a.iter().map(|x| x.balance_available).collect::<Vec<Option<Decimal>>>())
+                .bind(
+                    a.iter()
+                        .map(|x| x.account_type.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    a.iter()
+                        .map(|x| x.account_subtype.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    a.iter()
+                        .map(|x| x.balance_current)
+                        .collect::<Vec<Option<Decimal>>>(),
+                )
+                .bind(
+                    a.iter()
+                        .map(|x| x.balance_available)
+                        .collect::<Vec<Option<Decimal>>>(),
+                )
                 .bind(a.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await?
@@ -102,18 +126,58 @@ impl Store {
             stats.upserted += sqlx::query(include_str!("../queries/upsert_transactions.sql"))
                 .bind(chunk.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
                 .bind(&account_ids)
-                .bind(chunk.iter().map(|t| t.provider_transaction_id.as_str()).collect::<Vec<_>>())
+                .bind(
+                    chunk
+                        .iter()
+                        .map(|t| t.provider_transaction_id.as_str())
+                        .collect::<Vec<_>>(),
+                )
                 .bind(chunk.iter().map(|t| t.amount).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|t| t.currency.as_str()).collect::<Vec<_>>())
+                .bind(
+                    chunk
+                        .iter()
+                        .map(|t| t.currency.as_str())
+                        .collect::<Vec<_>>(),
+                )
                 .bind(chunk.iter().map(|t| t.status.as_str()).collect::<Vec<_>>())
                 .bind(chunk.iter().map(|t| t.transaction_date).collect::<Vec<_>>())
                 .bind(chunk.iter().map(|t| t.posted_date).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|t| t.description.as_str()).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|t| t.merchant.as_deref()).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|t| t.category.as_deref()).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|t| t.txn_type.as_str()).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|t| t.txn_subtype.as_deref()).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|t| t.symbol.as_deref()).collect::<Vec<_>>())
+                .bind(
+                    chunk
+                        .iter()
+                        .map(|t| t.description.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    chunk
+                        .iter()
+                        .map(|t| t.merchant.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    chunk
+                        .iter()
+                        .map(|t| t.category.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    chunk
+                        .iter()
+                        .map(|t| t.txn_type.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    chunk
+                        .iter()
+                        .map(|t| t.txn_subtype.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    chunk
+                        .iter()
+                        .map(|t| t.symbol.as_deref())
+                        .collect::<Vec<_>>(),
+                )
                 .bind(chunk.iter().map(|t| t.quantity).collect::<Vec<_>>())
                 .bind(chunk.iter().map(|t| t.price).collect::<Vec<_>>())
                 .bind(
@@ -148,7 +212,10 @@ impl Store {
 
         let mut outcome = outcome.clone();
         if let serde_json::Value::Object(map) = &mut outcome.context {
-            map.insert("stats".into(), serde_json::to_value(stats).unwrap_or_default());
+            map.insert(
+                "stats".into(),
+                serde_json::to_value(stats).unwrap_or_default(),
+            );
         }
         audit::append(&mut *tx, &outcome).await?;
         tx.commit().await?;

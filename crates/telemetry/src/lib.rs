@@ -42,7 +42,12 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
         .with_span_events(FmtSpan::NONE);
     // A second init (tests) keeps the first subscriber.
     let _ = if json {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init()
     } else {
         builder.compact().try_init()
     };

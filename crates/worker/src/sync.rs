@@ -31,7 +31,11 @@ pub struct SyncHandler {
 
 impl SyncHandler {
     pub fn new(store: Store, providers: Providers, settings: SyncSettings) -> Self {
-        Self { store, providers, settings }
+        Self {
+            store,
+            providers,
+            settings,
+        }
     }
 }
 
@@ -129,17 +133,27 @@ impl Handler for SyncHandler {
 
 impl SyncHandler {
     async fn sync(&self, ctx: &JobContext, connection: ConnectionId) -> Result<(), Failure> {
-        let state = self.store.sync_state(connection).await?.ok_or_else(|| Failure {
-            error: JobError::permanent("the connection no longer exists"),
-            reason: "the connection no longer exists".into(),
-        })?;
+        let state = self
+            .store
+            .sync_state(connection)
+            .await?
+            .ok_or_else(|| Failure {
+                error: JobError::permanent("the connection no longer exists"),
+                reason: "the connection no longer exists".into(),
+            })?;
         if !state.status.can_sync() {
             let reason = format!("the connection is {}, not active", state.status.as_str());
-            return Err(Failure { error: JobError::permanent(reason.clone()), reason });
+            return Err(Failure {
+                error: JobError::permanent(reason.clone()),
+                reason,
+            });
         }
         let source = self.providers.sync_source(state.provider).ok_or_else(|| {
             let reason = format!("provider {} is not configured", state.provider.as_str());
-            Failure { error: JobError::permanent(reason.clone()), reason }
+            Failure {
+                error: JobError::permanent(reason.clone()),
+                reason,
+            }
         })?;
 
         let started_from = state.cursor.as_deref();
@@ -150,7 +164,11 @@ impl SyncHandler {
             let mut pages = 0u64;
             loop {
                 let page = match source
-                    .sync_page(&state.credentials, cursor.as_deref(), self.settings.page_size)
+                    .sync_page(
+                        &state.credentials,
+                        cursor.as_deref(),
+                        self.settings.page_size,
+                    )
                     .await
                 {
                     Ok(p) => p,
@@ -160,7 +178,10 @@ impl SyncHandler {
                         // Discard what this pass collected; start over from
                         // the cursor the attempt began with.
                         restarts += 1;
-                        info!(restarts, "provider data changed during pagination; restarting");
+                        info!(
+                            restarts,
+                            "provider data changed during pagination; restarting"
+                        );
                         continue 'restart;
                     }
                     Err(e @ ProviderError::Unauthorized(_)) => {
@@ -199,7 +220,10 @@ impl SyncHandler {
             connection,
             ctx,
         );
-        let stats = self.store.commit_sync(connection, started_from, &batch, &outcome).await?;
+        let stats = self
+            .store
+            .commit_sync(connection, started_from, &batch, &outcome)
+            .await?;
         let progress = serde_json::json!({
             "pages": pages,
             "transactions": stats.received,
@@ -212,7 +236,13 @@ impl SyncHandler {
         if let Err(e) = ctx.set_progress(&progress).await {
             warn!(error = %e, "could not record progress");
         }
-        info!(pages, received = stats.received, upserted = stats.upserted, removed = stats.removed, "sync committed");
+        info!(
+            pages,
+            received = stats.received,
+            upserted = stats.upserted,
+            removed = stats.removed,
+            "sync committed"
+        );
         Ok(())
     }
 }

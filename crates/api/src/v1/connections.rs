@@ -40,7 +40,10 @@ struct List<T> {
 }
 
 fn location(path: String) -> [(header::HeaderName, HeaderValue); 1] {
-    [(header::LOCATION, HeaderValue::from_str(&path).unwrap_or(HeaderValue::from_static("/")))]
+    [(
+        header::LOCATION,
+        HeaderValue::from_str(&path).unwrap_or(HeaderValue::from_static("/")),
+    )]
 }
 
 async fn create(
@@ -50,26 +53,35 @@ async fn create(
     ApiJson(body): ApiJson<CreateConnection>,
 ) -> Result<Response, ApiError> {
     if body.public_token.trim().is_empty() || body.public_token.len() > 512 {
-        return Err(ApiError::invalid_field("public_token", "must be 1 to 512 characters"));
+        return Err(ApiError::invalid_field(
+            "public_token",
+            "must be 1 to 512 characters",
+        ));
     }
     let source = state.providers.sync_source(body.provider).ok_or_else(|| {
-        ApiError::invalid_field("provider", format!("{} is not configured", body.provider.as_str()))
+        ApiError::invalid_field(
+            "provider",
+            format!("{} is not configured", body.provider.as_str()),
+        )
     })?;
-    let credentials = source.exchange_public_token(&body.public_token).await.map_err(|e| match e {
-        ProviderError::Permanent(_) | ProviderError::Unauthorized(_) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "provider-refused",
-            "The provider refused the token",
-            "the provider did not accept this public_token (expired, already used or invalid)",
-        ),
-        ProviderError::RateLimited { retry_after } => ApiError::unavailable(
-            "the provider is rate limiting us; try again later",
-            Some(retry_after.map_or(30, |d| d.as_secs())),
-        ),
-        ProviderError::Transient(_) | ProviderError::MutationDuringPagination => {
-            ApiError::unavailable("the provider is unavailable; try again later", Some(30))
-        }
-    })?;
+    let credentials = source
+        .exchange_public_token(&body.public_token)
+        .await
+        .map_err(|e| match e {
+            ProviderError::Permanent(_) | ProviderError::Unauthorized(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "provider-refused",
+                "The provider refused the token",
+                "the provider did not accept this public_token (expired, already used or invalid)",
+            ),
+            ProviderError::RateLimited { retry_after } => ApiError::unavailable(
+                "the provider is rate limiting us; try again later",
+                Some(retry_after.map_or(30, |d| d.as_secs())),
+            ),
+            ProviderError::Transient(_) | ProviderError::MutationDuringPagination => {
+                ApiError::unavailable("the provider is unavailable; try again later", Some(30))
+            }
+        })?;
     let conn = state
         .store
         .create_connection(NewConnection {
@@ -85,8 +97,13 @@ async fn create(
     Ok((StatusCode::CREATED, loc, Json(conn)).into_response())
 }
 
-async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<List<Connection>>, ApiError> {
-    Ok(Json(List { data: state.store.connections(&caller.user).await? }))
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<List<Connection>>, ApiError> {
+    Ok(Json(List {
+        data: state.store.connections(&caller.user).await?,
+    }))
 }
 
 async fn owned(state: &AppState, caller: &Caller, raw_id: &str) -> Result<Connection, ApiError> {

@@ -41,7 +41,11 @@ pub struct JobView {
 impl From<JobRecord> for JobView {
     fn from(j: JobRecord) -> Self {
         let last_error = j.errors.as_array().and_then(|a| a.last()).cloned();
-        let connection_id = j.payload.get("connection_id").and_then(|v| v.as_str()).map(str::to_owned);
+        let connection_id = j
+            .payload
+            .get("connection_id")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
         Self {
             id: j.id,
             queue: j.queue,

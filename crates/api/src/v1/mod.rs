@@ -9,5 +9,8 @@ use axum::Router;
 use crate::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().merge(connections::router()).merge(jobs::router()).merge(data::router())
+    Router::new()
+        .merge(connections::router())
+        .merge(jobs::router())
+        .merge(data::router())
 }

@@ -1,0 +1,278 @@
+//! HTTP contract: authentication, tenant isolation, problem details, bad
+//! input that writes nothing, unique sync jobs.
+
+use dashtam::app::Role;
+use dashtam_store::Cipher;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{spawn_app, spawn_app_with, test_config};
+
+const MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+async fn problem(resp: reqwest::Response, status: u16) -> Value {
+    assert_eq!(resp.status(), status);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert_eq!(body["request_id"], request_id.as_str());
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://dashtam.dev/problems/")
+    );
+    assert!(
+        body["title"].is_string() && body["detail"].is_string() && body["instance"].is_string()
+    );
+    body
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn clients_see_only_their_own_resources(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let conn = app.connect("alice", 1, 20).await;
+    let job = app.sync("alice", &conn).await;
+    let job_id = job["id"].as_str().unwrap();
+
+    for path in [
+        format!("/api/v1/connections/{conn}"),
+        format!("/api/v1/jobs/{job_id}"),
+    ] {
+        let body = problem(app.get("mallory", &path).await, 404).await;
+        assert_eq!(body["instance"], path.as_str());
+        assert_eq!(app.get("alice", &path).await.status(), 200);
+    }
+    problem(app.enqueue_sync("mallory", &conn).await, 404).await;
+    let list: Value = app
+        .get("mallory", "/api/v1/connections")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"], json!([]));
+    let txns: Value = app
+        .get("mallory", "/api/v1/transactions")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(txns["data"], json!([]));
+    let accts: Value = app
+        .get("mallory", &format!("/api/v1/accounts?connection_id={conn}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(accts["data"], json!([]));
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn authentication_failures_are_401_problems(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let url = format!("{}/api/v1/connections", app.api);
+
+    let body = problem(app.http.get(&url).send().await.unwrap(), 401).await;
+    assert!(body["detail"].as_str().unwrap().contains("Bearer"));
+
+    let resp = app
+        .http
+        .get(&url)
+        .header("authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    problem(resp, 401).await;
+
+    let resp = app
+        .http
+        .get(&url)
+        .bearer_auth("not.a.jwt")
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 401).await;
+
+    let forged = app.token_with_secret("alice", &Cipher::generate_key().unwrap());
+    let resp = app.http.get(&url).bearer_auth(forged).send().await.unwrap();
+    let body = problem(resp, 401).await;
+    assert!(body["detail"].as_str().unwrap().contains("signature"));
+
+    // alg: none is refused.
+    let token = app.token("alice");
+    let mut parts = token.split('.');
+    let (_, payload) = (parts.next(), parts.next().unwrap());
+    let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
+    problem(
+        app.http.get(&url).bearer_auth(none).send().await.unwrap(),
+        401,
+    )
+    .await;
+
+    // Tampered payload.
+    let t = app.token("alice");
+    let mut segs: Vec<String> = t.split('.').map(str::to_owned).collect();
+    segs[1] = app.token("bob").split('.').nth(1).unwrap().to_owned();
+    problem(
+        app.http
+            .get(&url)
+            .bearer_auth(segs.join("."))
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn bad_input_gets_a_clear_4xx_and_writes_nothing(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let token = app.token("alice");
+    let post = |path: &str| {
+        app.http
+            .post(format!("{}{path}", app.api))
+            .bearer_auth(&token)
+    };
+
+    let body = problem(app.enqueue_sync("alice", "not-a-uuid").await, 400).await;
+    assert_eq!(body["errors"][0]["field"], "connection_id");
+    problem(
+        app.enqueue_sync("alice", &uuid::Uuid::now_v7().to_string())
+            .await,
+        404,
+    )
+    .await;
+    problem(app.get("alice", "/api/v1/jobs/12345").await, 400).await;
+    problem(
+        app.get("alice", &format!("/api/v1/jobs/{}", uuid::Uuid::now_v7()))
+            .await,
+        404,
+    )
+    .await;
+
+    let resp = post("/api/v1/connections")
+        .header("content-type", "application/json")
+        .body("{\"provider\": \"plaid\",")
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 400).await;
+    let resp = post("/api/v1/connections")
+        .body("provider=plaid")
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 415).await;
+    let resp = post("/api/v1/connections")
+        .json(&json!({"provider": "plaid", "public_token": "x", "extra": 1}))
+        .send()
+        .await
+        .unwrap();
+    let body = problem(resp, 422).await;
+    assert!(body["detail"].as_str().unwrap().contains("extra"), "{body}");
+    let resp = post("/api/v1/connections")
+        .json(&json!({"provider": "mint", "public_token": "x"}))
+        .send()
+        .await
+        .unwrap();
+    let body = problem(resp, 422).await;
+    assert_eq!(body["errors"][0]["field"], "provider", "{body}");
+    let resp = post("/api/v1/connections")
+        .json(&json!({"provider": "plaid", "public_token": 7}))
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 422).await;
+    let resp = post("/api/v1/connections")
+        .json(&json!({"provider": "plaid", "public_token": "public-sandbox-unknown"}))
+        .send()
+        .await
+        .unwrap();
+    let body = problem(resp, 422).await;
+    assert!(body["detail"].as_str().unwrap().contains("public_token"));
+    let huge = "x".repeat(100_000);
+    let resp = post("/api/v1/connections")
+        .json(&json!({"provider": "plaid", "public_token": huge}))
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 413).await;
+    problem(app.get("alice", "/api/v1/transactions?limit=0").await, 400).await;
+    problem(
+        app.get("alice", "/api/v1/transactions?cursor=%%%").await,
+        400,
+    )
+    .await;
+    problem(app.get("alice", "/api/v1/transactions?bogus=1").await, 400).await;
+    problem(app.get("alice", "/api/v1/nothing-here").await, 404).await;
+    let resp = app
+        .http
+        .delete(format!("{}/api/v1/connections", app.api))
+        .send()
+        .await
+        .unwrap();
+    problem(resp, 405).await;
+
+    for table in [
+        "provider_connections",
+        "jobs",
+        "audit_records",
+        "accounts",
+        "transactions",
+    ] {
+        assert_eq!(
+            app.count(&format!("SELECT count(*) FROM {table}")).await,
+            0,
+            "{table}"
+        );
+    }
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn a_connection_has_at_most_one_pending_sync(pool: PgPool) {
+    // API only: nothing picks the job up, so it stays pending.
+    let app = spawn_app_with(pool, &[Role::Api], test_config()).await;
+    let conn = app.connect("alice", 1, 10).await;
+    let first = app.enqueue_sync("alice", &conn).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["state"], "available");
+    let second = app.enqueue_sync("alice", &conn).await;
+    assert_eq!(second.status(), 200);
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn health_and_readiness(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let ok = app
+        .http
+        .get(format!("{}/healthz", app.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    app.stop().await;
+}

@@ -1,0 +1,215 @@
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashtam::app::{self, Daemon, Role, Running};
+use dashtam::config::Config;
+use dashtam_sandbox::{Sandbox, SandboxConfig};
+use dashtam_store::Cipher;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+pub struct TestApp {
+    pub api: String,
+    pub sandbox: Sandbox,
+    pub sandbox_url: String,
+    pub pool: PgPool,
+    pub http: reqwest::Client,
+    jwt_secret: SecretString,
+    config: Config,
+    shutdown: CancellationToken,
+    running: Option<Running>,
+}
+
+pub fn test_config() -> Config {
+    let mut config = Config::load(None).expect("default configuration");
+    config.worker.poll_interval_ms = 50;
+    config.worker.backoff_base_ms = 10;
+    config.worker.backoff_max_secs = 1;
+    config.worker.shutdown_timeout_secs = 5;
+    config.sync.page_size = 100;
+    config.jobs.sync_max_attempts = 4;
+    config.database.max_connections = 8;
+    config
+}
+
+/// Starts the sandbox and the daemon (`roles`) against `pool`'s database.
+pub async fn spawn_app_with(pool: PgPool, roles: &[Role], mut config: Config) -> TestApp {
+    let shutdown = CancellationToken::new();
+    let sandbox = Sandbox::new(SandboxConfig {
+        accounts_per_item: 2,
+        transactions_per_account: 150,
+        ..SandboxConfig::default()
+    });
+    let stop = shutdown.clone();
+    let addr = sandbox
+        .clone()
+        .spawn("127.0.0.1:0".parse().unwrap(), async move {
+            stop.cancelled().await
+        })
+        .await
+        .unwrap();
+    let sandbox_url = format!("http://{addr}");
+    let sc = sandbox.config();
+    config.providers.plaid.base_url = sandbox_url.clone();
+    config.providers.plaid.client_id = sc.client_id.clone();
+    config.providers.plaid.secret = sc.secret.clone().into();
+    let jwt_secret = Cipher::generate_key().unwrap();
+    let daemon = Daemon {
+        providers: app::providers(&config).unwrap(),
+        cipher: Arc::new(Cipher::ephemeral().unwrap()),
+        jwt_secret: Some(jwt_secret.clone()),
+        pool: pool.clone(),
+        config: config.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let running = daemon
+        .start(roles, Some(listener), shutdown.clone())
+        .await
+        .unwrap();
+    TestApp {
+        api: format!("http://{}", running.api_addr.unwrap()),
+        sandbox,
+        sandbox_url,
+        pool,
+        http: reqwest::Client::new(),
+        jwt_secret,
+        config,
+        shutdown,
+        running: Some(running),
+    }
+}
+
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    spawn_app_with(pool, &[Role::Api, Role::Worker], test_config()).await
+}
+
+impl TestApp {
+    pub fn token(&self, sub: &str) -> String {
+        self.token_with_secret(sub, &self.jwt_secret)
+    }
+
+    pub fn token_with_secret(&self, sub: &str, secret: &SecretString) -> String {
+        dashtam_api::issue_token(
+            secret,
+            &self.config.auth.issuer,
+            &self.config.auth.audience,
+            sub,
+            dashtam_api::Role::Client,
+            Duration::from_secs(600),
+        )
+        .unwrap()
+    }
+
+    /// Runs the provider's link flow and creates a connection through the API.
+    pub async fn connect(&self, user: &str, accounts: u32, per_account: u32) -> String {
+        let sc = self.sandbox.config();
+        let linked: Value = self
+            .http
+            .post(format!("{}/sandbox/public_token/create", self.sandbox_url))
+            .json(&json!({
+                "client_id": sc.client_id, "secret": sc.secret,
+                "institution_id": "ins_1", "initial_products": ["transactions"],
+                "options": { "accounts": accounts, "transactions_per_account": per_account },
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/connections", self.api))
+            .bearer_auth(self.token(user))
+            .json(&json!({ "provider": "plaid", "public_token": linked["public_token"] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        let body: Value = resp.json().await.unwrap();
+        let id = body["id"].as_str().unwrap().to_owned();
+        assert_eq!(location, format!("/api/v1/connections/{id}"));
+        assert_eq!(body["status"], "active");
+        id
+    }
+
+    pub async fn enqueue_sync(&self, user: &str, connection: &str) -> reqwest::Response {
+        self.http
+            .post(format!(
+                "{}/api/v1/connections/{connection}/syncs",
+                self.api
+            ))
+            .bearer_auth(self.token(user))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, user: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.api))
+            .bearer_auth(self.token(user))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Polls the job through the API until it finishes.
+    pub async fn wait_job(&self, user: &str, job: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let j: Value = self
+                .get(user, &format!("/api/v1/jobs/{job}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            if matches!(
+                j["state"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "job did not finish: {j}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Enqueues a sync and waits for it; returns the finished job.
+    pub async fn sync(&self, user: &str, connection: &str) -> Value {
+        let resp = self.enqueue_sync(user, connection).await;
+        assert_eq!(resp.status(), 202);
+        let job: Value = resp.json().await.unwrap();
+        self.wait_job(user, job["id"].as_str().unwrap()).await
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// The access token the sandbox issued for the only item it has.
+    pub fn only_item(&self) -> String {
+        let tokens = self.sandbox.access_tokens();
+        assert_eq!(tokens.len(), 1);
+        tokens[0].clone()
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(r) = self.running.take() {
+            r.wait().await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,8 @@
+//! The daemon's integration tests: the real app on port 0, a fresh Postgres
+//! database per test, the real sandbox provider on an ephemeral port.
+
+mod api;
+mod audit;
+mod cli;
+mod helpers;
+mod sync;
