@@ -13,7 +13,7 @@ use dashtam_store::{Cipher, Store};
 use dashtam_worker::{SyncHandler, SyncSettings};
 use secrecy::SecretString;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -34,10 +34,25 @@ pub enum Role {
 /// Connects to the database named in `url`, saying which one on failure
 /// (without the password).
 pub async fn connect(config: &Config, url: &str) -> anyhow::Result<PgPool> {
+    use sqlx::ConnectOptions;
+    let options: PgConnectOptions = url
+        .parse()
+        .with_context(|| format!("the database URL {} is not valid", redact(url)))?;
+    // Statements are logged (at debug) without their bind values; slow ones
+    // at warn, past a threshold set for bulk writes.
+    let options = options
+        .log_slow_statements(
+            log::LevelFilter::Warn,
+            Duration::from_millis(config.database.slow_statement_ms),
+        )
+        // Our statements are short OLTP ones and bulk UNNEST writes; JIT
+        // compiling them costs more than it saves (it showed up as 2.6% of
+        // all CPU while ingesting).
+        .options([("jit", "off")]);
     PgPoolOptions::new()
         .max_connections(config.database.max_connections)
         .acquire_timeout(Duration::from_secs(config.database.acquire_timeout_secs))
-        .connect(url)
+        .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to the database at {}", redact(url)))
 }
@@ -184,6 +199,7 @@ impl Daemon {
                 self.providers.clone(),
                 SyncSettings {
                     page_size: self.config.sync.page_size,
+                    write_batch: self.config.sync.write_batch,
                     max_restarts: self.config.sync.max_restarts,
                 },
             );

@@ -36,6 +36,7 @@ pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
     pub acquire_timeout_secs: u64,
+    pub slow_statement_ms: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -92,6 +93,7 @@ pub struct JobsConfig {
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
     pub page_size: u32,
+    pub write_batch: usize,
     pub max_restarts: u32,
 }
 
@@ -232,6 +234,11 @@ impl Config {
             (1..=500).contains(&self.sync.page_size),
             "sync.page_size",
             "must be between 1 and 500",
+        );
+        check(
+            self.sync.write_batch >= 1,
+            "sync.write_batch",
+            "must be at least 1",
         );
         check(
             self.providers.plaid.base_url.starts_with("http://")

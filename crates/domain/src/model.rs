@@ -1,5 +1,7 @@
 //! The normalized model every provider's data is mapped into.
 
+use std::collections::HashSet;
+
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -138,10 +140,12 @@ pub struct RemovedTransaction {
     pub provider_transaction_id: String,
 }
 
-/// Everything one complete sync learned, to be committed in one transaction
-/// together with `next_cursor`.
+/// Changes collected from provider pages and not yet written: the sync
+/// writes them in bulk every few thousand rows, inside the one transaction
+/// that commits with the new cursor.
 #[derive(Clone, Debug, Default)]
 pub struct SyncBatch {
+    /// The latest version of every account the provider reported.
     pub accounts: Vec<NormalizedAccount>,
     /// Added and modified transactions: both are upserts.
     pub upserts: Vec<NormalizedTransaction>,
@@ -149,10 +153,19 @@ pub struct SyncBatch {
     pub next_cursor: Option<String>,
 }
 
+type Key<'a> = (&'a str, &'a str);
+
+fn key_of(t: &NormalizedTransaction) -> Key<'_> {
+    (
+        t.provider_account_id.as_str(),
+        t.provider_transaction_id.as_str(),
+    )
+}
+
 impl SyncBatch {
-    /// Folds one page into the batch. A later page's version of a
-    /// transaction supersedes an earlier one; a removal cancels an upsert of
-    /// the same id collected earlier in this sync.
+    /// Folds one page in, in the provider's order: added and modified
+    /// transactions, then removals. An upsert revives an id removed earlier
+    /// in the batch; a removal cancels an earlier upsert of the same id.
     pub fn absorb(&mut self, page: crate::ports::SyncPage) {
         for account in page.accounts {
             match self
@@ -164,8 +177,22 @@ impl SyncBatch {
                 None => self.accounts.push(account),
             }
         }
+        let upserts = page.added.into_iter().chain(page.modified);
+        if self.removed.is_empty() {
+            self.upserts.extend(upserts);
+        } else {
+            let upserts: Vec<_> = upserts.collect();
+            let revived: HashSet<Key<'_>> = upserts.iter().map(key_of).collect();
+            self.removed.retain(|r| {
+                !revived.contains(&(
+                    r.provider_account_id.as_str(),
+                    r.provider_transaction_id.as_str(),
+                ))
+            });
+            self.upserts.extend(upserts);
+        }
         if !page.removed.is_empty() {
-            let gone: std::collections::HashSet<(&str, &str)> = page
+            let gone: HashSet<Key<'_>> = page
                 .removed
                 .iter()
                 .map(|r| {
@@ -175,31 +202,94 @@ impl SyncBatch {
                     )
                 })
                 .collect();
-            self.upserts.retain(|t| {
-                !gone.contains(&(
-                    t.provider_account_id.as_str(),
-                    t.provider_transaction_id.as_str(),
-                ))
-            });
+            self.upserts.retain(|t| !gone.contains(&key_of(t)));
         }
-        self.upserts.extend(page.added);
-        self.upserts.extend(page.modified);
         self.removed.extend(page.removed);
         self.next_cursor = Some(page.next_cursor);
+    }
+
+    /// Rows waiting to be written.
+    pub fn pending_rows(&self) -> usize {
+        self.upserts.len() + self.removed.len()
     }
 
     /// Keeps only the last version of each transaction, preserving order, so
     /// one bulk upsert never touches the same row twice.
     pub fn dedupe_upserts(&mut self) {
-        let mut seen = std::collections::HashSet::with_capacity(self.upserts.len());
+        let mut seen = HashSet::with_capacity(self.upserts.len());
         let mut keep = vec![false; self.upserts.len()];
         for (i, t) in self.upserts.iter().enumerate().rev() {
-            keep[i] = seen.insert((&t.provider_account_id, &t.provider_transaction_id));
+            keep[i] = seen.insert(key_of(t));
         }
         let mut i = 0;
         self.upserts.retain(|_| {
             i += 1;
             keep[i - 1]
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::SyncPage;
+
+    fn txn(id: &str, description: &str) -> NormalizedTransaction {
+        NormalizedTransaction {
+            provider_account_id: "a".into(),
+            provider_transaction_id: id.into(),
+            amount: Decimal::ONE,
+            currency: Currency::USD,
+            status: TransactionStatus::Settled,
+            transaction_date: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+            posted_date: None,
+            description: description.into(),
+            merchant: None,
+            category: None,
+            txn_type: "purchase".into(),
+            txn_subtype: None,
+            symbol: None,
+            quantity: None,
+            price: None,
+            pending_provider_transaction_id: None,
+            raw: "{}".into(),
+        }
+    }
+
+    fn removed(id: &str) -> RemovedTransaction {
+        RemovedTransaction {
+            provider_account_id: "a".into(),
+            provider_transaction_id: id.into(),
+        }
+    }
+
+    fn page(added: Vec<NormalizedTransaction>, gone: Vec<RemovedTransaction>) -> SyncPage {
+        SyncPage {
+            added,
+            removed: gone,
+            next_cursor: "c".into(),
+            ..SyncPage::default()
+        }
+    }
+
+    #[test]
+    fn later_versions_win_and_removals_cancel_earlier_upserts() {
+        let mut b = SyncBatch::default();
+        b.absorb(page(vec![txn("1", "v1"), txn("2", "v1")], vec![]));
+        b.absorb(page(vec![txn("1", "v2")], vec![removed("2")]));
+        b.dedupe_upserts();
+        assert_eq!(b.upserts.len(), 1);
+        assert_eq!(b.upserts[0].description, "v2");
+        assert_eq!(b.removed, vec![removed("2")]);
+        assert_eq!(b.pending_rows(), 2);
+    }
+
+    #[test]
+    fn an_upsert_after_a_removal_revives_the_row() {
+        let mut b = SyncBatch::default();
+        b.absorb(page(vec![], vec![removed("1")]));
+        b.absorb(page(vec![txn("1", "back")], vec![]));
+        assert!(b.removed.is_empty());
+        assert_eq!(b.upserts.len(), 1);
     }
 }

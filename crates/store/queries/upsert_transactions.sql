@@ -12,7 +12,7 @@ SELECT u.id, u.account_id, u.ptid, u.amount, u.currency, u.status,
            (SELECT p.id FROM transactions p
             WHERE p.account_id = u.account_id AND p.provider_transaction_id = u.pending_ptid)
        END,
-       u.raw::jsonb
+       u.raw::json
 FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::numeric[], $5::text[], $6::text[],
             $7::date[], $8::date[], $9::text[], $10::text[], $11::text[],
             $12::text[], $13::text[], $14::text[], $15::numeric[], $16::numeric[],
@@ -41,4 +41,4 @@ SET amount = EXCLUDED.amount,
     removed_at = NULL,
     updated_at = now()
 WHERE transactions.removed_at IS NOT NULL
-   OR transactions.raw IS DISTINCT FROM EXCLUDED.raw
+   OR transactions.raw::text IS DISTINCT FROM EXCLUDED.raw::text

@@ -18,6 +18,9 @@ use tracing::{info, warn};
 pub struct SyncSettings {
     /// Transactions per provider page (Plaid allows 1–500).
     pub page_size: u32,
+    /// Collected rows written per bulk statement round (inside the sync's
+    /// transaction, so nothing is visible before the cursor moves).
+    pub write_batch: usize,
     /// How often one attempt restarts after the provider reports a mutation
     /// during pagination before it gives up and retries later.
     pub max_restarts: u32,
@@ -157,8 +160,12 @@ impl SyncHandler {
         })?;
 
         let started_from = state.cursor.as_deref();
+        let started = std::time::Instant::now();
         let mut restarts = 0;
-        let (batch, pages) = 'restart: loop {
+        let (tx, batch, pages) = 'restart: loop {
+            // Everything this pass writes lives in one transaction; a restart
+            // or a failure drops it, which rolls it all back.
+            let mut tx = self.store.begin_sync(connection, started_from).await?;
             let mut batch = SyncBatch::default();
             let mut cursor = started_from.map(str::to_owned);
             let mut pages = 0u64;
@@ -175,8 +182,6 @@ impl SyncHandler {
                     Err(ProviderError::MutationDuringPagination)
                         if restarts < self.settings.max_restarts =>
                     {
-                        // Discard what this pass collected; start over from
-                        // the cursor the attempt began with.
                         restarts += 1;
                         info!(
                             restarts,
@@ -185,6 +190,7 @@ impl SyncHandler {
                         continue 'restart;
                     }
                     Err(e @ ProviderError::Unauthorized(_)) => {
+                        drop(tx);
                         self.store
                             .set_connection_status(connection, ConnectionStatus::ReauthRequired)
                             .await?;
@@ -196,23 +202,25 @@ impl SyncHandler {
                 let has_more = page.has_more;
                 cursor = Some(page.next_cursor.clone());
                 batch.absorb(page);
+                if batch.pending_rows() >= self.settings.write_batch || !has_more {
+                    tx.write(&mut batch).await?;
+                }
+                let stats = tx.stats();
                 let progress = serde_json::json!({
                     "pages": pages,
-                    "transactions": batch.upserts.len(),
-                    "removed": batch.removed.len(),
+                    "transactions": stats.received as usize + batch.upserts.len(),
+                    "removed": stats.removed as usize + batch.removed.len(),
                     "restarts": restarts,
                 });
                 if let Err(e) = ctx.set_progress(&progress).await {
                     warn!(error = %e, "could not record progress");
                 }
                 if !has_more {
-                    break 'restart (batch, pages);
+                    break 'restart (tx, batch, pages);
                 }
             }
         };
 
-        let mut batch = batch;
-        batch.dedupe_upserts();
         let outcome = entry(
             AuditAction::SyncSucceeded,
             AuditPhase::Outcome,
@@ -220,10 +228,7 @@ impl SyncHandler {
             connection,
             ctx,
         );
-        let stats = self
-            .store
-            .commit_sync(connection, started_from, &batch, &outcome)
-            .await?;
+        let stats = tx.commit(batch.next_cursor.as_deref(), &outcome).await?;
         let progress = serde_json::json!({
             "pages": pages,
             "transactions": stats.received,
@@ -241,6 +246,7 @@ impl SyncHandler {
             received = stats.received,
             upserted = stats.upserted,
             removed = stats.removed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
             "sync committed"
         );
         Ok(())
