@@ -57,6 +57,28 @@ pub async fn connect(config: &Config, url: &str) -> anyhow::Result<PgPool> {
         .with_context(|| format!("cannot connect to the database at {}", redact(url)))
 }
 
+/// The pool the worker runtime uses for its own bookkeeping (claims,
+/// completions, heartbeats, progress): the same database, but with
+/// `synchronous_commit` as configured (off by default). Losing the last few
+/// hundred milliseconds of such commits to a Postgres crash only makes a job
+/// run again (a lost claim is available again, a lost completion is rescued
+/// as an orphan), which at-least-once delivery allows anyway; enqueues and
+/// handlers' data stay fully durable on the main pool.
+pub fn queue_pool(config: &Config, pool: &PgPool) -> PgPool {
+    let sync = if config.worker.synchronous_commit {
+        "on"
+    } else {
+        "off"
+    };
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", sync)]);
+    PgPoolOptions::new()
+        .max_connections(config.worker.max_connections)
+        .acquire_timeout(Duration::from_secs(config.database.acquire_timeout_secs))
+        .connect_lazy_with(options)
+}
+
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -203,8 +225,11 @@ impl Daemon {
                     max_restarts: self.config.sync.max_restarts,
                 },
             );
-            let pool = WorkerPool::new(self.pool.clone(), self.config.worker_config(name))
-                .handle(dashtam_domain::jobs::KIND_SYNC, Arc::new(handler));
+            let pool = WorkerPool::new(
+                queue_pool(&self.config, &self.pool),
+                self.config.worker_config(name),
+            )
+            .handle(dashtam_domain::jobs::KIND_SYNC, Arc::new(handler));
             let stop = shutdown.clone();
             tasks.spawn(async move { pool.run(stop).await.context("worker pool failed") });
         }

@@ -60,6 +60,7 @@ pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<
         QueueSection {
             concurrency: opts.concurrency,
             fetch_batch: opts.concurrency,
+            prefetch: 0,
         },
     );
     config.database.max_connections = config
@@ -175,4 +176,250 @@ async fn round(queue: &Queue, connections: &[ConnectionId]) -> anyhow::Result<Du
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Options of the queue benchmarks.
+pub struct QueueBenchOptions {
+    pub database_url: String,
+    pub jobs: usize,
+    pub concurrency: usize,
+    pub fetch_batch: usize,
+    /// Jobs scheduled a day ahead in the same queue, waiting behind.
+    pub queued: usize,
+}
+
+const BENCH_QUEUE: &str = "bench";
+const BENCH_KIND: &str = "noop";
+
+/// A handler that does nothing but note when it ran.
+struct Noop {
+    seen: std::sync::atomic::AtomicUsize,
+    latencies_us: std::sync::Mutex<Vec<i64>>,
+}
+
+#[async_trait::async_trait]
+impl dashtam_queue::Handler for Noop {
+    async fn handle(&self, job: &dashtam_queue::JobContext) -> Result<(), dashtam_queue::JobError> {
+        if let Some(t) = job
+            .payload
+            .get("enqueued_at_us")
+            .and_then(serde_json::Value::as_i64)
+        {
+            let now = chrono::Utc::now().timestamp_micros();
+            self.latencies_us
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(now - t);
+        }
+        self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn queue_worker_config(
+    config: &Config,
+    concurrency: usize,
+    fetch_batch: usize,
+) -> dashtam_queue::WorkerConfig {
+    let mut wc = config.worker_config(format!("bench-{}", std::process::id()));
+    wc.queues = vec![dashtam_queue::QueueConfig {
+        name: BENCH_QUEUE.into(),
+        concurrency,
+        fetch_batch,
+        prefetch: fetch_batch,
+    }];
+    wc
+}
+
+async fn fresh_queue_db(config: &Config, url: &str, queued: usize) -> anyhow::Result<sqlx::PgPool> {
+    dashtam_store::migrate::recreate_database(url)
+        .await
+        .with_context(|| format!("re-creating {}", app::redact(url)))?;
+    let pool = app::connect(config, url).await?;
+    dashtam_store::migrate::run(&pool).await?;
+    let queue = Queue::new(pool.clone());
+    let later = chrono::Utc::now() + chrono::Duration::days(1);
+    let mut left = queued;
+    while left > 0 {
+        let n = left.min(50_000);
+        let jobs: Vec<NewJob> = (0..n)
+            .map(|_| {
+                let mut j = NewJob::new(BENCH_QUEUE, BENCH_KIND, json!({}));
+                j.run_at = Some(later);
+                j
+            })
+            .collect();
+        queue.enqueue_many(&jobs).await?;
+        left -= n;
+    }
+    if queued > 0 {
+        sqlx::query("VACUUM ANALYZE jobs").execute(&pool).await?;
+    }
+    Ok(pool)
+}
+
+/// Whether any due job of the bench queue is still pending or running: two
+/// probes shaped like the claim query, so the planner walks the same partial
+/// indexes and a million jobs waiting behind cost nothing here.
+async fn any_due_left(pool: &sqlx::PgPool) -> anyhow::Result<bool> {
+    let pending: Option<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE queue = $1 AND run_at <= now()
+           AND state IN ('scheduled', 'available', 'retryable')
+         ORDER BY priority, run_at, id LIMIT 1",
+    )
+    .bind(BENCH_QUEUE)
+    .fetch_optional(pool)
+    .await?;
+    if pending.is_some() {
+        return Ok(true);
+    }
+    let running: Option<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE state = 'running' AND queue = $1 LIMIT 1")
+            .bind(BENCH_QUEUE)
+            .fetch_optional(pool)
+            .await?;
+    Ok(running.is_some())
+}
+
+/// The brief's "drain" workload: bulk-enqueue N no-op jobs, then time
+/// workers with concurrency C until none is pending.
+pub async fn drain(config: Config, opts: QueueBenchOptions) -> anyhow::Result<()> {
+    let pool = fresh_queue_db(&config, &opts.database_url, opts.queued).await?;
+    let queue = Queue::new(pool.clone());
+    let jobs: Vec<NewJob> = (0..opts.jobs)
+        .map(|_| NewJob::new(BENCH_QUEUE, BENCH_KIND, json!({})))
+        .collect();
+    let t0 = Instant::now();
+    queue.enqueue_many(&jobs).await?;
+    let enqueue_s = t0.elapsed().as_secs_f64();
+
+    let noop = Arc::new(Noop {
+        seen: 0.into(),
+        latencies_us: Vec::new().into(),
+    });
+    let pool_cfg = queue_worker_config(&config, opts.concurrency, opts.fetch_batch);
+    let worker_db = warm(
+        app::queue_pool(&config, &pool),
+        config.worker.max_connections,
+    )
+    .await?;
+    let shutdown = CancellationToken::new();
+    let rss_before = peak_rss_kb();
+    let t1 = Instant::now();
+    let worker =
+        dashtam_queue::WorkerPool::new(worker_db, pool_cfg).handle(BENCH_KIND, noop.clone());
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { worker.run(stop).await });
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if Instant::now() > deadline {
+            bail!("the queue did not drain within 10 minutes");
+        }
+        if noop.seen.load(std::sync::atomic::Ordering::Relaxed) >= opts.jobs
+            && !any_due_left(&pool).await?
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drain_s = t1.elapsed().as_secs_f64();
+    shutdown.cancel();
+    task.await??;
+    let line = json!({
+        "bench": "drain",
+        "jobs": opts.jobs,
+        "concurrency": opts.concurrency,
+        "fetch_batch": opts.fetch_batch,
+        "queued_behind": opts.queued,
+        "enqueue_s": round3(enqueue_s),
+        "drain_s": round3(drain_s),
+        "jobs_per_s": (opts.jobs as f64 / drain_s).round(),
+        "peak_rss_mb": peak_rss_kb().max(rss_before) / 1024,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// The brief's "latency" workload: an idle worker; 500 jobs enqueued one at
+/// a time, 10 ms apart, each carrying its enqueue time.
+pub async fn latency(config: Config, opts: QueueBenchOptions) -> anyhow::Result<()> {
+    let pool = fresh_queue_db(&config, &opts.database_url, opts.queued).await?;
+    let queue = Queue::new(pool.clone());
+    let noop = Arc::new(Noop {
+        seen: 0.into(),
+        latencies_us: Vec::new().into(),
+    });
+    let shutdown = CancellationToken::new();
+    let worker = dashtam_queue::WorkerPool::new(
+        warm(
+            app::queue_pool(&config, &pool),
+            config.worker.max_connections,
+        )
+        .await?,
+        queue_worker_config(&config, opts.concurrency, opts.fetch_batch),
+    )
+    .handle(BENCH_KIND, noop.clone());
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { worker.run(stop).await });
+    // Let the worker register, LISTEN and go idle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for _ in 0..opts.jobs {
+        tick.tick().await;
+        let payload = json!({ "enqueued_at_us": chrono::Utc::now().timestamp_micros() });
+        queue
+            .enqueue(NewJob::new(BENCH_QUEUE, BENCH_KIND, payload))
+            .await?;
+    }
+    while noop.seen.load(std::sync::atomic::Ordering::Relaxed) < opts.jobs {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    task.await??;
+    let mut l = noop
+        .latencies_us
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    l.sort_unstable();
+    let pct = |p: f64| {
+        let i = ((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1;
+        round3(l[i] as f64 / 1000.0)
+    };
+    let line = json!({
+        "bench": "latency",
+        "jobs": opts.jobs,
+        "concurrency": opts.concurrency,
+        "queued_behind": opts.queued,
+        "p50_ms": pct(0.50),
+        "p95_ms": pct(0.95),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// Opens the pool's connections up front, as a long-running daemon's pool
+/// would have them open, so connection set-up is not timed.
+async fn warm(pool: sqlx::PgPool, n: u32) -> anyhow::Result<sqlx::PgPool> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(pool.acquire().await?);
+    }
+    drop(held);
+    Ok(pool)
+}
+
+/// Peak resident set size of this process so far (Linux), in KiB.
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }

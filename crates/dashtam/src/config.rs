@@ -73,6 +73,8 @@ pub struct WorkerSection {
     pub backoff_base_ms: u64,
     pub backoff_max_secs: u64,
     pub completion_batch: usize,
+    pub synchronous_commit: bool,
+    pub max_connections: u32,
     pub queues: BTreeMap<String, QueueSection>,
 }
 
@@ -81,6 +83,8 @@ pub struct WorkerSection {
 pub struct QueueSection {
     pub concurrency: usize,
     pub fetch_batch: usize,
+    #[serde(default)]
+    pub prefetch: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -291,6 +295,7 @@ impl Config {
                     name: name.clone(),
                     concurrency: q.concurrency,
                     fetch_batch: q.fetch_batch,
+                    prefetch: q.prefetch,
                 })
                 .collect(),
             poll_interval: Duration::from_millis(w.poll_interval_ms),

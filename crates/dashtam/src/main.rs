@@ -122,8 +122,43 @@ enum KeysCommand {
     Generate,
 }
 
+#[derive(Args)]
+struct QueueBenchArgs {
+    /// Database to (re)create for the run.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/dashtam_bench"
+    )]
+    database_url: String,
+    /// Jobs per concurrent slot the worker runs.
+    #[arg(long, default_value_t = 24)]
+    concurrency: usize,
+    /// Most jobs claimed per round trip.
+    #[arg(long, default_value_t = 100)]
+    fetch_batch: usize,
+    /// Jobs scheduled a day ahead in the same queue, waiting behind the run.
+    #[arg(long, default_value_t = 0)]
+    queued: usize,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Queue throughput: bulk-enqueue N no-op jobs, time workers until none is pending.
+    Drain {
+        #[arg(long, default_value_t = 20_000)]
+        jobs: usize,
+        #[command(flatten)]
+        args: QueueBenchArgs,
+    },
+    /// Pickup latency: an idle worker, jobs enqueued one at a time 10 ms apart.
+    Latency {
+        #[arg(long, default_value_t = 500)]
+        jobs: usize,
+        #[command(flatten)]
+        args: QueueBenchArgs,
+    },
     /// Ingest throughput: M connections × K transactions, then an idempotent re-sync.
     Sync {
         /// Database to (re)create for the run.
@@ -146,6 +181,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         concurrency: usize,
     },
+}
+
+fn queue_bench(jobs: usize, a: QueueBenchArgs) -> dashtam::bench::QueueBenchOptions {
+    dashtam::bench::QueueBenchOptions {
+        database_url: a.database_url,
+        jobs,
+        concurrency: a.concurrency,
+        fetch_batch: a.fetch_batch,
+        queued: a.queued,
+    }
 }
 
 fn parse_ttl(s: &str) -> anyhow::Result<Duration> {
@@ -319,6 +364,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: KeysCommand::Generate,
         } => {
             println!("{}", dashtam_store::Cipher::generate_key()?.expose_secret());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Drain { jobs, args },
+        } => {
+            dashtam::bench::drain(config, queue_bench(jobs, args)).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Latency { jobs, args },
+        } => {
+            dashtam::bench::latency(config, queue_bench(jobs, args)).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -1,5 +1,6 @@
 -- Shutdown: jobs we could not finish go back to the queue; the interrupted
 -- attempt is not counted against them.
-UPDATE jobs
-SET state = 'available', locked_by = NULL, attempt = GREATEST(attempt - 1, 0), run_at = now()
-WHERE id = ANY($1::uuid[]) AND state = 'running' AND locked_by = $2
+UPDATE jobs AS j
+SET state = 'available', locked_by = NULL, attempt = GREATEST(j.attempt - 1, 0), run_at = now()
+FROM unnest($1::uuid[]) AS u(id)
+WHERE j.id = u.id AND j.state = 'running' AND j.locked_by = $2

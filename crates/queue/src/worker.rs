@@ -1,6 +1,6 @@
 //! The worker runtime: claims jobs, runs handlers, records outcomes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,10 @@ pub struct QueueConfig {
     pub concurrency: usize,
     /// Most jobs claimed in one round trip.
     pub fetch_batch: usize,
+    /// Jobs claimed beyond the free slots, to start the moment a slot frees
+    /// (for many short jobs). 0 for long jobs, so an idle peer process gets
+    /// them instead.
+    pub prefetch: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -170,7 +174,10 @@ impl WorkerPool {
                 .collect(),
         );
         let handlers = Arc::new(self.handlers);
-        let (done_tx, done_rx) = mpsc::unbounded_channel::<Completion>();
+        // Bounded: when outcomes are written slower than jobs finish, job
+        // tasks wait here holding their slots, and claiming slows down.
+        let (done_tx, done_rx) =
+            mpsc::channel::<Completion>(self.config.completion_batch.max(1) * 4);
         let fetch_stop = shutdown.child_token();
         let background_stop = CancellationToken::new();
 
@@ -250,6 +257,26 @@ impl WorkerPool {
     }
 }
 
+type ClaimFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(Vec<Claimed>, usize), sqlx::Error>> + Send>,
+>;
+
+/// Claims up to `n` due jobs of `queue` for `worker`; returns them and `n`.
+async fn claim_jobs(
+    pool: PgPool,
+    queue: String,
+    n: usize,
+    worker: Uuid,
+) -> Result<(Vec<Claimed>, usize), sqlx::Error> {
+    let jobs = sqlx::query_as(include_str!("../queries/fetch.sql"))
+        .bind(&queue)
+        .bind(i64::try_from(n).unwrap_or(i64::MAX))
+        .bind(worker)
+        .fetch_all(&pool)
+        .await?;
+    Ok((jobs, n))
+}
+
 struct Fetcher {
     pool: PgPool,
     worker_id: Uuid,
@@ -258,7 +285,7 @@ struct Fetcher {
     waker: Arc<Notify>,
     poll_interval: Duration,
     backoff: Backoff,
-    done: mpsc::UnboundedSender<Completion>,
+    done: mpsc::Sender<Completion>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -279,7 +306,17 @@ impl Fetcher {
         let slots = Arc::new(Semaphore::new(self.queue.concurrency));
         let mut running: JoinSet<()> = JoinSet::new();
         let mut running_ids: HashMap<tokio::task::Id, Uuid> = HashMap::new();
+        // Claimed jobs waiting for a free slot (at most `prefetch` beyond
+        // the free slots at claim time).
+        let mut buffer: VecDeque<Claimed> = VecDeque::new();
+        // The claim in flight, if any: it runs while finished jobs free
+        // slots and buffered jobs start, so a round trip never stalls them.
+        let mut claim: Option<ClaimFuture> = None;
+        // The last claim came back short: wait for a wake-up before the next.
+        let mut dry = false;
         let mut db_failures = 0u32;
+        let poll = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(poll);
         loop {
             // Reap finished tasks so the id map stays small.
             while let Some(res) = running.try_join_next_with_id() {
@@ -289,59 +326,69 @@ impl Fetcher {
                 };
                 running_ids.remove(&id);
             }
-            // Wait for a free slot, then take as many as are free (up to a batch).
-            let first = tokio::select! {
-                p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-                _ = stop.cancelled() => break,
-            };
-            let mut permits = vec![first];
-            while permits.len() < self.queue.fetch_batch {
-                match slots.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
-            }
-            let want = permits.len();
-            let claimed: Result<Vec<Claimed>, sqlx::Error> =
-                sqlx::query_as(include_str!("../queries/fetch.sql"))
-                    .bind(&self.queue.name)
-                    .bind(i64::try_from(want).unwrap_or(i64::MAX))
-                    .bind(self.worker_id)
-                    .fetch_all(&self.pool)
-                    .await;
-            let claimed = match claimed {
-                Ok(c) => {
-                    db_failures = 0;
-                    c
-                }
-                Err(e) => {
-                    db_failures += 1;
-                    let pause = Duration::from_millis(100 * u64::from(db_failures.min(50)));
-                    warn!(queue = %self.queue.name, error = %e, ?pause, "claiming jobs failed; retrying");
-                    drop(permits);
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => continue,
-                        _ = stop.cancelled() => break,
-                    }
-                }
-            };
-            let got = claimed.len();
-            for (job, permit) in claimed.into_iter().zip(permits.drain(..)) {
+            // Start what the free slots allow.
+            while !buffer.is_empty() {
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                let Some(job) = buffer.pop_front() else { break };
                 let job_id = job.id;
-                let task = self.run_job(job, permit);
-                let handle = running.spawn(task);
+                let handle = running.spawn(self.run_job(job, permit));
                 running_ids.insert(handle.id(), job_id);
             }
-            drop(permits);
-            if got < want {
-                // The queue is (momentarily) empty: sleep until woken.
-                tokio::select! {
-                    _ = self.waker.notified() => {}
-                    _ = tokio::time::sleep(self.poll_interval) => {}
-                    _ = stop.cancelled() => break,
+            // Claim when the buffer is down to half the prefetch: claims stay
+            // large (one round trip for many jobs) without hoarding.
+            if claim.is_none() && !dry && buffer.len() <= self.queue.prefetch / 2 {
+                let room = (slots.available_permits() + self.queue.prefetch)
+                    .saturating_sub(buffer.len())
+                    .min(self.queue.fetch_batch);
+                if room > 0 {
+                    claim = Some(Box::pin(claim_jobs(
+                        self.pool.clone(),
+                        self.queue.name.clone(),
+                        room,
+                        self.worker_id,
+                    )));
                 }
             }
+            tokio::select! {
+                res = async { claim.as_mut().expect("guarded").await }, if claim.is_some() => {
+                    claim = None;
+                    match res {
+                        Ok((jobs, asked)) => {
+                            db_failures = 0;
+                            if jobs.len() < asked {
+                                debug!(queue = %self.queue.name, got = jobs.len(), asked, "claim came back short");
+                                dry = true;
+                                poll.as_mut().reset(tokio::time::Instant::now() + self.poll_interval);
+                            }
+                            buffer.extend(jobs);
+                        }
+                        Err(e) => {
+                            db_failures += 1;
+                            let pause = Duration::from_millis(100 * u64::from(db_failures.min(50)));
+                            warn!(queue = %self.queue.name, error = %e, ?pause, "claiming jobs failed; retrying");
+                            dry = true;
+                            poll.as_mut().reset(tokio::time::Instant::now() + pause);
+                        }
+                    }
+                }
+                p = slots.clone().acquire_owned(), if !buffer.is_empty() || (claim.is_none() && !dry) => {
+                    // A slot is free: loop round to fill it.
+                    drop(p);
+                }
+                _ = self.waker.notified(), if dry && db_failures == 0 => dry = false,
+                _ = &mut poll, if dry => dry = false,
+                _ = stop.cancelled() => break,
+            }
         }
+        // A claim still in flight holds jobs too: take them to hand back.
+        if let Some(c) = claim.take()
+            && let Ok((jobs, _)) = c.await
+        {
+            buffer.extend(jobs);
+        }
+        let mut abandoned: Vec<Uuid> = buffer.iter().map(|j| j.id).collect();
         // Stop claiming; give running jobs their grace period.
         let deadline = tokio::time::sleep(grace);
         tokio::pin!(deadline);
@@ -358,7 +405,8 @@ impl Fetcher {
                 }
             }
         }
-        running_ids.into_values().collect()
+        abandoned.extend(running_ids.into_values());
+        abandoned
     }
 
     fn run_job(
@@ -425,13 +473,20 @@ impl Fetcher {
                     }
                 }
             };
-            // The slot is free as soon as the handler is done; the outcome is
-            // written by the completer in a batch.
+            // The outcome is written by the completer in a batch; the slot is
+            // free once it is queued for that (a slow completer thus slows
+            // claiming instead of piling up finished-but-unrecorded jobs).
+            if done
+                .send(Completion {
+                    id: ctx.id,
+                    outcome,
+                })
+                .await
+                .is_err()
+            {
+                error!("job outcome dropped: the completer has stopped");
+            }
             drop(permit);
-            let _ = done.send(Completion {
-                id: ctx.id,
-                outcome,
-            });
         }
         .instrument(span)
     }
@@ -439,12 +494,7 @@ impl Fetcher {
 
 /// Writes outcomes in batches; retries on database errors so no outcome is
 /// lost while the database is briefly away.
-async fn complete(
-    pool: PgPool,
-    worker_id: Uuid,
-    batch: usize,
-    mut rx: mpsc::UnboundedReceiver<Completion>,
-) {
+async fn complete(pool: PgPool, worker_id: Uuid, batch: usize, mut rx: mpsc::Receiver<Completion>) {
     let mut buf: Vec<Completion> = Vec::with_capacity(batch);
     while rx.recv_many(&mut buf, batch).await > 0 {
         let mut succeeded = Vec::new();
