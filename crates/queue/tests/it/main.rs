@@ -1,0 +1,361 @@
+//! Queue semantics against the real Postgres, one fresh database per test.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use dashtam_queue::{
+    Backoff, Enqueued, Handler, JobContext, JobError, NewJob, Queue, QueueConfig, WorkerConfig,
+    WorkerPool,
+};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+type Script = dyn Fn(&JobContext, usize) -> Result<(), JobError> + Send + Sync;
+
+/// Runs `script(job, call_number)` and records when each call happened.
+struct Scripted {
+    calls: Mutex<Vec<(Instant, Uuid, serde_json::Value)>>,
+    delay: Duration,
+    script: Box<Script>,
+}
+
+impl Scripted {
+    fn new(
+        delay: Duration,
+        script: impl Fn(&JobContext, usize) -> Result<(), JobError> + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            calls: Mutex::new(Vec::new()),
+            delay,
+            script: Box::new(script),
+        })
+    }
+
+    fn calls(&self) -> Vec<(Instant, Uuid, serde_json::Value)> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Handler for Scripted {
+    async fn handle(&self, job: &JobContext) -> Result<(), JobError> {
+        let n = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push((Instant::now(), job.id, job.payload.clone()));
+            calls.len()
+        };
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        (self.script)(job, n)
+    }
+}
+
+fn config(queues: &[(&str, usize)]) -> WorkerConfig {
+    WorkerConfig {
+        name: "test".into(),
+        queues: queues
+            .iter()
+            .map(|(name, c)| QueueConfig {
+                name: (*name).into(),
+                concurrency: *c,
+                fetch_batch: *c,
+                prefetch: 0,
+            })
+            .collect(),
+        poll_interval: Duration::from_millis(50),
+        heartbeat_interval: Duration::from_millis(200),
+        orphan_timeout: Duration::from_secs(1),
+        rescue_interval: Duration::from_millis(200),
+        backoff: Backoff {
+            base: Duration::from_millis(150),
+            max: Duration::from_millis(300),
+        },
+        completion_batch: 64,
+        shutdown_timeout: Duration::from_secs(5),
+    }
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), dashtam_queue::QueueError>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn start(pool: &PgPool, config: WorkerConfig, kind: &str, handler: Arc<dyn Handler>) -> Running {
+    let stop = CancellationToken::new();
+    let worker = WorkerPool::new(pool.clone(), config).handle(kind, handler);
+    let s = stop.clone();
+    Running {
+        stop,
+        task: tokio::spawn(async move { worker.run(s).await }),
+    }
+}
+
+async fn wait_state(queue: &Queue, id: Uuid, state: &str) -> dashtam_queue::JobRecord {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let job = queue.get(id).await.unwrap().unwrap();
+        if job.state == state {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job stuck in {}: {job:?}",
+            job.state
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn enqueue(queue: &Queue, job: NewJob) -> Uuid {
+    match queue.enqueue(job).await.unwrap() {
+        Enqueued::Created(j) => j.id,
+        Enqueued::Existing(j) => panic!("unexpected existing job {j:?}"),
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn retries_are_scheduled_in_the_database_with_backoff(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let h = Scripted::new(Duration::ZERO, |_, n| {
+        if n < 3 {
+            Err(JobError::retry(format!("flaky {n}")))
+        } else {
+            Ok(())
+        }
+    });
+    let w = start(&pool, config(&[("q", 2)]), "k", h.clone());
+    let id = enqueue(&queue, NewJob::new("q", "k", json!({}))).await;
+    let job = wait_state(&queue, id, "succeeded").await;
+    w.stop().await;
+    assert_eq!(job.attempt, 3);
+    let errors = job.errors.as_array().unwrap();
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[0]["error"], "flaky 1");
+    assert_eq!(errors[0]["attempt"], 1);
+    assert!(errors[1]["at"].is_string());
+    // No retry ran before the backoff floor.
+    let calls = h.calls();
+    for pair in calls.windows(2) {
+        assert!(
+            pair[1].0 - pair[0].0 >= Duration::from_millis(150),
+            "retried too soon"
+        );
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn a_retry_after_hint_is_honoured(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let h = Scripted::new(Duration::ZERO, |_, n| {
+        if n == 1 {
+            Err(JobError::Retry {
+                message: "429".into(),
+                after: Some(Duration::from_millis(700)),
+            })
+        } else {
+            Ok(())
+        }
+    });
+    let w = start(&pool, config(&[("q", 1)]), "k", h.clone());
+    let id = enqueue(&queue, NewJob::new("q", "k", json!({}))).await;
+    let retrying = wait_state(&queue, id, "retryable").await;
+    assert!(retrying.run_at > Utc::now() + chrono::Duration::milliseconds(300));
+    wait_state(&queue, id, "succeeded").await;
+    w.stop().await;
+    let calls = h.calls();
+    assert!(calls[1].0 - calls[0].0 >= Duration::from_millis(700));
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn permanent_errors_and_the_last_attempt_kill_the_job(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let h = Scripted::new(Duration::ZERO, |job, _| {
+        if job.payload["permanent"] == true {
+            Err(JobError::permanent("bad input"))
+        } else {
+            Err(JobError::retry("still down"))
+        }
+    });
+    let w = start(&pool, config(&[("q", 2)]), "k", h.clone());
+    let permanent = enqueue(&queue, NewJob::new("q", "k", json!({"permanent": true}))).await;
+    let mut limited = NewJob::new("q", "k", json!({"permanent": false}));
+    limited.max_attempts = 2;
+    let limited = enqueue(&queue, limited).await;
+    let p = wait_state(&queue, permanent, "failed").await;
+    let l = wait_state(&queue, limited, "failed").await;
+    w.stop().await;
+    assert_eq!(p.attempt, 1);
+    assert_eq!(p.errors[0]["error"], "bad input");
+    assert!(p.finished_at.is_some());
+    assert_eq!(l.attempt, 2);
+    assert_eq!(l.errors.as_array().unwrap().len(), 2);
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn scheduled_jobs_wait_for_their_time(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let h = Scripted::new(Duration::ZERO, |_, _| Ok(()));
+    let w = start(&pool, config(&[("q", 1)]), "k", h.clone());
+    let mut job = NewJob::new("q", "k", json!({}));
+    let due = Utc::now() + chrono::Duration::milliseconds(800);
+    job.run_at = Some(due);
+    let id = enqueue(&queue, job).await;
+    assert_eq!(queue.get(id).await.unwrap().unwrap().state, "scheduled");
+    let done = wait_state(&queue, id, "succeeded").await;
+    w.stop().await;
+    assert!(done.started_at.unwrap() >= due);
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn lower_priority_numbers_run_first(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    for (p, label) in [(5, "low"), (0, "high"), (2, "mid")] {
+        let mut j = NewJob::new("q", "k", json!({ "label": label }));
+        j.priority = p;
+        enqueue(&queue, j).await;
+    }
+    let h = Scripted::new(Duration::ZERO, |_, _| Ok(()));
+    let w = start(&pool, config(&[("q", 1)]), "k", h.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.calls().len() < 3 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.stop().await;
+    let order: Vec<String> = h
+        .calls()
+        .iter()
+        .map(|(_, _, p)| p["label"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(order, ["high", "mid", "low"]);
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn a_backlog_in_one_queue_does_not_starve_another(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let slow: Vec<NewJob> = (0..20)
+        .map(|_| NewJob::new("slow", "k", json!({})))
+        .collect();
+    queue.enqueue_many(&slow).await.unwrap();
+    let h = Scripted::new(Duration::from_millis(300), |_, _| Ok(()));
+    let w = start(&pool, config(&[("slow", 2), ("fast", 2)]), "k", h.clone());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t0 = Instant::now();
+    let id = enqueue(&queue, NewJob::new("fast", "k", json!({}))).await;
+    wait_state(&queue, id, "succeeded").await;
+    // It ran right away, not behind 20 × 300 ms / 2 of slow jobs.
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    w.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn unique_keys_allow_one_pending_job(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let mut j = NewJob::new("q", "k", json!({}));
+    j.unique_key = Some("sync:abc".into());
+    let first = queue.enqueue(j.clone()).await.unwrap();
+    let second = queue.enqueue(j.clone()).await.unwrap();
+    assert!(matches!(first, Enqueued::Created(_)));
+    assert!(matches!(&second, Enqueued::Existing(e) if e.id == first.job().id));
+    let h = Scripted::new(Duration::ZERO, |_, _| Ok(()));
+    let w = start(&pool, config(&[("q", 1)]), "k", h);
+    wait_state(&queue, first.job().id, "succeeded").await;
+    w.stop().await;
+    // Finished jobs do not hold the key.
+    assert!(matches!(
+        queue.enqueue(j).await.unwrap(),
+        Enqueued::Created(_)
+    ));
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn jobs_of_a_dead_worker_are_rescued_and_completed(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let id = enqueue(&queue, NewJob::new("q", "k", json!({}))).await;
+    // A worker that claimed the job and died: it never heartbeats again.
+    let dead = Uuid::now_v7();
+    sqlx::query("INSERT INTO queue_workers (id, name, heartbeat_at) VALUES ($1, 'dead', now() - interval '1 minute')")
+        .bind(dead)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE jobs SET state = 'running', attempt = 1, locked_by = $2 WHERE id = $1")
+        .bind(id)
+        .bind(dead)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let h = Scripted::new(Duration::ZERO, |_, _| Ok(()));
+    let t0 = Instant::now();
+    let w = start(&pool, config(&[("q", 1)]), "k", h.clone());
+    let job = wait_state(&queue, id, "succeeded").await;
+    w.stop().await;
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(h.calls().len(), 1, "ran exactly once more");
+    assert_eq!(job.attempt, 2);
+    assert!(job.errors[0]["error"].as_str().unwrap().contains("rescued"));
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn a_live_worker_keeps_its_jobs(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    // Longer than the orphan timeout: heartbeats must keep it ours.
+    let h = Scripted::new(Duration::from_millis(2500), |_, _| Ok(()));
+    let w = start(&pool, config(&[("q", 1)]), "k", h.clone());
+    let id = enqueue(&queue, NewJob::new("q", "k", json!({}))).await;
+    let job = wait_state(&queue, id, "succeeded").await;
+    w.stop().await;
+    assert_eq!(job.attempt, 1);
+    assert_eq!(h.calls().len(), 1);
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn shutdown_finishes_short_jobs_and_hands_back_long_ones(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let h = Scripted::new(Duration::ZERO, |_, _| Ok(()));
+    // Short jobs: finish within the grace period.
+    let short = Scripted::new(Duration::from_millis(300), |_, _| Ok(()));
+    let w = start(&pool, config(&[("q", 1)]), "k", short.clone());
+    let a = enqueue(&queue, NewJob::new("q", "k", json!({}))).await;
+    wait_state(&queue, a, "running").await;
+    w.stop().await;
+    assert_eq!(queue.get(a).await.unwrap().unwrap().state, "succeeded");
+
+    // Long jobs: handed back, the interrupted attempt not counted.
+    let long = Scripted::new(Duration::from_secs(30), |_, _| Ok(()));
+    let mut cfg = config(&[("q", 1)]);
+    cfg.shutdown_timeout = Duration::from_millis(200);
+    let w = start(&pool, cfg, "k", long.clone());
+    let b = enqueue(&queue, NewJob::new("q", "k", json!({}))).await;
+    wait_state(&queue, b, "running").await;
+    let t0 = Instant::now();
+    w.stop().await;
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    let job = queue.get(b).await.unwrap().unwrap();
+    assert_eq!(job.state, "available");
+    assert_eq!(job.attempt, 0);
+    assert!(job.locked_by.is_none());
+    let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_workers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(workers, 0, "a stopped pool deregisters");
+    // The next pool picks it up.
+    let w = start(&pool, config(&[("q", 1)]), "k", h);
+    wait_state(&queue, b, "succeeded").await;
+    w.stop().await;
+}
