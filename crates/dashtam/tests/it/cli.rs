@@ -11,7 +11,7 @@ fn dashtam() -> Command {
 }
 
 /// A URL for the test's own database, from the pool the harness made.
-fn url_of(pool: &PgPool) -> String {
+pub fn url_of(pool: &PgPool) -> String {
     let opts = pool.connect_options();
     format!(
         "postgres://{}@{}:{}/{}",

@@ -4,5 +4,6 @@
 mod api;
 mod audit;
 mod cli;
+mod crash;
 mod helpers;
 mod sync;
