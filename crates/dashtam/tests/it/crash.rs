@@ -67,14 +67,21 @@ async fn a_worker_killed_mid_sync_loses_and_duplicates_nothing(pool: PgPool) {
     let stop = shutdown.clone();
     let addr = sandbox
         .clone()
-        .spawn("127.0.0.1:0".parse().unwrap(), async move { stop.cancelled().await })
+        .spawn("127.0.0.1:0".parse().unwrap(), async move {
+            stop.cancelled().await
+        })
         .await
         .unwrap();
     let sandbox_url = format!("http://{addr}");
-    let token =
-        sandbox.create_item(ItemSpec { accounts: Some(2), transactions_per_account: Some(1000) });
+    let token = sandbox.create_item(ItemSpec {
+        accounts: Some(2),
+        transactions_per_account: Some(1000),
+    });
     // Slow pages: the sync takes 20 × 250 ms, long enough to kill it mid-way.
-    sandbox.set_faults(Faults { latency_ms: 250, ..Faults::default() });
+    sandbox.set_faults(Faults {
+        latency_ms: 250,
+        ..Faults::default()
+    });
 
     let key = Cipher::generate_key().unwrap();
     let cipher = Cipher::new("k1", &[("k1".to_owned(), key.clone())].into()).unwrap();
@@ -103,7 +110,10 @@ async fn a_worker_killed_mid_sync_loses_and_duplicates_nothing(pool: PgPool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (state, _, progress) = job_state(&pool, id).await;
-        let pages = progress.as_ref().and_then(|p| p["pages"].as_u64()).unwrap_or(0);
+        let pages = progress
+            .as_ref()
+            .and_then(|p| p["pages"].as_u64())
+            .unwrap_or(0);
         if state == "running" && pages >= 4 {
             break;
         }
@@ -123,7 +133,11 @@ async fn a_worker_killed_mid_sync_loses_and_duplicates_nothing(pool: PgPool) {
             .unwrap()
     };
     assert_eq!(count(pool.clone()).await, 0);
-    assert_eq!(job_state(&pool, id).await.0, "running", "held by the dead worker");
+    assert_eq!(
+        job_state(&pool, id).await.0,
+        "running",
+        "held by the dead worker"
+    );
 
     sandbox.set_faults(Faults::default());
     let _second = spawn_worker(&url, &sandbox_url, &key);
@@ -138,12 +152,22 @@ async fn a_worker_killed_mid_sync_loses_and_duplicates_nothing(pool: PgPool) {
             assert_eq!(attempt, 2);
             break;
         }
-        assert!(Instant::now() < deadline, "job not completed after the crash: {state}");
+        assert!(
+            Instant::now() < deadline,
+            "job not completed after the crash: {state}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Orphan timeout 3 s + rescue interval 1 s, well inside the 30 s bound.
-    assert!(rescued_after.unwrap() < Duration::from_secs(30), "{rescued_after:?}");
-    assert_eq!(count(pool.clone()).await, 2000, "every transaction exactly once");
+    assert!(
+        rescued_after.unwrap() < Duration::from_secs(30),
+        "{rescued_after:?}"
+    );
+    assert_eq!(
+        count(pool.clone()).await,
+        2000,
+        "every transaction exactly once"
+    );
     let dupes: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT provider_transaction_id FROM transactions
            GROUP BY account_id, provider_transaction_id HAVING count(*) > 1) d",
@@ -152,14 +176,16 @@ async fn a_worker_killed_mid_sync_loses_and_duplicates_nothing(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(dupes, 0);
-    let audit: Vec<(String,)> = sqlx::query_as(
-        "SELECT action FROM audit_records WHERE correlation_id = $1 ORDER BY id",
-    )
-    .bind(id.to_string())
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let audit: Vec<(String,)> =
+        sqlx::query_as("SELECT action FROM audit_records WHERE correlation_id = $1 ORDER BY id")
+            .bind(id.to_string())
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     let actions: Vec<&str> = audit.iter().map(|(a,)| a.as_str()).collect();
-    assert_eq!(actions, ["sync_attempted", "sync_attempted", "sync_succeeded"]);
+    assert_eq!(
+        actions,
+        ["sync_attempted", "sync_attempted", "sync_succeeded"]
+    );
     shutdown.cancel();
 }
