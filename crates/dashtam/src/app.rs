@@ -27,7 +27,8 @@ pub enum Role {
     Api,
     /// The job workers.
     Worker,
-    /// Periodic maintenance (for now: handing back jobs of dead workers).
+    /// Periodic maintenance (for now: handing back jobs of dead workers and
+    /// pruning finished jobs).
     Scheduler,
 }
 
@@ -238,9 +239,10 @@ impl Daemon {
             let w = &self.config.worker;
             let timeout = Duration::from_secs(w.orphan_timeout_secs);
             let every = Duration::from_secs(w.rescue_interval_secs);
+            let retention = self.config.retention();
             let stop = shutdown.clone();
             tasks.spawn(async move {
-                dashtam_queue::maintain(pool, timeout, every, stop).await;
+                dashtam_queue::maintain(pool, timeout, every, retention, stop).await;
                 Ok(())
             });
         }

@@ -74,6 +74,9 @@ pub struct WorkerSection {
     pub backoff_max_secs: u64,
     pub completion_batch: usize,
     pub synchronous_commit: bool,
+    pub retain_succeeded_hours: u64,
+    pub retain_failed_hours: u64,
+    pub prune_batch: i64,
     pub max_connections: u32,
     pub queues: BTreeMap<String, QueueSection>,
 }
@@ -262,6 +265,15 @@ impl Config {
         }
     }
 
+    pub fn retention(&self) -> dashtam_queue::Retention {
+        let w = &self.worker;
+        dashtam_queue::Retention {
+            succeeded: Duration::from_secs(w.retain_succeeded_hours * 3600),
+            failed: Duration::from_secs(w.retain_failed_hours * 3600),
+            batch: w.prune_batch,
+        }
+    }
+
     /// The JWT secret, or a message saying how to set it.
     pub fn jwt_secret(&self) -> anyhow::Result<SecretString> {
         let s = &self.auth.jwt_secret;
@@ -308,6 +320,7 @@ impl Config {
             },
             completion_batch: w.completion_batch,
             shutdown_timeout: Duration::from_secs(w.shutdown_timeout_secs),
+            retention: self.retention(),
         }
     }
 }

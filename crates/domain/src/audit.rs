@@ -12,6 +12,11 @@ pub enum AuditAction {
     SyncSucceeded,
     SyncFailed,
     AuthFailed,
+    JobCancelled,
+    JobRetried,
+    JobDiscarded,
+    QueuePaused,
+    QueueResumed,
 }
 
 impl AuditAction {
@@ -23,6 +28,11 @@ impl AuditAction {
             Self::SyncSucceeded => "sync_succeeded",
             Self::SyncFailed => "sync_failed",
             Self::AuthFailed => "auth_failed",
+            Self::JobCancelled => "job_cancelled",
+            Self::JobRetried => "job_retried",
+            Self::JobDiscarded => "job_discarded",
+            Self::QueuePaused => "queue_paused",
+            Self::QueueResumed => "queue_resumed",
         }
     }
 }

@@ -1,10 +1,11 @@
 -- Batched failure: each job goes to 'retryable' (run_at pushed back by its
--- delay) or 'failed' (dead), with the error appended to its history.
+-- delay), 'failed' (dead) or 'cancelled', with the error appended to its
+-- history.
 UPDATE jobs AS j
 SET state = u.state,
     run_at = CASE WHEN u.state = 'retryable' THEN now() + u.delay_ms * interval '1 millisecond'
                   ELSE j.run_at END,
-    finished_at = CASE WHEN u.state = 'failed' THEN now() END,
+    finished_at = CASE WHEN u.state IN ('failed', 'cancelled') THEN now() END,
     locked_by = NULL,
     errors = j.errors || jsonb_build_array(jsonb_build_object(
         'attempt', j.attempt, 'at', now(), 'error', u.message))

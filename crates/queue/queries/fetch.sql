@@ -1,9 +1,11 @@
--- Claim up to $2 due jobs of queue $1 for worker $3.
+-- Claim up to $2 due jobs of queue $1 for worker $3 (none while the queue
+-- is paused).
 WITH next AS (
     SELECT id FROM jobs
     WHERE queue = $1
       AND state IN ('scheduled', 'available', 'retryable')
       AND run_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1)
     ORDER BY priority, run_at, id
     LIMIT $2
     FOR UPDATE SKIP LOCKED

@@ -11,6 +11,7 @@
 //! tables; nothing else writes them.
 
 mod backoff;
+pub mod ops;
 mod worker;
 
 use chrono::{DateTime, Utc};
@@ -20,7 +21,8 @@ use uuid::Uuid;
 
 pub use backoff::Backoff;
 pub use worker::{
-    Handler, JobContext, JobError, QueueConfig, WorkerConfig, WorkerPool, maintain, rescue_once,
+    Handler, JobContext, JobError, QueueConfig, Retention, WorkerConfig, WorkerPool, maintain,
+    rescue_once,
 };
 
 /// Postgres `NOTIFY` channel that wakes idle workers.
@@ -79,6 +81,7 @@ pub struct JobRecord {
     pub unique_key: Option<String>,
     pub owner: Option<String>,
     pub locked_by: Option<Uuid>,
+    pub cancel_requested: bool,
     pub progress: Option<serde_json::Value>,
     pub errors: serde_json::Value,
     pub created_at: DateTime<Utc>,

@@ -49,6 +49,18 @@ pub struct WorkerConfig {
     /// On shutdown, how long running jobs may take to finish before they are
     /// handed back.
     pub shutdown_timeout: Duration,
+    /// How long finished jobs are kept.
+    pub retention: Retention,
+}
+
+/// How long finished jobs are kept before maintenance deletes them.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub succeeded: Duration,
+    /// Failed (dead) and cancelled jobs.
+    pub failed: Duration,
+    /// Rows deleted per statement.
+    pub batch: i64,
 }
 
 /// What a handler reports when a job did not succeed.
@@ -64,6 +76,9 @@ pub enum JobError {
     /// Retrying cannot help: the job dies now.
     #[error("{message}")]
     Permanent { message: String },
+    /// The job saw a cancellation request and stopped.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl JobError {
@@ -97,15 +112,18 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    /// Records progress visible through the job's status.
-    pub async fn set_progress(&self, progress: &serde_json::Value) -> Result<(), QueueError> {
-        sqlx::query(include_str!("../queries/set_progress.sql"))
+    /// Records progress visible through the job's status. Returns whether
+    /// cancellation was requested: the handler should then stop, discard
+    /// what it has not committed and return [`JobError::Cancelled`].
+    pub async fn set_progress(&self, progress: &serde_json::Value) -> Result<bool, QueueError> {
+        let cancel: Option<bool> = sqlx::query_scalar(include_str!("../queries/set_progress.sql"))
             .bind(self.id)
             .bind(progress)
             .bind(self.worker_id)
-            .execute(&self.pool)
+            .fetch_optional(&self.pool)
             .await?;
-        Ok(())
+        // No row: the job is no longer ours (rescued while we stalled); stop.
+        Ok(cancel.unwrap_or(true))
     }
 }
 
@@ -198,6 +216,7 @@ impl WorkerPool {
             self.pool.clone(),
             self.config.orphan_timeout,
             self.config.rescue_interval,
+            self.config.retention,
             background_stop.clone(),
         ));
         let completer = tokio::spawn(complete(
@@ -446,6 +465,11 @@ impl Fetcher {
             };
             let outcome = match result {
                 Ok(()) => Outcome::Succeeded,
+                Err(JobError::Cancelled) => Outcome::Failed {
+                    state: "cancelled",
+                    delay: Duration::ZERO,
+                    message: "cancelled on request".into(),
+                },
                 Err(JobError::Permanent { message }) => {
                     warn!(error = %message, "job failed permanently");
                     Outcome::Failed {
@@ -616,9 +640,16 @@ async fn heartbeat(pool: PgPool, id: Uuid, name: String, every: Duration, stop: 
     }
 }
 
-/// Hands back the jobs of dead workers every `every` until `stop`; every
-/// worker pool runs this, and so does the scheduler role.
-pub async fn maintain(pool: PgPool, timeout: Duration, every: Duration, stop: CancellationToken) {
+/// Every `every` until `stop`: hands back the jobs of dead workers and
+/// prunes finished jobs past their retention. Every worker pool runs this,
+/// and so does the scheduler role.
+pub async fn maintain(
+    pool: PgPool,
+    timeout: Duration,
+    every: Duration,
+    retention: Retention,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -633,6 +664,11 @@ pub async fn maintain(pool: PgPool, timeout: Duration, every: Duration, stop: Ca
                 "rescued jobs from workers that stopped heartbeating"
             ),
             Err(e) => warn!(error = %e, "orphan rescue failed"),
+        }
+        match crate::ops::prune(&pool, retention).await {
+            Ok(0) => {}
+            Ok(n) => info!(pruned = n, "pruned finished jobs past their retention"),
+            Err(e) => warn!(error = %e, "pruning finished jobs failed"),
         }
     }
 }

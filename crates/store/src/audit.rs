@@ -5,10 +5,9 @@ use sqlx::PgExecutor;
 
 use crate::{Store, StoreError};
 
-pub(crate) async fn append<'e>(
-    exec: impl PgExecutor<'e>,
-    entry: &AuditEntry,
-) -> Result<(), sqlx::Error> {
+/// Appends one record on `exec`: a transaction, to commit it with the
+/// change it describes.
+pub async fn append<'e>(exec: impl PgExecutor<'e>, entry: &AuditEntry) -> Result<(), sqlx::Error> {
     sqlx::query(include_str!("../queries/insert_audit.sql"))
         .bind(entry.action.as_str())
         .bind(entry.phase.as_str())

@@ -212,8 +212,18 @@ impl SyncHandler {
                     "removed": stats.removed as usize + batch.removed.len(),
                     "restarts": restarts,
                 });
-                if let Err(e) = ctx.set_progress(&progress).await {
-                    warn!(error = %e, "could not record progress");
+                match ctx.set_progress(&progress).await {
+                    // Stop at this page boundary; dropping the transaction
+                    // discards everything written so far.
+                    Ok(true) => {
+                        drop(tx);
+                        return Err(Failure {
+                            error: JobError::Cancelled,
+                            reason: "cancelled on request".into(),
+                        });
+                    }
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "could not record progress"),
                 }
                 if !has_more {
                     break 'restart (tx, batch, pages);

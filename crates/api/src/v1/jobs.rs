@@ -1,7 +1,7 @@
 //! Job status.
 
 use axum::extract::{Path, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use dashtam_domain::JobId;
@@ -9,13 +9,64 @@ use dashtam_queue::JobRecord;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::AppState;
-use crate::auth::Caller;
+use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::extract::parse_id;
+use crate::{AppState, RequestId};
+use dashtam_domain::audit::AuditAction;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/jobs/{job_id}", get(show))
+    Router::new()
+        .route("/jobs/{job_id}", get(show))
+        .route("/jobs/{job_id}/cancel", post(cancel))
+}
+
+/// The job, if the caller may see it: its owner, or any operator.
+async fn visible(state: &AppState, caller: &Caller, raw: &str) -> Result<JobRecord, ApiError> {
+    let id: JobId = parse_id("job_id", raw)?;
+    state
+        .queue
+        .get(id.0)
+        .await?
+        .filter(|j| {
+            caller.role == Role::Operator || j.owner.as_deref() == Some(caller.user.as_str())
+        })
+        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))
+}
+
+/// Cancels a pending job, or asks a running one to stop at its next page
+/// boundary (nothing it collected is committed).
+async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::Extension(rid): axum::Extension<RequestId>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = visible(&state, &caller, &id).await?;
+    let mut tx = state
+        .queue
+        .pool()
+        .begin()
+        .await
+        .map_err(ApiError::internal)?;
+    let Some(job) = dashtam_queue::ops::cancel(&mut *tx, job.id).await? else {
+        return Err(ApiError::conflict(format!(
+            "job {} already finished ({}); nothing to cancel",
+            job.id, job.state
+        )));
+    };
+    let entry = super::admin::action(
+        AuditAction::JobCancelled,
+        &caller,
+        "job",
+        job.id.to_string(),
+        &rid,
+    );
+    dashtam_store::audit::append(&mut *tx, &entry)
+        .await
+        .map_err(ApiError::internal)?;
+    tx.commit().await.map_err(ApiError::internal)?;
+    Ok(Json(job.into()))
 }
 
 /// A job as API clients see it.
@@ -25,6 +76,8 @@ pub struct JobView {
     pub queue: String,
     pub kind: String,
     pub state: String,
+    /// A running job asked to stop (it will, at its next checkpoint).
+    pub cancel_requested: bool,
     pub connection_id: Option<String>,
     pub attempt: i32,
     pub max_attempts: i32,
@@ -51,6 +104,7 @@ impl From<JobRecord> for JobView {
             queue: j.queue,
             kind: j.kind,
             state: j.state,
+            cancel_requested: j.cancel_requested,
             connection_id,
             attempt: j.attempt,
             max_attempts: j.max_attempts,
@@ -71,12 +125,5 @@ async fn show(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
-    let id: JobId = parse_id("job_id", &id)?;
-    let job = state
-        .queue
-        .get(id.0)
-        .await?
-        .filter(|j| j.owner.as_deref() == Some(caller.user.as_str()))
-        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
-    Ok(Json(job.into()))
+    Ok(Json(visible(&state, &caller, &id).await?.into()))
 }

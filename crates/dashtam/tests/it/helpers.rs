@@ -91,15 +91,33 @@ impl TestApp {
     }
 
     pub fn token_with_secret(&self, sub: &str, secret: &SecretString) -> String {
+        self.token_as(sub, secret, dashtam_api::Role::Client)
+    }
+
+    pub fn operator_token(&self, sub: &str) -> String {
+        self.token_as(sub, &self.jwt_secret, dashtam_api::Role::Operator)
+    }
+
+    fn token_as(&self, sub: &str, secret: &SecretString, role: dashtam_api::Role) -> String {
         dashtam_api::issue_token(
             secret,
             &self.config.auth.issuer,
             &self.config.auth.audience,
             sub,
-            dashtam_api::Role::Client,
+            role,
             Duration::from_secs(600),
         )
         .unwrap()
+    }
+
+    /// POST with a bearer token, no body.
+    pub async fn post_as(&self, token: &str, path: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Runs the provider's link flow and creates a connection through the API.

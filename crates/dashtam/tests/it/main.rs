@@ -6,4 +6,5 @@ mod audit;
 mod cli;
 mod crash;
 mod helpers;
+mod operations;
 mod sync;

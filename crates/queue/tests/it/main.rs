@@ -79,6 +79,11 @@ fn config(queues: &[(&str, usize)]) -> WorkerConfig {
         },
         completion_batch: 64,
         shutdown_timeout: Duration::from_secs(5),
+        retention: dashtam_queue::Retention {
+            succeeded: Duration::from_secs(3600),
+            failed: Duration::from_secs(3600),
+            batch: 100,
+        },
     }
 }
 
@@ -419,4 +424,36 @@ async fn a_postgres_restart_under_load_loses_no_job() {
         .map(|(_, _, p)| p["i"].as_i64().unwrap())
         .collect();
     assert_eq!(ran.len(), n as usize);
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn finished_jobs_are_pruned_after_their_retention(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let jobs: Vec<NewJob> = (0..25).map(|_| NewJob::new("q", "k", json!({}))).collect();
+    queue.enqueue_many(&jobs).await.unwrap();
+    // 10 succeeded long ago, 5 failed long ago, 5 failed recently, 5 pending.
+    sqlx::query(
+        "WITH picked AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM jobs)
+         UPDATE jobs j SET
+           state = CASE WHEN p.n <= 10 THEN 'succeeded' WHEN p.n <= 20 THEN 'failed' ELSE j.state END,
+           finished_at = CASE WHEN p.n <= 15 THEN now() - interval '40 days'
+                              WHEN p.n <= 20 THEN now() - interval '1 day' END
+         FROM picked p WHERE p.id = j.id",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let retention = dashtam_queue::Retention {
+        succeeded: Duration::from_secs(7 * 86_400),
+        failed: Duration::from_secs(30 * 86_400),
+        batch: 4,
+    };
+    let pruned = dashtam_queue::ops::prune(&pool, retention).await.unwrap();
+    assert_eq!(pruned, 15);
+    let left: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(left, vec![("available".into(), 5), ("failed".into(), 5)]);
 }

@@ -1,0 +1,219 @@
+//! Cancelling, retrying, discarding jobs and pausing queues, through the API.
+
+use std::time::{Duration, Instant};
+
+use dashtam::app::Role;
+use dashtam_sandbox::Faults;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::helpers::{spawn_app, spawn_app_with, test_config};
+
+const MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn cancelling_a_pending_job_frees_its_connection(pool: PgPool) {
+    let app = spawn_app_with(pool, &[Role::Api], test_config()).await;
+    let conn = app.connect("alice", 1, 10).await;
+    let job: Value = app.enqueue_sync("alice", &conn).await.json().await.unwrap();
+    let id = job["id"].as_str().unwrap();
+    let mallory = app.token("mallory");
+    assert_eq!(
+        app.post_as(&mallory, &format!("/api/v1/jobs/{id}/cancel"))
+            .await
+            .status(),
+        404
+    );
+    let resp = app
+        .post_as(&app.token("alice"), &format!("/api/v1/jobs/{id}/cancel"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let cancelled: Value = resp.json().await.unwrap();
+    assert_eq!(cancelled["state"], "cancelled");
+    let again = app
+        .post_as(&app.token("alice"), &format!("/api/v1/jobs/{id}/cancel"))
+        .await;
+    assert_eq!(again.status(), 409);
+    // The unique key is free again.
+    assert_eq!(app.enqueue_sync("alice", &conn).await.status(), 202);
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_records WHERE action = 'job_cancelled'")
+            .await,
+        1
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn a_cancelled_running_sync_stops_and_commits_nothing(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let conn = app.connect("alice", 1, 2000).await;
+    app.sandbox.set_faults(Faults {
+        latency_ms: 150,
+        ..Faults::default()
+    });
+    let job: Value = app.enqueue_sync("alice", &conn).await.json().await.unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let j: Value = app
+            .get("alice", &format!("/api/v1/jobs/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if j["progress"]["pages"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp = app
+        .post_as(&app.token("alice"), &format!("/api/v1/jobs/{id}/cancel"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let flagged: Value = resp.json().await.unwrap();
+    assert_eq!(flagged["state"], "running");
+    assert_eq!(flagged["cancel_requested"], true);
+    let done = app.wait_job("alice", &id).await;
+    assert_eq!(done["state"], "cancelled", "{done}");
+    assert!(
+        done["progress"]["pages"].as_u64().unwrap() < 20,
+        "stopped early: {done}"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM transactions").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM provider_connections WHERE sync_cursor IS NOT NULL")
+            .await,
+        0
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn operators_retry_discard_and_pause(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let op = app.operator_token("ops-1");
+    let client = app.token("alice");
+    let conn = app.connect("alice", 1, 30).await;
+
+    // A dead job, retried by an operator once the provider is back.
+    app.sandbox.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    let dead = app.sync("alice", &conn).await;
+    assert_eq!(dead["state"], "failed");
+    let id = dead["id"].as_str().unwrap().to_owned();
+    app.sandbox.set_faults(Faults::default());
+    assert_eq!(
+        app.post_as(&client, &format!("/api/v1/admin/jobs/{id}/retry"))
+            .await
+            .status(),
+        403
+    );
+    let resp = app
+        .post_as(&op, &format!("/api/v1/admin/jobs/{id}/retry"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let done = app.wait_job("alice", &id).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        app.post_as(&op, &format!("/api/v1/admin/jobs/{id}/retry"))
+            .await
+            .status(),
+        409
+    );
+    // Operators see any tenant's job metadata.
+    let seen = app
+        .http
+        .get(format!("{}/api/v1/jobs/{id}", app.api))
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seen.status(), 200);
+
+    // Pause: nothing is claimed; resume: it runs.
+    assert_eq!(
+        app.post_as(&client, "/api/v1/admin/queues/sync/pause")
+            .await
+            .status(),
+        403
+    );
+    assert_eq!(
+        app.post_as(&op, "/api/v1/admin/queues/sync/pause")
+            .await
+            .status(),
+        204
+    );
+    let job: Value = app.enqueue_sync("alice", &conn).await.json().await.unwrap();
+    let jid = job["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let waiting: Value = app
+        .get("alice", &format!("/api/v1/jobs/{jid}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(waiting["state"], "available");
+    let stats: Value = app
+        .http
+        .get(format!("{}/api/v1/admin/queues", app.api))
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sync = stats["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "sync")
+        .unwrap();
+    assert_eq!(sync["paused"], true);
+    assert_eq!(sync["states"]["available"], 1);
+    assert_eq!(
+        app.post_as(&op, "/api/v1/admin/queues/sync/resume")
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(app.wait_job("alice", &jid).await["state"], "succeeded");
+
+    // Discard: finished jobs only.
+    let del = |path: String| {
+        let app = &app;
+        let op = op.clone();
+        async move {
+            app.http
+                .delete(format!("{}{path}", app.api))
+                .bearer_auth(op)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(del(format!("/api/v1/admin/jobs/{jid}")).await.status(), 204);
+    assert_eq!(del(format!("/api/v1/admin/jobs/{jid}")).await.status(), 404);
+    let audit: Vec<(String, String)> = sqlx::query_as(
+        "SELECT action, actor FROM audit_records WHERE action LIKE 'job_%' OR action LIKE 'queue_%' ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let actions: Vec<&str> = audit.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "job_retried",
+            "queue_paused",
+            "queue_resumed",
+            "job_discarded"
+        ]
+    );
+    assert!(audit.iter().all(|(_, actor)| actor == "user:ops-1"));
+    app.stop().await;
+}

@@ -1,0 +1,119 @@
+//! Operator actions on jobs and queues. Each takes an executor, so the
+//! caller can commit it together with its audit record.
+
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::{JobRecord, QueueError, Retention};
+
+/// Cancels a pending job at once, or asks a running one to stop at its next
+/// checkpoint. `None` if the job does not exist or already finished.
+pub async fn cancel<'e>(
+    exec: impl PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<JobRecord>, QueueError> {
+    Ok(sqlx::query_as(include_str!("../queries/cancel.sql"))
+        .bind(id)
+        .fetch_optional(exec)
+        .await?)
+}
+
+/// Makes a dead or cancelled job available again. `None` if the job does
+/// not exist or is not dead or cancelled.
+pub async fn retry<'e>(
+    exec: impl PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<JobRecord>, QueueError> {
+    Ok(sqlx::query_as(include_str!("../queries/retry.sql"))
+        .bind(id)
+        .fetch_optional(exec)
+        .await?)
+}
+
+/// Deletes a finished job. `None` if it does not exist or has not finished.
+pub async fn discard<'e>(
+    exec: impl PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<JobRecord>, QueueError> {
+    Ok(sqlx::query_as(include_str!("../queries/discard.sql"))
+        .bind(id)
+        .fetch_optional(exec)
+        .await?)
+}
+
+/// Stops workers claiming from `queue` (running jobs carry on).
+pub async fn pause<'e>(exec: impl PgExecutor<'e>, queue: &str, by: &str) -> Result<(), QueueError> {
+    sqlx::query(include_str!("../queries/pause.sql"))
+        .bind(queue)
+        .bind(by)
+        .execute(exec)
+        .await?;
+    Ok(())
+}
+
+/// Lets workers claim from `queue` again, and wakes them.
+pub async fn resume<'e>(exec: impl PgExecutor<'e>, queue: &str) -> Result<(), QueueError> {
+    sqlx::query(include_str!("../queries/resume.sql"))
+        .bind(queue)
+        .execute(exec)
+        .await?;
+    Ok(())
+}
+
+/// Jobs per queue and state, and which queues are paused.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct QueueStats {
+    pub queue: String,
+    pub paused: bool,
+    pub states: std::collections::BTreeMap<String, i64>,
+}
+
+pub async fn stats(pool: &PgPool) -> Result<Vec<QueueStats>, QueueError> {
+    let counts: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")
+            .fetch_all(pool)
+            .await?;
+    let paused: Vec<String> = sqlx::query_scalar("SELECT queue FROM queue_pauses")
+        .fetch_all(pool)
+        .await?;
+    let mut by_queue: std::collections::BTreeMap<String, QueueStats> = Default::default();
+    for (queue, state, n) in counts {
+        by_queue
+            .entry(queue.clone())
+            .or_insert_with(|| QueueStats {
+                queue,
+                ..QueueStats::default()
+            })
+            .states
+            .insert(state, n);
+    }
+    for queue in paused {
+        by_queue
+            .entry(queue.clone())
+            .or_insert_with(|| QueueStats {
+                queue,
+                ..QueueStats::default()
+            })
+            .paused = true;
+    }
+    Ok(by_queue.into_values().collect())
+}
+
+/// Deletes finished jobs past their retention, batch by batch. Returns how
+/// many went.
+pub async fn prune(pool: &PgPool, retention: Retention) -> Result<u64, QueueError> {
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(include_str!("../queries/prune.sql"))
+            .bind(retention.succeeded.as_secs_f64())
+            .bind(retention.failed.as_secs_f64())
+            .bind(retention.batch)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        total += n;
+        if n < u64::try_from(retention.batch).unwrap_or(0) || n == 0 {
+            return Ok(total);
+        }
+    }
+}
