@@ -99,12 +99,29 @@ pub async fn stats(pool: &PgPool) -> Result<Vec<QueueStats>, QueueError> {
     Ok(by_queue.into_values().collect())
 }
 
+/// The smallest UUIDv7 of the millisecond `at`: every id generated at or
+/// after `at` is greater.
+pub fn v7_floor(at: chrono::DateTime<chrono::Utc>) -> Uuid {
+    let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6] = 0x70; // version 7
+    bytes[8] = 0x80; // RFC 4122 variant
+    Uuid::from_bytes(bytes)
+}
+
 /// Deletes finished jobs past their retention, batch by batch. Returns how
 /// many went.
 pub async fn prune(pool: &PgPool, retention: Retention) -> Result<u64, QueueError> {
+    let younger = retention.succeeded.min(retention.failed);
+    // A minute of slack for clock skew between us and whoever enqueued.
+    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(younger).unwrap_or_default()
+        + chrono::Duration::minutes(1);
+    let floor = v7_floor(cutoff);
     let mut total = 0;
     loop {
         let n = sqlx::query(include_str!("../queries/prune.sql"))
+            .bind(floor)
             .bind(retention.succeeded.as_secs_f64())
             .bind(retention.failed.as_secs_f64())
             .bind(retention.batch)
@@ -115,5 +132,21 @@ pub async fn prune(pool: &PgPool, retention: Retention) -> Result<u64, QueueErro
         if n < u64::try_from(retention.batch).unwrap_or(0) || n == 0 {
             return Ok(total);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v7_floor_orders_before_every_later_id() {
+        let now = chrono::Utc::now();
+        let floor = v7_floor(now - chrono::Duration::milliseconds(1));
+        for _ in 0..100 {
+            assert!(Uuid::now_v7() > floor);
+        }
+        assert!(v7_floor(now - chrono::Duration::days(1)) < floor);
+        assert_eq!(floor.get_version_num(), 7);
     }
 }

@@ -431,6 +431,21 @@ async fn finished_jobs_are_pruned_after_their_retention(pool: PgPool) {
     let queue = Queue::new(pool.clone());
     let jobs: Vec<NewJob> = (0..25).map(|_| NewJob::new("q", "k", json!({}))).collect();
     queue.enqueue_many(&jobs).await.unwrap();
+    // Jobs created 60 days ago (their v7 ids say so).
+    let created = Utc::now() - chrono::Duration::days(60);
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM jobs ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        let old = dashtam_queue::ops::v7_floor(created + chrono::Duration::milliseconds(n as i64));
+        sqlx::query("UPDATE jobs SET id = $2 WHERE id = $1")
+            .bind(id)
+            .bind(old)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
     // 10 succeeded long ago, 5 failed long ago, 5 failed recently, 5 pending.
     sqlx::query(
         "WITH picked AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM jobs)
