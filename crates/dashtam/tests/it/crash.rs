@@ -31,7 +31,12 @@ impl Drop for Worker {
 }
 
 fn spawn_worker(url: &str, sandbox: &str, key: &SecretString) -> Worker {
+    spawn_worker_with(url, sandbox, key, &[])
+}
+
+fn spawn_worker_with(url: &str, sandbox: &str, key: &SecretString, env: &[(&str, &str)]) -> Worker {
     let child = Command::new(env!("CARGO_BIN_EXE_dashtam"))
+        .envs(env.iter().copied())
         .args(["serve", "--role", "worker", "--database-url", url])
         .env_remove("RUST_LOG")
         .env("DASHTAM__CRYPTO__ACTIVE_KEY", "k1")
@@ -59,9 +64,25 @@ async fn job_state(pool: &PgPool, id: uuid::Uuid) -> (String, i32, Option<serde_
         .unwrap()
 }
 
-#[sqlx::test(migrator = "MIGRATIONS")]
-async fn a_worker_killed_mid_sync_loses_and_duplicates_nothing(pool: PgPool) {
-    let url = url_of(&pool);
+/// A sandbox with one 2,000-transaction item behind slow pages, a
+/// connection to it, and its sync job enqueued.
+struct Setup {
+    url: String,
+    sandbox: Sandbox,
+    sandbox_url: String,
+    key: SecretString,
+    job: uuid::Uuid,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn setup(pool: &PgPool) -> Setup {
+    let url = url_of(pool);
     let shutdown = CancellationToken::new();
     let sandbox = Sandbox::new(SandboxConfig::default());
     let stop = shutdown.clone();
@@ -105,7 +126,83 @@ async fn a_worker_killed_mid_sync_loses_and_duplicates_nothing(pool: PgPool) {
     let mut new = NewJob::new(QUEUE_SYNC, KIND_SYNC, serde_json::to_value(&job).unwrap());
     new.unique_key = Some(job.unique_key());
     let id = queue.enqueue(new).await.unwrap().job().id;
+    Setup {
+        url,
+        sandbox,
+        sandbox_url,
+        key,
+        job: id,
+        shutdown,
+    }
+}
 
+/// Waits until the sync is running and a few pages in.
+async fn wait_mid_sync(pool: &PgPool, id: uuid::Uuid) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (state, _, progress) = job_state(pool, id).await;
+        let pages = progress
+            .as_ref()
+            .and_then(|p| p["pages"].as_u64())
+            .unwrap_or(0);
+        if state == "running" && pages >= 4 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the sync never got going");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn sigterm_hands_an_unfinished_sync_back_and_exits_cleanly(pool: PgPool) {
+    let s = setup(&pool).await;
+    let mut worker = spawn_worker_with(
+        &s.url,
+        &s.sandbox_url,
+        &s.key,
+        &[("DASHTAM__WORKER__SHUTDOWN_TIMEOUT_SECS", "1")],
+    );
+    wait_mid_sync(&pool, s.job).await;
+    let t0 = Instant::now();
+    let pid = worker.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = worker.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    let (state, attempt, _) = job_state(&pool, s.job).await;
+    assert_eq!(
+        (state.as_str(), attempt),
+        ("available", 0),
+        "handed back uncharged"
+    );
+    let txns: i64 = sqlx::query_scalar("SELECT count(*) FROM transactions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(txns, 0, "nothing partial committed");
+    let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_workers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(workers, 0, "deregistered");
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn a_worker_killed_mid_sync_loses_and_duplicates_nothing(pool: PgPool) {
+    let s = setup(&pool).await;
+    let (url, sandbox, sandbox_url, key, id) = (
+        s.url.clone(),
+        s.sandbox.clone(),
+        s.sandbox_url.clone(),
+        s.key.clone(),
+        s.job,
+    );
     let mut first = spawn_worker(&url, &sandbox_url, &key);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -187,5 +284,4 @@ async fn a_worker_killed_mid_sync_loses_and_duplicates_nothing(pool: PgPool) {
         actions,
         ["sync_attempted", "sync_attempted", "sync_succeeded"]
     );
-    shutdown.cancel();
 }
