@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod error;
 mod extract;
+mod idempotency;
 mod v1;
 
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub providers: Providers,
     pub auth: Arc<Auth>,
     pub jobs: JobSettings,
+    /// Largest accepted request body, in bytes.
+    pub body_limit: usize,
 }
 
 /// The request's id: echoed in `x-request-id`, in problem bodies and logs.
@@ -74,9 +77,16 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// The whole HTTP surface.
-pub fn router(state: AppState, body_limit: usize) -> Router {
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.body_limit;
     Router::new()
-        .nest("/api/v1", v1::router())
+        .nest(
+            "/api/v1",
+            v1::router().layer(middleware::from_fn_with_state(
+                state.clone(),
+                idempotency::idempotency,
+            )),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { StatusCode::NOT_FOUND })

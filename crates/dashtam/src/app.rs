@@ -200,8 +200,9 @@ impl Daemon {
                 jobs: JobSettings {
                     sync_max_attempts: self.config.jobs.sync_max_attempts,
                 },
+                body_limit: self.config.http.body_limit_bytes,
             };
-            let app = dashtam_api::router(state, self.config.http.body_limit_bytes);
+            let app = dashtam_api::router(state);
             let stop = shutdown.clone();
             info!(addr = %listener.local_addr()?, "api listening");
             tasks.spawn(async move {

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod connections;
 pub mod crypto;
+pub mod idempotency;
 pub mod migrate;
 pub mod reads;
 pub mod sync;

@@ -276,3 +276,100 @@ async fn health_and_readiness(pool: PgPool) {
     assert_eq!(ready.status(), 200);
     app.stop().await;
 }
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn idempotency_keys_replay_the_first_response(pool: PgPool) {
+    let app = spawn_app_with(pool, &[Role::Api], test_config()).await;
+    let sc = app.sandbox.config();
+    let linked: Value = app
+        .http
+        .post(format!("{}/sandbox/public_token/create", app.sandbox_url))
+        .json(&json!({"client_id": sc.client_id, "secret": sc.secret,
+                      "institution_id": "ins_1", "initial_products": ["transactions"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let body = json!({ "provider": "plaid", "public_token": linked["public_token"] });
+    let post = |key: &'static str, body: Value| {
+        let app = &app;
+        async move {
+            app.http
+                .post(format!("{}/api/v1/connections", app.api))
+                .bearer_auth(app.token("alice"))
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let first = post("k-1", body.clone()).await;
+    assert_eq!(first.status(), 201);
+    let location = first.headers()["location"].clone();
+    let first: Value = first.json().await.unwrap();
+    // The public token is single-use at the provider: a real second
+    // exchange would fail. The replay never reaches it.
+    let again = post("k-1", body.clone()).await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["location"], location);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(app.sandbox.stats().exchange_calls, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM provider_connections").await,
+        1
+    );
+
+    let other = post(
+        "k-1",
+        json!({ "provider": "plaid", "public_token": "other" }),
+    )
+    .await;
+    let problem = problem(other, 422).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("different request")
+    );
+
+    // Keys belong to their subject: bob's k-1 is a new request.
+    let bob = app
+        .http
+        .post(format!("{}/api/v1/connections", app.api))
+        .bearer_auth(app.token("bob"))
+        .header("Idempotency-Key", "k-1")
+        .json(&json!({ "provider": "plaid", "public_token": "nope" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bob.status(), 422);
+    assert_eq!(app.sandbox.stats().exchange_calls, 2);
+
+    // Enqueueing: the replay returns the same 202 and job.
+    let conn = first["id"].as_str().unwrap();
+    let sync = |key: &'static str| {
+        let app = &app;
+        async move {
+            app.http
+                .post(format!("{}/api/v1/connections/{conn}/syncs", app.api))
+                .bearer_auth(app.token("alice"))
+                .header("Idempotency-Key", key)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let s1 = sync("s-1").await;
+    assert_eq!(s1.status(), 202);
+    let s1: Value = s1.json().await.unwrap();
+    let s2 = sync("s-1").await;
+    assert_eq!(s2.status(), 202);
+    let s2: Value = s2.json().await.unwrap();
+    assert_eq!(s1["id"], s2["id"]);
+    app.stop().await;
+}
