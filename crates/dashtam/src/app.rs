@@ -27,10 +27,13 @@ pub enum Role {
     Api,
     /// The job workers.
     Worker,
-    /// Periodic maintenance (for now: handing back jobs of dead workers and
-    /// pruning finished jobs).
+    /// Periodic maintenance (for now: handing back jobs of dead workers,
+    /// pruning finished jobs and expired idempotency keys).
     Scheduler,
 }
+
+/// How long an `Idempotency-Key` is remembered.
+const IDEMPOTENCY_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Connects to the database named in `url`, saying which one on failure
 /// (without the password).
@@ -245,6 +248,22 @@ impl Daemon {
             tasks.spawn(async move {
                 dashtam_queue::maintain(pool, timeout, every, retention, stop).await;
                 Ok(())
+            });
+            let store = self.store();
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(300));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.cancelled() => return Ok(()),
+                    }
+                    match store.prune_idempotency_keys(IDEMPOTENCY_KEY_TTL).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(pruned = n, "forgot expired idempotency keys"),
+                        Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed"),
+                    }
+                }
             });
         }
         Ok(Running { api_addr, tasks })

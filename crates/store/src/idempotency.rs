@@ -111,3 +111,20 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Forgets keys older than `age` (clients retry within minutes; a day
+    /// is generous). Returns how many went.
+    pub async fn prune_idempotency_keys(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - $1 * interval '1 second'",
+        )
+        .bind(age.as_secs_f64())
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+}

@@ -373,3 +373,30 @@ async fn idempotency_keys_replay_the_first_response(pool: PgPool) {
     assert_eq!(s1["id"], s2["id"]);
     app.stop().await;
 }
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn expired_idempotency_keys_are_forgotten(pool: PgPool) {
+    let store = dashtam_store::Store::new(
+        pool.clone(),
+        std::sync::Arc::new(Cipher::ephemeral().unwrap()),
+    );
+    for (key, age) in [("old", "2 days"), ("new", "1 hour")] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO idempotency_keys (subject, key, request_hash, created_at)
+             VALUES ('alice', '{key}', '\\x00', now() - interval '{age}')"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let pruned = store
+        .prune_idempotency_keys(std::time::Duration::from_secs(86_400))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    let left: Vec<String> = sqlx::query_scalar("SELECT key FROM idempotency_keys")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["new"]);
+}
