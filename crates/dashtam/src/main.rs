@@ -122,16 +122,23 @@ enum KeysCommand {
     Generate,
 }
 
+/// The database a benchmark drops and re-creates: never taken from
+/// DATABASE_URL, so a benchmark cannot wipe the database the daemon uses.
 #[derive(Args)]
-struct QueueBenchArgs {
-    /// Database to (re)create for the run.
+struct BenchDb {
+    /// Database to drop and re-create for the run.
     #[arg(
-        long,
-        env = "DATABASE_URL",
+        long = "database-url",
         value_name = "URL",
         default_value = "postgres://postgres@127.0.0.1:5432/dashtam_bench"
     )]
-    database_url: String,
+    url: String,
+}
+
+#[derive(Args)]
+struct QueueBenchArgs {
+    #[command(flatten)]
+    db: BenchDb,
     /// Jobs per concurrent slot the worker runs.
     #[arg(long, default_value_t = 24)]
     concurrency: usize,
@@ -161,14 +168,8 @@ enum BenchCommand {
     },
     /// Ingest throughput: M connections × K transactions, then an idempotent re-sync.
     Sync {
-        /// Database to (re)create for the run.
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            value_name = "URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/dashtam_bench"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        db: BenchDb,
         #[arg(long, default_value_t = 20)]
         connections: u32,
         /// Transactions per connection.
@@ -185,7 +186,7 @@ enum BenchCommand {
 
 fn queue_bench(jobs: usize, a: QueueBenchArgs) -> dashtam::bench::QueueBenchOptions {
     dashtam::bench::QueueBenchOptions {
-        database_url: a.database_url,
+        database_url: a.db.url,
         jobs,
         concurrency: a.concurrency,
         fetch_batch: a.fetch_batch,
@@ -381,7 +382,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             command:
                 BenchCommand::Sync {
-                    database_url,
+                    db,
                     connections,
                     transactions,
                     accounts,
@@ -391,7 +392,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dashtam::bench::sync(
                 config,
                 dashtam::bench::SyncBenchOptions {
-                    database_url,
+                    database_url: db.url,
                     connections,
                     transactions,
                     accounts,

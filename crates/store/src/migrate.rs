@@ -94,6 +94,11 @@ pub async fn recreate_database(url: &str) -> Result<(), sqlx::Error> {
 
     let target: PgConnectOptions = url.parse()?;
     let name = target.get_database().unwrap_or("postgres").to_owned();
+    if matches!(name.as_str(), "postgres" | "template0" | "template1") {
+        return Err(sqlx::Error::Configuration(
+            format!("refusing to drop the {name:?} database; name a scratch database").into(),
+        ));
+    }
     let mut admin = target.clone().database("postgres").connect().await?;
     let quoted = name.replace('"', "\"\"");
     // The name is quoted as an identifier (embedded quotes doubled).

@@ -18,8 +18,7 @@ use crate::{AppState, RequestId};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/queues", get(queues))
-        .route("/admin/queues/{queue}/pause", post(pause))
-        .route("/admin/queues/{queue}/resume", post(resume))
+        .route("/admin/queues/{queue}/{action}", post(set_paused))
         .route("/admin/jobs/{job_id}/retry", post(retry))
         .route("/admin/jobs/{job_id}", delete(discard))
 }
@@ -82,11 +81,12 @@ async fn queues(
     Ok(Json(serde_json::json!({ "data": stats })))
 }
 
-async fn pause(
+/// `POST /admin/queues/{queue}/pause` and `…/resume`.
+async fn set_paused(
     State(state): State<AppState>,
     caller: Caller,
     axum::Extension(rid): axum::Extension<RequestId>,
-    Path(queue): Path<String>,
+    Path((queue, verb)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     require_operator(&caller)?;
     valid_queue(&queue)?;
@@ -96,36 +96,39 @@ async fn pause(
         .begin()
         .await
         .map_err(ApiError::internal)?;
-    ops::pause(&mut *tx, &queue, &caller.user.to_string()).await?;
-    let entry = action(AuditAction::QueuePaused, &caller, "queue", queue, &rid);
-    dashtam_store::audit::append(&mut *tx, &entry)
-        .await
-        .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    let audit = match verb.as_str() {
+        "pause" => {
+            ops::pause(&mut *tx, &queue, &caller.user.to_string()).await?;
+            AuditAction::QueuePaused
+        }
+        "resume" => {
+            ops::resume(&mut *tx, &queue).await?;
+            AuditAction::QueueResumed
+        }
+        other => return Err(ApiError::not_found(format!("no queue action {other:?}"))),
+    };
+    commit_audited(tx, action(audit, &caller, "queue", queue, &rid)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn resume(
-    State(state): State<AppState>,
-    caller: Caller,
-    axum::Extension(rid): axum::Extension<RequestId>,
-    Path(queue): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    require_operator(&caller)?;
-    valid_queue(&queue)?;
-    let mut tx = state
-        .queue
-        .pool()
-        .begin()
-        .await
-        .map_err(ApiError::internal)?;
-    ops::resume(&mut *tx, &queue).await?;
-    let entry = action(AuditAction::QueueResumed, &caller, "queue", queue, &rid);
+/// Appends the audit record for the action done in `tx`, and commits both.
+pub async fn commit_audited(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    entry: AuditEntry,
+) -> Result<(), ApiError> {
     dashtam_store::audit::append(&mut *tx, &entry)
         .await
         .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
-    Ok(StatusCode::NO_CONTENT)
+    tx.commit().await.map_err(ApiError::internal)
+}
+
+/// Why a job action did not apply: the job is gone, or in the wrong state.
+async fn refusal(state: &AppState, id: JobId, why: &str) -> ApiError {
+    match state.queue.get(id.0).await {
+        Ok(None) => ApiError::not_found(format!("job {id} not found")),
+        Ok(Some(j)) => ApiError::conflict(format!("job {id} is {}; {why}", j.state)),
+        Err(e) => e.into(),
+    }
 }
 
 async fn retry(
@@ -143,13 +146,7 @@ async fn retry(
         .await
         .map_err(ApiError::internal)?;
     let Some(job) = ops::retry(&mut *tx, id.0).await? else {
-        return Err(match state.queue.get(id.0).await? {
-            None => ApiError::not_found(format!("job {id} not found")),
-            Some(j) => ApiError::conflict(format!(
-                "job {id} is {}; only failed or cancelled jobs can be retried",
-                j.state
-            )),
-        });
+        return Err(refusal(&state, id, "only failed or cancelled jobs can be retried").await);
     };
     let entry = action(
         AuditAction::JobRetried,
@@ -158,10 +155,7 @@ async fn retry(
         id.to_string(),
         &rid,
     );
-    dashtam_store::audit::append(&mut *tx, &entry)
-        .await
-        .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    commit_audited(tx, entry).await?;
     Ok(Json(job.into()))
 }
 
@@ -180,13 +174,7 @@ async fn discard(
         .await
         .map_err(ApiError::internal)?;
     if ops::discard(&mut *tx, id.0).await?.is_none() {
-        return Err(match state.queue.get(id.0).await? {
-            None => ApiError::not_found(format!("job {id} not found")),
-            Some(j) => ApiError::conflict(format!(
-                "job {id} is {}; cancel it before discarding it",
-                j.state
-            )),
-        });
+        return Err(refusal(&state, id, "cancel it before discarding it").await);
     }
     let entry = action(
         AuditAction::JobDiscarded,
@@ -195,9 +183,6 @@ async fn discard(
         id.to_string(),
         &rid,
     );
-    dashtam_store::audit::append(&mut *tx, &entry)
-        .await
-        .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    commit_audited(tx, entry).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -62,10 +62,7 @@ async fn cancel(
         job.id.to_string(),
         &rid,
     );
-    dashtam_store::audit::append(&mut *tx, &entry)
-        .await
-        .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)?;
+    super::admin::commit_audited(tx, entry).await?;
     Ok(Json(job.into()))
 }
 
