@@ -9,6 +9,7 @@ use dashtam_domain::model::{
     NormalizedAccount, NormalizedTransaction, RemovedTransaction, TransactionStatus,
 };
 use dashtam_domain::ports::{ProviderCredentials, ProviderError, SyncPage, TransactionSyncSource};
+use dashtam_telemetry::metrics::METRICS;
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use secrecy::{ExposeSecret, SecretString};
@@ -46,6 +47,16 @@ impl PlaidClient {
         body: &serde_json::Value,
     ) -> Result<bytes::Bytes, ProviderError> {
         let url = format!("{}{path}", self.config.base_url.trim_end_matches('/'));
+        let started = std::time::Instant::now();
+        let record = |status: &str| {
+            let m = &METRICS;
+            m.provider_requests
+                .with_label_values(&["plaid", path, status])
+                .inc();
+            m.provider_request_seconds
+                .with_label_values(&["plaid", path])
+                .observe(started.elapsed().as_secs_f64());
+        };
         let resp = self
             .http
             .post(&url)
@@ -55,8 +66,12 @@ impl PlaidClient {
             .json(body)
             .send()
             .await
-            .map_err(|e| ProviderError::Transient(format!("POST {path}: {}", without_url(&e))))?;
+            .map_err(|e| {
+                record("error");
+                ProviderError::Transient(format!("POST {path}: {}", without_url(&e)))
+            })?;
         let status = resp.status();
+        record(status.as_str());
         let retry_after = resp
             .headers()
             .get(reqwest::header::RETRY_AFTER)

@@ -15,6 +15,7 @@ pub mod ops;
 mod worker;
 
 use chrono::{DateTime, Utc};
+use dashtam_telemetry::metrics::METRICS;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -153,7 +154,13 @@ impl Queue {
                 .fetch_optional(&self.pool)
                 .await?;
             match row {
-                Some(Row { job, created: true }) => return Ok(Enqueued::Created(job)),
+                Some(Row { job, created: true }) => {
+                    METRICS
+                        .jobs
+                        .with_label_values(&[&job.queue, &job.kind, "enqueued"])
+                        .inc();
+                    return Ok(Enqueued::Created(job));
+                }
                 Some(Row {
                     job,
                     created: false,
@@ -196,6 +203,16 @@ impl Queue {
             .bind(&owners)
             .execute(&self.pool)
             .await?;
+        let mut counts: std::collections::HashMap<(&str, &str), u64> = Default::default();
+        for job in jobs {
+            *counts.entry((&job.queue, &job.kind)).or_default() += 1;
+        }
+        for ((queue, kind), n) in counts {
+            METRICS
+                .jobs
+                .with_label_values(&[queue, kind, "enqueued"])
+                .inc_by(n);
+        }
         Ok(done.rows_affected())
     }
 

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 use uuid::Uuid;
 
+use dashtam_telemetry::metrics::METRICS;
+
 use crate::{Backoff, NOTIFY_CHANNEL, QueueError};
 
 /// Per-queue settings.
@@ -316,6 +318,7 @@ struct Claimed {
     attempt: i32,
     max_attempts: i32,
     owner: Option<String>,
+    run_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Fetcher {
@@ -434,6 +437,16 @@ impl Fetcher {
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let handler = self.handlers.get(&job.kind).cloned();
+        let m = &METRICS;
+        m.jobs
+            .with_label_values(&[&job.queue, &job.kind, "started"])
+            .inc();
+        let waited = (chrono::Utc::now() - job.run_at)
+            .to_std()
+            .unwrap_or_default();
+        m.job_pickup_seconds
+            .with_label_values(&[&job.queue])
+            .observe(waited.as_secs_f64());
         let done = self.done.clone();
         let backoff = self.backoff;
         let span = info_span!(
@@ -456,6 +469,7 @@ impl Fetcher {
             pool: self.pool.clone(),
         };
         async move {
+            let started = std::time::Instant::now();
             let result = match handler {
                 Some(h) => h.handle(&ctx).await,
                 None => Err(JobError::permanent(format!(
@@ -497,6 +511,21 @@ impl Fetcher {
                     }
                 }
             };
+            let event = match &outcome {
+                Outcome::Succeeded => "succeeded",
+                Outcome::Failed {
+                    state: "retryable", ..
+                } => "retried",
+                Outcome::Failed { state, .. } => state,
+            };
+            METRICS
+                .jobs
+                .with_label_values(&[&ctx.queue, &ctx.kind, event])
+                .inc();
+            METRICS
+                .job_duration_seconds
+                .with_label_values(&[&ctx.queue, &ctx.kind, event])
+                .observe(started.elapsed().as_secs_f64());
             // The outcome is written by the completer in a batch; the slot is
             // free once it is queued for that (a slow completer thus slows
             // claiming instead of piling up finished-but-unrecorded jobs).
@@ -678,11 +707,18 @@ pub async fn maintain(
 pub async fn rescue_once(pool: &PgPool, timeout: Duration) -> Result<usize, sqlx::Error> {
     let secs = timeout.as_secs_f64();
     let mut tx = pool.begin().await?;
-    let queues: Vec<(String,)> = sqlx::query_as(include_str!("../queries/rescue_orphans.sql"))
-        .bind(secs)
-        .fetch_all(&mut *tx)
-        .await?;
-    let mut distinct: Vec<&str> = queues.iter().map(|(q,)| q.as_str()).collect();
+    let queues: Vec<(String, String)> =
+        sqlx::query_as(include_str!("../queries/rescue_orphans.sql"))
+            .bind(secs)
+            .fetch_all(&mut *tx)
+            .await?;
+    for (queue, kind) in &queues {
+        METRICS
+            .jobs
+            .with_label_values(&[queue, kind, "rescued"])
+            .inc();
+    }
+    let mut distinct: Vec<&str> = queues.iter().map(|(q, _)| q.as_str()).collect();
     distinct.sort_unstable();
     distinct.dedup();
     for q in distinct {

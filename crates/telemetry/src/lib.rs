@@ -2,6 +2,8 @@
 //!
 //! Architecture invariant: the only place that installs a global subscriber.
 
+pub mod metrics;
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;

@@ -12,6 +12,7 @@ use dashtam_domain::ports::ProviderError;
 use dashtam_providers::Providers;
 use dashtam_queue::{Handler, JobContext, JobError};
 use dashtam_store::{Store, StoreError};
+use dashtam_telemetry::metrics::METRICS;
 use tracing::{info, warn};
 
 #[derive(Clone, Debug)]
@@ -239,6 +240,10 @@ impl SyncHandler {
             ctx,
         );
         let stats = tx.commit(batch.next_cursor.as_deref(), &outcome).await?;
+        METRICS
+            .transactions_ingested
+            .with_label_values(&[state.provider.as_str()])
+            .inc_by(stats.received);
         let progress = serde_json::json!({
             "pages": pages,
             "transactions": stats.received,

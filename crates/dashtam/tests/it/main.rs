@@ -6,5 +6,6 @@ mod audit;
 mod cli;
 mod crash;
 mod helpers;
+mod metrics;
 mod operations;
 mod sync;

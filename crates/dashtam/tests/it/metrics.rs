@@ -1,0 +1,78 @@
+//! `/metrics` after a sync: the counters moved as the work did.
+
+use sqlx::PgPool;
+
+use crate::helpers::spawn_app;
+
+const MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// The value of the sample `name{labels}` (labels in Prometheus's sorted
+/// order), or 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+async fn scrape(app: &crate::helpers::TestApp) -> String {
+    let resp = app
+        .http
+        .get(format!("{}/metrics", app.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    resp.text().await.unwrap()
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn metrics_follow_a_sync(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let before = scrape(&app).await;
+    let conn = app.connect("alice", 2, 150).await;
+    let job = app.sync("alice", &conn).await;
+    assert_eq!(job["state"], "succeeded");
+    // Completion is batched: give the completer a moment, then scrape.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let after = scrape(&app).await;
+    let delta = |series: &str| sample(&after, series) - sample(&before, series);
+
+    assert!(
+        sample(&after, "dashtam_build_info{version=\"0.1.0\"}") == 1.0,
+        "{after}"
+    );
+    assert!(delta(r#"dashtam_jobs_total{event="enqueued",kind="sync",queue="sync"}"#) >= 1.0);
+    assert!(delta(r#"dashtam_jobs_total{event="started",kind="sync",queue="sync"}"#) >= 1.0);
+    assert!(delta(r#"dashtam_jobs_total{event="succeeded",kind="sync",queue="sync"}"#) >= 1.0);
+    assert!(delta(r#"dashtam_transactions_ingested_total{provider="plaid"}"#) >= 300.0);
+    // 3 pages of 100 plus the token exchange.
+    assert!(
+        delta(
+            r#"dashtam_provider_requests_total{endpoint="/transactions/sync",provider="plaid",status="200"}"#
+        ) >= 3.0,
+        "{after}"
+    );
+    assert!(
+        delta(
+            r#"dashtam_http_requests_total{method="POST",route="/api/v1/connections/{connection_id}/syncs",status="202"}"#
+        ) >= 1.0,
+        "{after}"
+    );
+    assert!(after.contains("dashtam_job_pickup_seconds_bucket"));
+    assert!(after.contains("dashtam_job_duration_seconds_bucket"));
+    // No ids in label values: route templates only.
+    assert!(
+        !after.contains(&conn),
+        "a connection id leaked into a label"
+    );
+    app.stop().await;
+}

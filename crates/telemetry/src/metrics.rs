@@ -1,0 +1,138 @@
+//! The process's one Prometheus registry and every metric it exports.
+//! Names follow `dashtam_<subsystem>_<name>_<unit>`; labels are bounded
+//! (queue, kind, outcome, provider, endpoint, status, route) — never ids.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// Jobs by queue, kind and event: enqueued, started, succeeded, failed,
+    /// retried, cancelled, rescued.
+    pub jobs: IntCounterVec,
+    pub job_duration_seconds: HistogramVec,
+    pub job_pickup_seconds: HistogramVec,
+    pub provider_requests: IntCounterVec,
+    pub provider_request_seconds: HistogramVec,
+    pub transactions_ingested: IntCounterVec,
+    pub http_requests: IntCounterVec,
+    pub http_request_seconds: HistogramVec,
+    pub build_info: IntGaugeVec,
+    pub up: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+const LATENCY: [f64; 14] = [
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new("dashtam_build_info", "Build information; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build_info.clone()))
+            .expect("unique metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let up = IntGauge::new("dashtam_up", "1 while the process runs.").expect("valid metric");
+        r.register(Box::new(up.clone())).expect("unique metric");
+        up.set(1);
+        Self {
+            jobs: counter(
+                &r,
+                "dashtam_jobs_total",
+                "Job events by queue, kind and event.",
+                &["queue", "kind", "event"],
+            ),
+            job_duration_seconds: histogram(
+                &r,
+                "dashtam_job_duration_seconds",
+                "Time a handler ran, by queue, kind and outcome.",
+                &["queue", "kind", "outcome"],
+                LATENCY.to_vec(),
+            ),
+            job_pickup_seconds: histogram(
+                &r,
+                "dashtam_job_pickup_seconds",
+                "Time from a job falling due to a worker claiming it.",
+                &["queue"],
+                LATENCY.to_vec(),
+            ),
+            provider_requests: counter(
+                &r,
+                "dashtam_provider_requests_total",
+                "Provider HTTP requests by provider, endpoint and status (or error).",
+                &["provider", "endpoint", "status"],
+            ),
+            provider_request_seconds: histogram(
+                &r,
+                "dashtam_provider_request_seconds",
+                "Provider HTTP request latency.",
+                &["provider", "endpoint"],
+                LATENCY.to_vec(),
+            ),
+            transactions_ingested: counter(
+                &r,
+                "dashtam_transactions_ingested_total",
+                "Transactions received from providers and committed, by provider.",
+                &["provider"],
+            ),
+            http_requests: counter(
+                &r,
+                "dashtam_http_requests_total",
+                "API requests by route template, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_request_seconds: histogram(
+                &r,
+                "dashtam_http_request_seconds",
+                "API request latency by route template and method.",
+                &["route", "method"],
+                LATENCY.to_vec(),
+            ),
+            build_info,
+            up,
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
