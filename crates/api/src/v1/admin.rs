@@ -90,12 +90,7 @@ async fn set_paused(
 ) -> Result<StatusCode, ApiError> {
     require_operator(&caller)?;
     valid_queue(&queue)?;
-    let mut tx = state
-        .queue
-        .pool()
-        .begin()
-        .await
-        .map_err(ApiError::internal)?;
+    let mut tx = begin(&state).await?;
     let audit = match verb.as_str() {
         "pause" => {
             ops::pause(&mut *tx, &queue, &caller.user.to_string()).await?;
@@ -109,6 +104,13 @@ async fn set_paused(
     };
     commit_audited(tx, action(audit, &caller, "queue", queue, &rid)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A transaction on the queue's database for an action and its audit record.
+pub async fn begin(
+    state: &AppState,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
+    state.queue.pool().begin().await.map_err(ApiError::internal)
 }
 
 /// Appends the audit record for the action done in `tx`, and commits both.
@@ -139,12 +141,7 @@ async fn retry(
 ) -> Result<Json<JobView>, ApiError> {
     require_operator(&caller)?;
     let id: JobId = parse_id("job_id", &id)?;
-    let mut tx = state
-        .queue
-        .pool()
-        .begin()
-        .await
-        .map_err(ApiError::internal)?;
+    let mut tx = begin(&state).await?;
     let Some(job) = ops::retry(&mut *tx, id.0).await? else {
         return Err(refusal(&state, id, "only failed or cancelled jobs can be retried").await);
     };
@@ -167,12 +164,7 @@ async fn discard(
 ) -> Result<StatusCode, ApiError> {
     require_operator(&caller)?;
     let id: JobId = parse_id("job_id", &id)?;
-    let mut tx = state
-        .queue
-        .pool()
-        .begin()
-        .await
-        .map_err(ApiError::internal)?;
+    let mut tx = begin(&state).await?;
     if ops::discard(&mut *tx, id.0).await?.is_none() {
         return Err(refusal(&state, id, "cancel it before discarding it").await);
     }

@@ -43,12 +43,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     let job = visible(&state, &caller, &id).await?;
-    let mut tx = state
-        .queue
-        .pool()
-        .begin()
-        .await
-        .map_err(ApiError::internal)?;
+    let mut tx = super::admin::begin(&state).await?;
     let Some(job) = dashtam_queue::ops::cancel(&mut *tx, job.id).await? else {
         return Err(ApiError::conflict(format!(
             "job {} already finished ({}); nothing to cancel",

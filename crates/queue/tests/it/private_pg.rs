@@ -29,20 +29,21 @@ fn free_port() -> u16 {
 }
 
 impl PrivatePg {
-    /// Runs a PostgreSQL binary, as the `postgres` user when we are root
+    /// A PostgreSQL binary, run as the `postgres` user when we are root
     /// (the server refuses to run as root).
-    fn run(&self, tool: &str, args: &[&str]) {
+    fn command(&self, tool: &str) -> Command {
         let exe = self.bin.join(tool);
-        let status = if is_root() {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&exe)
-                .args(args)
-                .status()
+        if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
         } else {
-            Command::new(&exe).args(args).status()
+            Command::new(exe)
         }
-        .unwrap();
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let status = self.command(tool).args(args).status().unwrap();
         assert!(status.success(), "{tool} {args:?} failed");
     }
 
@@ -126,17 +127,10 @@ fn is_root() -> bool {
 impl Drop for PrivatePg {
     fn drop(&mut self) {
         let data = self.data();
-        let exe = self.bin.join("pg_ctl");
-        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
-        let _ = if is_root() {
-            Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&exe)
-                .args(args)
-                .status()
-        } else {
-            Command::new(&exe).args(args).status()
-        };
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", &data, "-m", "immediate", "-w", "stop"])
+            .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
