@@ -364,28 +364,30 @@ pub async fn latency(config: Config, opts: QueueBenchOptions) -> anyhow::Result<
     // Let the worker register, LISTEN and go idle.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
+    // How long each enqueue (INSERT + durable commit) took: it is inside the
+    // pickup latency, so it is reported beside it.
+    let mut enqueue_us = Vec::with_capacity(opts.jobs);
     for _ in 0..opts.jobs {
         tick.tick().await;
+        let t = Instant::now();
         let payload = json!({ "enqueued_at_us": chrono::Utc::now().timestamp_micros() });
         queue
             .enqueue(NewJob::new(BENCH_QUEUE, BENCH_KIND, payload))
             .await?;
+        enqueue_us.push(i64::try_from(t.elapsed().as_micros()).unwrap_or(i64::MAX));
     }
     while noop.seen.load(std::sync::atomic::Ordering::Relaxed) < opts.jobs {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     shutdown.cancel();
     task.await??;
-    let mut l = noop
+    let pickup = noop
         .latencies_us
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    l.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((l.len() as f64 * p).ceil() as usize).clamp(1, l.len()) - 1;
-        round3(l[i] as f64 / 1000.0)
-    };
+    let pct = percentiles(pickup);
+    let enq = percentiles(enqueue_us);
     let line = json!({
         "bench": "latency",
         "jobs": opts.jobs,
@@ -395,9 +397,23 @@ pub async fn latency(config: Config, opts: QueueBenchOptions) -> anyhow::Result<
         "p95_ms": pct(0.95),
         "p99_ms": pct(0.99),
         "max_ms": pct(1.0),
+        "enqueue_p99_ms": enq(0.99),
+        "enqueue_max_ms": enq(1.0),
     });
     println!("{line}");
     Ok(())
+}
+
+/// Percentile lookup (in ms) over microsecond samples.
+fn percentiles(mut us: Vec<i64>) -> impl Fn(f64) -> f64 {
+    us.sort_unstable();
+    move |p: f64| {
+        if us.is_empty() {
+            return 0.0;
+        }
+        let i = ((us.len() as f64 * p).ceil() as usize).clamp(1, us.len()) - 1;
+        round3(us[i] as f64 / 1000.0)
+    }
 }
 
 /// Opens the pool's connections up front, as a long-running daemon's pool
