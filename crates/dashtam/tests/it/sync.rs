@@ -216,16 +216,34 @@ async fn mutation_during_pagination_restarts_from_the_first_cursor(pool: PgPool)
 #[sqlx::test(migrator = "MIGRATIONS")]
 async fn data_changing_mid_pagination_is_detected_and_retried(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let conn = app.connect("alice", 1, 300).await;
+    let conn = app.connect("alice", 1, 500).await;
     let token = app.only_item();
-    // Slow pages so the provider's data can change between them.
+    // Slow pages (5 of them) so the provider's data can change between them.
     app.sandbox.set_faults(Faults {
         latency_ms: 150,
         ..Faults::default()
     });
     let resp = app.enqueue_sync("alice", &conn).await;
     let job: Value = resp.json().await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    // Change the data once the first page is in: pages are still to come.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let j: Value = app
+            .get("alice", &format!("/api/v1/jobs/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if j["progress"]["pages"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sync never started: {j}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     app.sandbox
         .advance(
             &token,
@@ -235,13 +253,13 @@ async fn data_changing_mid_pagination_is_detected_and_retried(pool: PgPool) {
             },
         )
         .unwrap();
-    let done = app.wait_job("alice", job["id"].as_str().unwrap()).await;
+    let done = app.wait_job("alice", &id).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert!(
         done["progress"]["restarts"].as_u64().unwrap() >= 1,
         "{done}"
     );
-    assert_eq!(app.count("SELECT count(*) FROM transactions").await, 305);
+    assert_eq!(app.count("SELECT count(*) FROM transactions").await, 505);
     app.stop().await;
 }
 

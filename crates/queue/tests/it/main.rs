@@ -178,7 +178,13 @@ async fn a_retry_after_hint_is_honoured(pool: PgPool) {
     let w = start(&pool, config(&[("q", 1)]), "k", h.clone());
     let id = enqueue(&queue, NewJob::new("q", "k", json!({}))).await;
     let retrying = wait_state(&queue, id, "retryable").await;
-    assert!(retrying.run_at > Utc::now() + chrono::Duration::milliseconds(300));
+    // Scheduled 700 ms after the failure was recorded.
+    let failed_at: chrono::DateTime<Utc> =
+        serde_json::from_value(retrying.errors[0]["at"].clone()).unwrap();
+    assert!(
+        retrying.run_at - failed_at >= chrono::Duration::milliseconds(690),
+        "{retrying:?}"
+    );
     wait_state(&queue, id, "succeeded").await;
     w.stop().await;
     let calls = h.calls();
