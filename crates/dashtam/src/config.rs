@@ -128,6 +128,7 @@ pub struct SandboxSection {
     pub seed: u64,
     pub accounts_per_item: u32,
     pub transactions_per_account: u32,
+    pub evolve_every_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]

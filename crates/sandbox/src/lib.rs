@@ -165,6 +165,40 @@ impl Sandbox {
         data::advance(&mut self.lock(), access_token, advance)
     }
 
+    /// Advances every item by `step`; returns how many items there were.
+    pub fn advance_all(&self, step: &data::Advance) -> usize {
+        let mut inner = self.lock();
+        let tokens: Vec<String> = inner.items.keys().cloned().collect();
+        for token in &tokens {
+            data::advance(&mut inner, token, step.clone());
+        }
+        tokens.len()
+    }
+
+    /// Lets time pass at the provider: every `every`, each item's pending
+    /// transactions post, and a few are modified, removed and added, until
+    /// `stop` resolves.
+    pub async fn evolve(&self, every: Duration, stop: impl std::future::Future<Output = ()>) {
+        let step = data::Advance {
+            post_pending: true,
+            modify: 1,
+            remove: 1,
+            add: 5,
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let items = self.advance_all(&step);
+                    tracing::debug!(items, "sandbox data moved forward");
+                }
+                _ = &mut stop => return,
+            }
+        }
+    }
+
     /// Serves on `listener` until `shutdown` resolves.
     pub async fn serve(
         self,
@@ -199,3 +233,26 @@ pub(crate) fn latency(ms: u64) -> Option<Duration> {
 }
 
 pub use data::{Advance, Advanced};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn evolving_moves_every_item_forward() {
+        let sandbox = Sandbox::new(SandboxConfig::default());
+        let a = sandbox.create_item(ItemSpec::default());
+        let b = sandbox.create_item(ItemSpec::default());
+        let len = |t: &str| sandbox.lock().items[t].len();
+        let (a0, b0) = (len(&a), len(&b));
+        let s = sandbox.clone();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let st = stop.clone();
+        let task =
+            tokio::spawn(async move { s.evolve(Duration::from_secs(60), st.cancelled()).await });
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        stop.cancel();
+        task.await.unwrap();
+        assert!(len(&a) > a0 && len(&b) > b0);
+    }
+}
