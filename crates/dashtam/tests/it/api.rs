@@ -280,19 +280,8 @@ async fn health_and_readiness(pool: PgPool) {
 #[sqlx::test(migrator = "MIGRATIONS")]
 async fn idempotency_keys_replay_the_first_response(pool: PgPool) {
     let app = spawn_app_with(pool, &[Role::Api], test_config()).await;
-    let sc = app.sandbox.config();
-    let linked: Value = app
-        .http
-        .post(format!("{}/sandbox/public_token/create", app.sandbox_url))
-        .json(&json!({"client_id": sc.client_id, "secret": sc.secret,
-                      "institution_id": "ins_1", "initial_products": ["transactions"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let body = json!({ "provider": "plaid", "public_token": linked["public_token"] });
+    let public_token = app.public_token(3, 10).await;
+    let body = json!({ "provider": "plaid", "public_token": public_token });
     let post = |key: &'static str, body: Value| {
         let app = &app;
         async move {

@@ -120,8 +120,8 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Runs the provider's link flow and creates a connection through the API.
-    pub async fn connect(&self, user: &str, accounts: u32, per_account: u32) -> String {
+    /// The provider's link step: a one-time public token for a new item.
+    pub async fn public_token(&self, accounts: u32, per_account: u32) -> String {
         let sc = self.sandbox.config();
         let linked: Value = self
             .http
@@ -137,11 +137,38 @@ impl TestApp {
             .json()
             .await
             .unwrap();
+        linked["public_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls the job through the API until it has fetched `pages` pages.
+    pub async fn wait_pages(&self, user: &str, job: &str, pages: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let j: Value = self
+                .get(user, &format!("/api/v1/jobs/{job}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            if j["progress"]["pages"].as_u64().unwrap_or(0) >= pages {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sync never got to page {pages}: {j}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Runs the provider's link flow and creates a connection through the API.
+    pub async fn connect(&self, user: &str, accounts: u32, per_account: u32) -> String {
+        let public_token = self.public_token(accounts, per_account).await;
         let resp = self
             .http
             .post(format!("{}/api/v1/connections", self.api))
             .bearer_auth(self.token(user))
-            .json(&json!({ "provider": "plaid", "public_token": linked["public_token"] }))
+            .json(&json!({ "provider": "plaid", "public_token": public_token }))
             .send()
             .await
             .unwrap();

@@ -1,6 +1,6 @@
 //! Cancelling, retrying, discarding jobs and pausing queues, through the API.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dashtam::app::Role;
 use dashtam_sandbox::Faults;
@@ -54,20 +54,7 @@ async fn a_cancelled_running_sync_stops_and_commits_nothing(pool: PgPool) {
     });
     let job: Value = app.enqueue_sync("alice", &conn).await.json().await.unwrap();
     let id = job["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let j: Value = app
-            .get("alice", &format!("/api/v1/jobs/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if j["progress"]["pages"].as_u64().unwrap_or(0) >= 2 {
-            break;
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    app.wait_pages("alice", &id, 2).await;
     let resp = app
         .post_as(&app.token("alice"), &format!("/api/v1/jobs/{id}/cancel"))
         .await;

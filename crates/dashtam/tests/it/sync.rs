@@ -227,23 +227,7 @@ async fn data_changing_mid_pagination_is_detected_and_retried(pool: PgPool) {
     let job: Value = resp.json().await.unwrap();
     let id = job["id"].as_str().unwrap().to_owned();
     // Change the data once the first page is in: pages are still to come.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let j: Value = app
-            .get("alice", &format!("/api/v1/jobs/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        if j["progress"]["pages"].as_u64().unwrap_or(0) >= 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the sync never started: {j}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    app.wait_pages("alice", &id, 1).await;
     app.sandbox
         .advance(
             &token,
