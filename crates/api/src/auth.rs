@@ -6,6 +6,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use dashtam_domain::UserId;
+use dashtam_domain::ports::LiveSecret;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -35,12 +36,13 @@ pub struct Claims {
 /// Verifies access tokens.
 #[derive(Clone)]
 pub struct Auth {
-    key: DecodingKey,
+    /// Live: a rotated secret is used from its next refresh on.
+    key: LiveSecret,
     validation: Validation,
 }
 
 impl Auth {
-    pub fn hs256(secret: &SecretString, issuer: &str, audience: &str) -> Self {
+    pub fn hs256(secret: LiveSecret, issuer: &str, audience: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
@@ -48,13 +50,14 @@ impl Auth {
         validation.validate_nbf = true;
         validation.leeway = 30;
         Self {
-            key: DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+            key: secret,
             validation,
         }
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let key = DecodingKey::from_secret(self.key.current().expose_secret().as_bytes());
+        jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind as K;

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use dashtam_api::{AppState, Auth, JobSettings};
-use dashtam_providers::{PlaidClient, PlaidConfig, Providers};
+use dashtam_domain::ports::LiveSecret;
+use dashtam_providers::{PlaidClient, PlaidConfig, Providers, SchwabClient, SchwabConfig};
 use dashtam_queue::{Queue, WorkerPool};
 use dashtam_store::migrate::SchemaStatus;
 use dashtam_store::{Cipher, Store};
-use dashtam_worker::{SyncHandler, SyncSettings};
-use secrecy::SecretString;
+use dashtam_worker::{RefreshHandler, SyncHandler, SyncSettings, TokenKeeper, TokenSettings};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::Config;
+use crate::secrets::Secrets;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Role {
@@ -120,17 +121,28 @@ pub async fn ensure_schema(pool: &PgPool, migrate: bool) -> anyhow::Result<()> {
     }
 }
 
-pub fn providers(config: &Config) -> anyhow::Result<Providers> {
+pub fn providers(config: &Config, secrets: &Secrets) -> anyhow::Result<Providers> {
     let p = &config.providers.plaid;
     let plaid = PlaidClient::new(PlaidConfig {
         base_url: p.base_url.clone(),
         client_id: p.client_id.clone(),
-        secret: p.secret.clone(),
+        secret: secrets.plaid.clone(),
         timeout: Duration::from_secs(p.timeout_secs),
     })
     .context("building the Plaid HTTP client")?;
+    let s = &config.providers.schwab;
+    let schwab = SchwabClient::new(SchwabConfig {
+        base_url: s.base_url.clone(),
+        app_key: s.app_key.clone(),
+        secret: secrets.schwab.clone(),
+        redirect_uri: s.redirect_uri.clone(),
+        timeout: Duration::from_secs(s.timeout_secs),
+        refresh_token_lifetime: Duration::from_secs(s.refresh_token_lifetime_secs),
+    })
+    .context("building the Schwab HTTP client")?;
     Ok(Providers {
         plaid: Some(Arc::new(plaid)),
+        schwab: Some(Arc::new(schwab)),
     })
 }
 
@@ -139,7 +151,7 @@ pub struct Daemon {
     pub config: Config,
     pub pool: PgPool,
     pub cipher: Arc<Cipher>,
-    pub jwt_secret: Option<SecretString>,
+    pub jwt_secret: Option<LiveSecret>,
     pub providers: Providers,
 }
 
@@ -164,6 +176,16 @@ impl Running {
 }
 
 impl Daemon {
+    pub fn new(config: Config, pool: PgPool, secrets: &Secrets) -> anyhow::Result<Self> {
+        Ok(Self {
+            providers: providers(&config, secrets)?,
+            cipher: secrets.cipher.clone(),
+            jwt_secret: secrets.jwt.clone(),
+            pool,
+            config,
+        })
+    }
+
     pub fn store(&self) -> Store {
         Store::new(self.pool.clone(), self.cipher.clone())
     }
@@ -196,7 +218,7 @@ impl Daemon {
                 queue: queue.clone(),
                 providers: self.providers.clone(),
                 auth: Arc::new(Auth::hs256(
-                    &secret,
+                    secret,
                     &self.config.auth.issuer,
                     &self.config.auth.audience,
                 )),
@@ -221,20 +243,33 @@ impl Daemon {
                 std::env::var("HOSTNAME").unwrap_or_else(|_| "dashtam".into()),
                 std::process::id()
             );
-            let handler = SyncHandler::new(
+            let c = &self.config;
+            let tokens = TokenKeeper::new(
                 self.store(),
                 self.providers.clone(),
-                SyncSettings {
-                    page_size: self.config.sync.page_size,
-                    write_batch: self.config.sync.write_batch,
-                    max_restarts: self.config.sync.max_restarts,
+                TokenSettings {
+                    refresh_lead: Duration::from_secs(c.tokens.refresh_lead_secs),
+                    expiry_margin: Duration::from_secs(c.tokens.expiry_margin_secs),
                 },
             );
-            let pool = WorkerPool::new(
-                queue_pool(&self.config, &self.pool),
-                self.config.worker_config(name),
-            )
-            .handle(dashtam_domain::jobs::KIND_SYNC, Arc::new(handler));
+            let sync = SyncHandler::new(
+                self.store(),
+                self.providers.clone(),
+                tokens.clone(),
+                SyncSettings {
+                    page_size: c.sync.page_size,
+                    write_batch: c.sync.write_batch,
+                    max_restarts: c.sync.max_restarts,
+                    window_overlap: Duration::from_secs(c.sync.window_overlap_hours * 3600),
+                    initial_history: Duration::from_secs(c.sync.initial_history_days * 86_400),
+                },
+            );
+            let pool = WorkerPool::new(queue_pool(c, &self.pool), c.worker_config(name))
+                .handle(dashtam_domain::jobs::KIND_SYNC, Arc::new(sync))
+                .handle(
+                    dashtam_domain::jobs::KIND_TOKEN_REFRESH,
+                    Arc::new(RefreshHandler::new(tokens)),
+                );
             let stop = shutdown.clone();
             tasks.spawn(async move { pool.run(stop).await.context("worker pool failed") });
         }

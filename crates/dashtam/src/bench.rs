@@ -10,7 +10,6 @@ use dashtam_domain::ports::ProviderCredentials;
 use dashtam_domain::{ConnectionId, UserId};
 use dashtam_queue::{NewJob, Queue};
 use dashtam_sandbox::{ItemSpec, Sandbox, SandboxConfig};
-use dashtam_store::Cipher;
 use dashtam_store::connections::NewConnection;
 use secrecy::SecretString;
 use serde_json::json;
@@ -18,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, Daemon, Role};
 use crate::config::{Config, QueueSection};
+use crate::secrets::Secrets;
 
 pub struct SyncBenchOptions {
     pub database_url: String,
@@ -68,13 +68,8 @@ pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<
         .max_connections
         .max(opts.concurrency as u32 + 8);
 
-    let daemon = Daemon {
-        providers: app::providers(&config)?,
-        cipher: Arc::new(Cipher::ephemeral()?),
-        jwt_secret: None,
-        pool: pool.clone(),
-        config,
-    };
+    let secrets = Secrets::ephemeral(&config)?;
+    let daemon = Daemon::new(config, pool.clone(), &secrets)?;
     let store = daemon.store();
     let user = UserId::parse("bench").map_err(anyhow::Error::msg)?;
     let mut connections = Vec::new();

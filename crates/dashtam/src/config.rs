@@ -27,7 +27,50 @@ pub struct Config {
     pub sync: SyncConfig,
     pub providers: ProvidersConfig,
     pub sandbox: SandboxSection,
+    pub tokens: TokensConfig,
+    pub secrets: SecretsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensConfig {
+    pub refresh_lead_secs: u64,
+    pub expiry_margin_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretSourceKind {
+    Config,
+    Env,
+    Aws,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    pub source: SecretSourceKind,
+    pub ttl_secs: u64,
+    pub dotenv: std::path::PathBuf,
+    pub aws: AwsSecretsConfig,
+    pub ids: SecretIds,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSecretsConfig {
+    pub region: String,
+    pub endpoint_url: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretIds {
+    pub jwt_secret: String,
+    pub encryption_keys: String,
+    pub plaid_secret: String,
+    pub schwab_secret: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -94,6 +137,7 @@ pub struct QueueSection {
 #[serde(deny_unknown_fields)]
 pub struct JobsConfig {
     pub sync_max_attempts: i32,
+    pub token_refresh_max_attempts: i32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -102,12 +146,26 @@ pub struct SyncConfig {
     pub page_size: u32,
     pub write_batch: usize,
     pub max_restarts: u32,
+    pub window_overlap_hours: u64,
+    pub initial_history_days: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProvidersConfig {
     pub plaid: PlaidSection,
+    pub schwab: SchwabSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchwabSection {
+    pub base_url: String,
+    pub app_key: String,
+    pub secret: SecretString,
+    pub redirect_uri: String,
+    pub timeout_secs: u64,
+    pub refresh_token_lifetime_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -129,6 +187,7 @@ pub struct SandboxSection {
     pub accounts_per_item: u32,
     pub transactions_per_account: u32,
     pub evolve_every_secs: u64,
+    pub oauth: dashtam_sandbox::OAuthSettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]

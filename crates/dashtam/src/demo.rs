@@ -3,20 +3,19 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use dashtam_api::{Role as TokenRole, issue_token};
 use dashtam_domain::UserId;
 use dashtam_sandbox::{Advance, Sandbox, SandboxConfig};
-use dashtam_store::Cipher;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, Daemon, Role};
 use crate::config::Config;
+use crate::secrets::Secrets;
 
 pub struct DemoOptions {
     pub database_url: String,
@@ -73,14 +72,9 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<bool> 
     config.providers.plaid.secret = sandbox_config.secret.clone().into();
     config.worker.poll_interval_ms = 200;
 
-    let jwt_secret = Cipher::generate_key()?;
-    let daemon = Daemon {
-        providers: app::providers(&config)?,
-        cipher: Arc::new(Cipher::ephemeral()?),
-        jwt_secret: Some(jwt_secret.clone()),
-        pool,
-        config,
-    };
+    let secrets = Secrets::ephemeral(&config)?;
+    let jwt_secret = secrets.jwt.clone().context("jwt secret")?.current();
+    let daemon = Daemon::new(config, pool, &secrets)?;
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;

@@ -3,13 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use dashtam::app::{self, Daemon, Role};
 use dashtam::config::Config;
+use dashtam::secrets::Secrets;
 use dashtam_sandbox::{Sandbox, SandboxConfig};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
@@ -120,6 +120,16 @@ enum TokenCommand {
 enum KeysCommand {
     /// Print a new random AES-256 key (base64) for crypto.keys.
     Generate,
+    /// Re-encrypt every stored credential under the active key. Run it
+    /// after every daemon has the new key as active (old keys still listed);
+    /// then the old key can be removed.
+    Rotate {
+        #[command(flatten)]
+        db: DbArgs,
+        /// Credentials re-encrypted per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: i64,
+    },
 }
 
 /// The database a benchmark drops and re-creates: never taken from
@@ -264,22 +274,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 roles
             };
-            let jwt_secret = if roles.contains(&Role::Api) {
-                Some(config.jwt_secret()?)
-            } else {
-                None
-            };
-            let cipher = Arc::new(config.cipher()?);
+            let secrets = Secrets::load(&config, roles.contains(&Role::Api)).await?;
             let pool = app::connect(&config, &url).await?;
             app::ensure_schema(&pool, migrate).await?;
-            let daemon = Daemon {
-                providers: app::providers(&config)?,
-                cipher,
-                jwt_secret,
-                pool,
-                config,
-            };
             let shutdown = CancellationToken::new();
+            secrets.spawn_refresher(shutdown.clone());
+            let daemon = Daemon::new(config, pool, &secrets)?;
             app::cancel_on_signals(shutdown.clone());
             info!(roles = ?roles, "dashtam starting");
             daemon.start(&roles, None, shutdown).await?.wait().await?;
@@ -303,6 +303,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 seed: s.seed,
                 accounts_per_item: s.accounts_per_item,
                 transactions_per_account: s.transactions_per_account,
+                oauth: s.oauth.clone(),
             });
             let addr = listen.unwrap_or(s.listen);
             let listener = tokio::net::TcpListener::bind(addr)
@@ -365,6 +366,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: KeysCommand::Generate,
         } => {
             println!("{}", dashtam_store::Cipher::generate_key()?.expose_secret());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate { db, batch },
+        } => {
+            let secrets = Secrets::load(&config, false).await?;
+            let url = db_url(db);
+            let pool = app::connect(&config, &url).await?;
+            app::ensure_schema(&pool, false).await?;
+            let store = dashtam_store::Store::new(pool, secrets.cipher.clone());
+            let mut total = 0;
+            loop {
+                let n = store.rotate_credentials(batch.max(1)).await?;
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            println!(
+                "re-encrypted {total} connection credential(s) under key {:?}",
+                secrets.cipher.active_key()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

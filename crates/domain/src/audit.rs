@@ -8,6 +8,10 @@ use serde::Serialize;
 pub enum AuditAction {
     ConnectionCreated,
     ConnectionRevoked,
+    ReauthRequired,
+    TokenRefreshAttempted,
+    TokenRefreshSucceeded,
+    TokenRefreshFailed,
     SyncAttempted,
     SyncSucceeded,
     SyncFailed,
@@ -24,6 +28,10 @@ impl AuditAction {
         match self {
             Self::ConnectionCreated => "connection_created",
             Self::ConnectionRevoked => "connection_revoked",
+            Self::ReauthRequired => "reauth_required",
+            Self::TokenRefreshAttempted => "token_refresh_attempted",
+            Self::TokenRefreshSucceeded => "token_refresh_succeeded",
+            Self::TokenRefreshFailed => "token_refresh_failed",
             Self::SyncAttempted => "sync_attempted",
             Self::SyncSucceeded => "sync_succeeded",
             Self::SyncFailed => "sync_failed",

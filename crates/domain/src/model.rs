@@ -14,18 +14,22 @@ use crate::Currency;
 pub enum ProviderKind {
     /// Cursor style: Plaid `/transactions/sync`.
     Plaid,
+    /// OAuth + date-window style: the Charles Schwab Trader API.
+    Schwab,
 }
 
 impl ProviderKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Plaid => "plaid",
+            Self::Schwab => "schwab",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "plaid" => Some(Self::Plaid),
+            "schwab" => Some(Self::Schwab),
             _ => None,
         }
     }

@@ -1,9 +1,11 @@
 //! Ports: what the domain needs from the outside world. Adapters (the
 //! `providers` crate, the `store` crate) implement them.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +57,12 @@ pub enum ProviderError {
     /// Data changed while paging; restart from the cursor the loop began with.
     #[error("provider data changed during pagination")]
     MutationDuringPagination,
-    /// Credentials were refused: the user must re-authorize.
+    /// The access token expired (HTTP 401 on a data call): refresh it and
+    /// try again.
+    #[error("provider says the access token expired")]
+    AccessTokenExpired,
+    /// Credentials were refused (a dead refresh token: `invalid_grant`, or
+    /// a revoked item): the user must re-authorize.
     #[error("provider refused the credentials: {0}")]
     Unauthorized(String),
     /// A request or response the provider and we disagree on; retrying will
@@ -81,4 +88,98 @@ pub trait TransactionSyncSource: Send + Sync {
         cursor: Option<&str>,
         count: u32,
     ) -> Result<SyncPage, ProviderError>;
+
+    /// Tells the provider to forget the connection (its tokens stop working).
+    async fn revoke(&self, credentials: &ProviderCredentials) -> Result<(), ProviderError>;
+}
+
+/// Tokens an OAuth provider granted.
+#[derive(Debug)]
+pub struct TokenGrant {
+    pub access_token: SecretString,
+    /// `None`: the provider sent none, keep the one we have.
+    pub refresh_token: Option<SecretString>,
+    pub access_expires_in: Duration,
+}
+
+/// An OAuth-protected source fetched by date window, with no cursor (the
+/// Charles Schwab Trader API shape).
+#[async_trait]
+pub trait WindowSyncSource: Send + Sync {
+    /// Trades an authorization code from the provider's consent step for
+    /// tokens.
+    async fn exchange_code(&self, code: &str) -> Result<TokenGrant, ProviderError>;
+
+    /// Uses the refresh token; [`ProviderError::Unauthorized`] means it is
+    /// dead (`invalid_grant`) and the user must re-authorize.
+    async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenGrant, ProviderError>;
+
+    /// Revokes the connection's tokens at the provider.
+    async fn revoke(&self, credentials: &ProviderCredentials) -> Result<(), ProviderError>;
+
+    /// How long a refresh token lives from the user's authorization (fixed:
+    /// refreshing does not extend it).
+    fn refresh_token_lifetime(&self) -> Duration;
+
+    /// The widest window one transactions request may ask for.
+    fn max_window(&self) -> chrono::Duration;
+
+    /// The user's accounts; `provider_account_id` is what
+    /// [`WindowSyncSource::transactions`] takes.
+    async fn accounts(
+        &self,
+        access_token: &SecretString,
+    ) -> Result<Vec<NormalizedAccount>, ProviderError>;
+
+    /// Every transaction of `account` in `[start, end]`.
+    async fn transactions(
+        &self,
+        access_token: &SecretString,
+        account: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<Vec<NormalizedTransaction>, ProviderError>;
+}
+
+/// Why a secret could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret {0:?} does not exist")]
+    NotFound(String),
+    #[error("secret {id:?} could not be read: {reason}")]
+    Unavailable { id: String, reason: String },
+}
+
+/// Where secrets (signing keys, encryption keys, provider client secrets)
+/// come from: the environment in development, a secrets manager in
+/// production.
+#[async_trait]
+pub trait SecretSource: Send + Sync {
+    /// The current value of secret `id`.
+    async fn fetch(&self, id: &str) -> Result<SecretString, SecretError>;
+}
+
+/// A secret's current value, kept fresh by whoever owns the source (see the
+/// `secrets` crate); readers always see the latest value they were given.
+#[derive(Clone, Debug)]
+pub struct LiveSecret(Arc<RwLock<SecretString>>);
+
+impl LiveSecret {
+    pub fn new(value: SecretString) -> Self {
+        Self(Arc::new(RwLock::new(value)))
+    }
+
+    pub fn current(&self) -> SecretString {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, value: SecretString) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
+    }
+}
+
+impl From<&str> for LiveSecret {
+    fn from(s: &str) -> Self {
+        Self::new(SecretString::from(s))
+    }
 }

@@ -5,26 +5,50 @@
 //! conventions, currency fallbacks, status names) are normalized here and
 //! nowhere else.
 
+mod http;
 pub mod plaid;
+pub mod schwab;
 
 pub use plaid::{PlaidClient, PlaidConfig};
+pub use schwab::{SchwabClient, SchwabConfig};
 
 use std::sync::Arc;
 
 use dashtam_domain::model::ProviderKind;
-use dashtam_domain::ports::TransactionSyncSource;
+use dashtam_domain::ports::{
+    ProviderCredentials, ProviderError, TransactionSyncSource, WindowSyncSource,
+};
 
 /// The configured adapter for each provider kind.
 #[derive(Clone, Default)]
 pub struct Providers {
     pub plaid: Option<Arc<dyn TransactionSyncSource>>,
+    pub schwab: Option<Arc<dyn WindowSyncSource>>,
+}
+
+/// A provider's adapter, by the style of its API.
+#[derive(Clone)]
+pub enum Source {
+    Cursor(Arc<dyn TransactionSyncSource>),
+    Window(Arc<dyn WindowSyncSource>),
 }
 
 impl Providers {
-    /// The cursor-style source for `kind`, if that provider is configured.
-    pub fn sync_source(&self, kind: ProviderKind) -> Option<Arc<dyn TransactionSyncSource>> {
+    /// The adapter for `kind`, if that provider is configured.
+    pub fn source(&self, kind: ProviderKind) -> Option<Source> {
         match kind {
-            ProviderKind::Plaid => self.plaid.clone(),
+            ProviderKind::Plaid => self.plaid.clone().map(Source::Cursor),
+            ProviderKind::Schwab => self.schwab.clone().map(Source::Window),
+        }
+    }
+}
+
+impl Source {
+    /// Revokes the connection's credentials at the provider.
+    pub async fn revoke(&self, credentials: &ProviderCredentials) -> Result<(), ProviderError> {
+        match self {
+            Self::Cursor(s) => s.revoke(credentials).await,
+            Self::Window(s) => s.revoke(credentials).await,
         }
     }
 }

@@ -8,8 +8,11 @@ use dashtam_domain::Currency;
 use dashtam_domain::model::{
     NormalizedAccount, NormalizedTransaction, RemovedTransaction, TransactionStatus,
 };
-use dashtam_domain::ports::{ProviderCredentials, ProviderError, SyncPage, TransactionSyncSource};
-use dashtam_telemetry::metrics::METRICS;
+use dashtam_domain::ports::{
+    LiveSecret, ProviderCredentials, ProviderError, SyncPage, TransactionSyncSource,
+};
+
+use crate::http::{self, Call, without_url};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use secrecy::{ExposeSecret, SecretString};
@@ -21,7 +24,7 @@ pub struct PlaidConfig {
     /// `https://production.plaid.com`, or the sandbox provider's address.
     pub base_url: String,
     pub client_id: String,
-    pub secret: SecretString,
+    pub secret: LiveSecret,
     pub timeout: Duration,
 }
 
@@ -33,51 +36,35 @@ pub struct PlaidClient {
 
 impl PlaidClient {
     pub fn new(config: PlaidConfig) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("dashtam-worker/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(Self { http, config })
+        Ok(Self {
+            http: http::client(config.timeout)?,
+            config,
+        })
     }
 
     async fn post(
         &self,
-        path: &str,
+        path: &'static str,
         body: &serde_json::Value,
     ) -> Result<bytes::Bytes, ProviderError> {
         let url = format!("{}{path}", self.config.base_url.trim_end_matches('/'));
-        let started = std::time::Instant::now();
-        let record = |status: &str| {
-            let m = &METRICS;
-            m.provider_requests
-                .with_label_values(&["plaid", path, status])
-                .inc();
-            m.provider_request_seconds
-                .with_label_values(&["plaid", path])
-                .observe(started.elapsed().as_secs_f64());
-        };
+        let call = Call::start("plaid", path);
         let resp = self
             .http
             .post(&url)
             .header("PLAID-CLIENT-ID", &self.config.client_id)
-            .header("PLAID-SECRET", self.config.secret.expose_secret())
+            .header("PLAID-SECRET", self.config.secret.current().expose_secret())
             .header("Plaid-Version", "2020-09-14")
             .json(body)
             .send()
             .await
             .map_err(|e| {
-                record("error");
+                call.record("error");
                 ProviderError::Transient(format!("POST {path}: {}", without_url(&e)))
             })?;
         let status = resp.status();
-        record(status.as_str());
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        call.record(status.as_str());
+        let retry_after = http::retry_after(resp.headers());
         let bytes = resp
             .bytes()
             .await
@@ -87,20 +74,6 @@ impl PlaidClient {
         }
         let err: PlaidErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
         Err(classify(path, status, retry_after, err))
-    }
-}
-
-/// reqwest's messages include the URL; keep them short and free of query
-/// strings.
-fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(url) = e.url() {
-        s = s.replace(url.as_str(), "");
-    }
-    if e.is_timeout() {
-        format!("timed out ({s})")
-    } else {
-        s
     }
 }
 
@@ -374,6 +347,15 @@ impl TransactionSyncSource for PlaidClient {
             next_cursor: r.next_cursor,
             has_more: r.has_more,
         })
+    }
+
+    async fn revoke(&self, credentials: &ProviderCredentials) -> Result<(), ProviderError> {
+        self.post(
+            "/item/remove",
+            &serde_json::json!({ "access_token": credentials.access_token.expose_secret() }),
+        )
+        .await
+        .map(drop)
     }
 }
 

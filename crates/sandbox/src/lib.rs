@@ -8,6 +8,7 @@
 
 mod data;
 mod plaid;
+mod schwab;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -19,6 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 pub use data::ItemSpec;
+pub(crate) use data::mix;
+pub use schwab::{GrantView, OAuthSettings, Rotation};
 
 /// Sandbox-wide settings.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -33,6 +36,8 @@ pub struct SandboxConfig {
     pub accounts_per_item: u32,
     /// Transactions per account unless the item asks otherwise.
     pub transactions_per_account: u32,
+    /// Token lifetimes and rotation of the OAuth (Schwab-style) provider.
+    pub oauth: OAuthSettings,
 }
 
 impl Default for SandboxConfig {
@@ -43,6 +48,7 @@ impl Default for SandboxConfig {
             seed: 42,
             accounts_per_item: 3,
             transactions_per_account: 200,
+            oauth: OAuthSettings::default(),
         }
     }
 }
@@ -90,6 +96,7 @@ pub(crate) struct Inner {
     pub stats: Stats,
     pub rng: fastrand::Rng,
     pub next_item: u64,
+    pub oauth: schwab::OAuthState,
 }
 
 /// Shared handle on the sandbox's state.
@@ -101,6 +108,7 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Self {
         let rng = fastrand::Rng::with_seed(config.seed);
+        let oauth = schwab::OAuthState::new(config.oauth.clone());
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 config,
@@ -110,6 +118,7 @@ impl Sandbox {
                 stats: Stats::default(),
                 rng,
                 next_item: 0,
+                oauth,
             })),
         }
     }
@@ -120,7 +129,7 @@ impl Sandbox {
     }
 
     pub fn router(&self) -> Router {
-        plaid::router(self.clone())
+        plaid::router(self.clone()).merge(schwab::router(self.clone()))
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -165,14 +174,19 @@ impl Sandbox {
         data::advance(&mut self.lock(), access_token, advance)
     }
 
-    /// Advances every item by `step`; returns how many items there were.
+    /// Advances every item (and OAuth grant) by `step`; returns how many
+    /// there were.
     pub fn advance_all(&self, step: &data::Advance) -> usize {
         let mut inner = self.lock();
         let tokens: Vec<String> = inner.items.keys().cloned().collect();
         for token in &tokens {
             data::advance(&mut inner, token, step.clone());
         }
-        tokens.len()
+        let grants = inner.oauth.grant_count();
+        for g in 0..grants {
+            schwab::advance_grant(&mut inner, g, step.post_pending, step.add);
+        }
+        tokens.len() + grants
     }
 
     /// Lets time pass at the provider: every `every`, each item's pending
@@ -225,6 +239,26 @@ impl Sandbox {
             }
         });
         Ok(local)
+    }
+}
+
+/// The fault for the next call: a scripted one first, else a random one
+/// by the configured rates (a mutation only while `paginating`).
+pub(crate) fn draw_fault(
+    faults: &mut Faults,
+    rng: &mut fastrand::Rng,
+    paginating: bool,
+) -> Option<ScriptedFault> {
+    match faults.script.pop_front() {
+        Some(f) => Some(f),
+        None if rng.f64() < faults.error_rate => Some(ScriptedFault::ServerError),
+        None if rng.f64() < faults.rate_limit_rate => Some(ScriptedFault::RateLimited {
+            retry_after_secs: faults.retry_after_secs,
+        }),
+        None if paginating && rng.f64() < faults.mutation_rate => {
+            Some(ScriptedFault::MutationDuringPagination)
+        }
+        None => None,
     }
 }
 

@@ -16,13 +16,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Event, ItemSpec, Txn};
-use crate::{Advance, Faults, Sandbox, ScriptedFault};
+use crate::{Advance, Faults, Sandbox, ScriptedFault, draw_fault};
 
 pub(crate) fn router(sandbox: Sandbox) -> Router {
     Router::new()
         .route("/sandbox/public_token/create", post(public_token_create))
         .route("/item/public_token/exchange", post(public_token_exchange))
         .route("/transactions/sync", post(transactions_sync))
+        .route("/item/remove", post(item_remove))
         .route("/sandbox/dashtam/faults", put(set_faults))
         .route("/sandbox/dashtam/faults/script", post(push_fault))
         .route(
@@ -190,6 +191,31 @@ async fn public_token_exchange(
         "request_id": request_id(),
     }))
     .into_response()
+}
+
+#[derive(Deserialize)]
+struct ItemRemove {
+    client_id: Option<String>,
+    secret: Option<String>,
+    access_token: String,
+}
+has_keys!(ItemRemove);
+
+/// Ends the item: its access token is refused from now on.
+async fn item_remove(State(sandbox): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: ItemRemove = match authenticate(&sandbox, &headers, &body) {
+        Ok(r) => r,
+        Err(e) => return *e,
+    };
+    if !sandbox.forget_item(&req.access_token) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_INPUT",
+            "INVALID_ACCESS_TOKEN",
+            "provided access token is in an invalid format".into(),
+        );
+    }
+    Json(serde_json::json!({ "request_id": request_id() })).into_response()
 }
 
 #[derive(Deserialize)]
@@ -486,19 +512,8 @@ async fn transactions_sync(
                 "provided access token is in an invalid format".into(),
             );
         };
-        let faults: &mut Faults = &mut inner.faults;
         let paginating = cursor.as_ref().is_some_and(|c| c.more);
-        let fault = match faults.script.pop_front() {
-            Some(f) => Some(f),
-            None if inner.rng.f64() < faults.error_rate => Some(ScriptedFault::ServerError),
-            None if inner.rng.f64() < faults.rate_limit_rate => Some(ScriptedFault::RateLimited {
-                retry_after_secs: faults.retry_after_secs,
-            }),
-            None if paginating && inner.rng.f64() < faults.mutation_rate => {
-                Some(ScriptedFault::MutationDuringPagination)
-            }
-            None => None,
-        };
+        let fault = draw_fault(&mut inner.faults, &mut inner.rng, paginating);
         let mutated = cursor
             .as_ref()
             .is_some_and(|c| c.more && c.generation != item.generation);
@@ -510,7 +525,7 @@ async fn transactions_sync(
         let from = cursor.as_ref().map_or(0, |c| c.offset).min(len);
         let to = (from + count as u64).min(len);
         (
-            crate::latency(faults.latency_ms),
+            crate::latency(inner.faults.latency_ms),
             fault,
             inner.config.seed,
             item.index(),

@@ -1,3 +1,3 @@
-SELECT provider, status, credentials, sync_cursor
+SELECT provider, status, credentials, credentials_version, access_token_expires_at, sync_cursor
 FROM provider_connections
 WHERE id = $1

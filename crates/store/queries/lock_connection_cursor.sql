@@ -1,3 +1,4 @@
--- Held until the sync commits: a second sync of the same connection waits
--- here, then sees the moved cursor and backs off.
-SELECT sync_cursor FROM provider_connections WHERE id = $1 FOR UPDATE
+-- FOR KEY SHARE: the connection cannot be deleted under a running sync, but
+-- a token refresh (FOR NO KEY UPDATE) is not blocked by it. Two syncs of one
+-- connection are settled at commit by advance_cursor.sql.
+SELECT sync_cursor FROM provider_connections WHERE id = $1 FOR KEY SHARE

@@ -31,6 +31,9 @@ pub struct SyncState {
     pub provider: ProviderKind,
     pub status: ConnectionStatus,
     pub credentials: ProviderCredentials,
+    /// Goes up by one whenever the tokens change.
+    pub credentials_version: i64,
+    pub access_token_expires_at: Option<DateTime<Utc>>,
     pub cursor: Option<String>,
 }
 
@@ -51,9 +54,7 @@ impl Store {
         new: NewConnection<'_>,
     ) -> Result<Connection, StoreError> {
         let id = ConnectionId::new();
-        let plaintext = serde_json::to_vec(new.credentials)
-            .map_err(|e| StoreError::Corrupt(format!("credentials do not serialize: {e}")))?;
-        let blob = self.cipher.encrypt(id.0.as_bytes(), &plaintext)?;
+        let blob = self.seal(id, new.credentials)?;
         let mut tx = self.pool.begin().await?;
         let conn: Connection = sqlx::query_as(include_str!("../queries/insert_connection.sql"))
             .bind(id.0)
@@ -115,35 +116,31 @@ impl Store {
             provider: String,
             status: String,
             credentials: Option<Vec<u8>>,
+            credentials_version: i64,
+            access_token_expires_at: Option<DateTime<Utc>>,
             sync_cursor: Option<String>,
         }
         let row: Option<Row> = sqlx::query_as(include_str!("../queries/load_sync_state.sql"))
             .bind(id.0)
             .fetch_optional(&self.pool)
             .await?;
-        let Some(Row {
-            provider,
-            status,
-            credentials: blob,
-            sync_cursor: cursor,
-        }) = row
-        else {
+        let Some(row) = row else {
             return Ok(None);
         };
-        let provider = ProviderKind::parse(&provider)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown provider {provider:?}")))?;
-        let status = ConnectionStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?;
-        let blob =
-            blob.ok_or_else(|| StoreError::Corrupt("connection has no credentials".into()))?;
-        let plaintext = self.cipher.decrypt(id.0.as_bytes(), &blob)?;
-        let credentials = serde_json::from_slice(&plaintext)
-            .map_err(|_| StoreError::Corrupt("credentials do not parse".into()))?;
+        let provider = ProviderKind::parse(&row.provider)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown provider {:?}", row.provider)))?;
+        let status = ConnectionStatus::parse(&row.status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown status {:?}", row.status)))?;
+        let blob = row
+            .credentials
+            .ok_or_else(|| StoreError::Corrupt("connection has no credentials".into()))?;
         Ok(Some(SyncState {
             provider,
             status,
-            credentials,
-            cursor,
+            credentials: self.open(id, &blob)?,
+            credentials_version: row.credentials_version,
+            access_token_expires_at: row.access_token_expires_at,
+            cursor: row.sync_cursor,
         }))
     }
 }

@@ -84,6 +84,11 @@ impl Cipher {
         ))
     }
 
+    /// The id of the key new blobs are written under.
+    pub fn active_key(&self) -> &str {
+        &self.active
+    }
+
     pub fn encrypt(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let cipher = &self.keys[&self.active];
         let mut nonce = [0u8; NONCE_LEN];

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod connections;
+pub mod credentials;
 pub mod crypto;
 pub mod idempotency;
 pub mod migrate;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
+pub use credentials::CredentialLease;
 pub use crypto::{Cipher, CryptoError};
 
 #[derive(Debug, thiserror::Error)]

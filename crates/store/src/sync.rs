@@ -1,7 +1,7 @@
 //! Writing a sync: one transaction from the first page to the new cursor.
 //!
-//! [`Store::begin_sync`] locks the connection's row and checks its cursor is
-//! still the one the sync started from; [`SyncTx::write`] bulk-writes the
+//! [`Store::begin_sync`] checks the connection's cursor is still the one the
+//! sync started from (and keeps the row from being deleted); [`SyncTx::write`] bulk-writes the
 //! pages collected so far; [`SyncTx::commit`] moves the cursor and appends the
 //! audit OUTCOME in the same transaction. Dropping a `SyncTx` rolls all of it
 //! back, so a sync that fails or restarts mid-way leaves nothing behind.
@@ -41,6 +41,7 @@ pub struct SyncTx {
     /// What was last written for each account, to skip unchanged rewrites.
     written: Vec<NormalizedAccount>,
     stats: SyncStats,
+    started_from: Option<String>,
 }
 
 impl Store {
@@ -84,6 +85,7 @@ impl Store {
             accounts,
             written: Vec::new(),
             stats: SyncStats::default(),
+            started_from: started_from.map(str::to_owned),
         })
     }
 }
@@ -204,11 +206,18 @@ impl SyncTx {
         next_cursor: Option<&str>,
         outcome: &AuditEntry,
     ) -> Result<SyncStats, StoreError> {
-        sqlx::query(include_str!("../queries/advance_cursor.sql"))
+        let moved = sqlx::query(include_str!("../queries/advance_cursor.sql"))
             .bind(self.connection.0)
             .bind(next_cursor)
+            .bind(self.started_from.as_deref())
             .execute(&mut *self.tx)
-            .await?;
+            .await?
+            .rows_affected();
+        if moved != 1 {
+            return Err(StoreError::Conflict(
+                "another sync of this connection committed first".into(),
+            ));
+        }
         let mut outcome = outcome.clone();
         if let serde_json::Value::Object(map) = &mut outcome.context {
             map.insert(

@@ -19,6 +19,7 @@ pub struct Metrics {
     pub provider_requests: IntCounterVec,
     pub provider_request_seconds: HistogramVec,
     pub transactions_ingested: IntCounterVec,
+    pub token_refreshes: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
     pub build_info: IntGaugeVec,
@@ -103,6 +104,14 @@ impl Metrics {
                 "dashtam_transactions_ingested_total",
                 "Transactions received from providers and committed, by provider.",
                 &["provider"],
+            ),
+            token_refreshes: counter(
+                &r,
+                "dashtam_token_refreshes_total",
+                "Token refresh decisions by provider and outcome (refreshed, \
+                 skipped: someone else already had, failed: will retry, \
+                 reauth_required: the refresh token is dead).",
+                &["provider", "outcome"],
             ),
             http_requests: counter(
                 &r,

@@ -2,8 +2,37 @@
 //!
 //! Architecture invariant: handlers reach the database only through `store`
 //! (domain tables) and the `JobContext` (their own job row), and providers
-//! only through the domain ports.
+//! only through the domain ports. Token refreshes go through
+//! [`TokenKeeper`] and nowhere else.
 
+mod failure;
 mod sync;
+mod tokens;
 
 pub use sync::{SyncHandler, SyncSettings};
+pub use tokens::{RefreshHandler, TokenKeeper, TokenSettings};
+
+use dashtam_domain::ConnectionId;
+use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
+use dashtam_queue::JobContext;
+
+/// An audit record about `connection`, written by the job in `ctx`.
+fn audit_entry(
+    action: AuditAction,
+    phase: AuditPhase,
+    outcome: AuditOutcome,
+    connection: ConnectionId,
+    ctx: &JobContext,
+) -> AuditEntry {
+    AuditEntry {
+        action,
+        phase,
+        outcome,
+        actor: "system:worker".into(),
+        resource_type: "connection",
+        resource_id: connection.to_string(),
+        correlation_id: Some(ctx.id.to_string()),
+        reason: None,
+        context: serde_json::json!({ "job_id": ctx.id, "attempt": ctx.attempt, "job_kind": ctx.kind }),
+    }
+}

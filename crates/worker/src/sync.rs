@@ -4,16 +4,26 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use dashtam_domain::ConnectionId;
-use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
+use dashtam_domain::audit::{AuditAction, AuditOutcome, AuditPhase};
 use dashtam_domain::jobs::SyncJob;
 use dashtam_domain::model::{ConnectionStatus, SyncBatch};
-use dashtam_domain::ports::ProviderError;
-use dashtam_providers::Providers;
+use dashtam_domain::ports::{
+    ProviderCredentials, ProviderError, TransactionSyncSource, WindowSyncSource,
+};
+use dashtam_providers::{Providers, Source};
 use dashtam_queue::{Handler, JobContext, JobError};
-use dashtam_store::{Store, StoreError};
+use dashtam_store::Store;
+use dashtam_store::connections::SyncState;
+use dashtam_store::sync::SyncTx;
 use dashtam_telemetry::metrics::METRICS;
+use secrecy::SecretString;
 use tracing::{info, warn};
+
+use crate::audit_entry as entry;
+use crate::failure::Failure;
+use crate::tokens::TokenKeeper;
 
 #[derive(Clone, Debug)]
 pub struct SyncSettings {
@@ -25,75 +35,33 @@ pub struct SyncSettings {
     /// How often one attempt restarts after the provider reports a mutation
     /// during pagination before it gives up and retries later.
     pub max_restarts: u32,
+    /// Window-style providers: how far before the last synced window's end
+    /// the next window starts (late-arriving and changed activity).
+    pub window_overlap: Duration,
+    /// Window-style providers: how far back the first sync reaches.
+    pub initial_history: Duration,
 }
 
 pub struct SyncHandler {
     store: Store,
     providers: Providers,
+    tokens: TokenKeeper,
     settings: SyncSettings,
 }
 
 impl SyncHandler {
-    pub fn new(store: Store, providers: Providers, settings: SyncSettings) -> Self {
+    pub fn new(
+        store: Store,
+        providers: Providers,
+        tokens: TokenKeeper,
+        settings: SyncSettings,
+    ) -> Self {
         Self {
             store,
             providers,
+            tokens,
             settings,
         }
-    }
-}
-
-/// Why an attempt failed: what to tell the queue and the audit trail.
-struct Failure {
-    error: JobError,
-    reason: String,
-}
-
-impl From<StoreError> for Failure {
-    fn from(e: StoreError) -> Self {
-        let reason = e.to_string();
-        let error = match e {
-            StoreError::Db(_) | StoreError::Conflict(_) => JobError::retry(reason.clone()),
-            StoreError::Crypto(_) | StoreError::Corrupt(_) => JobError::permanent(reason.clone()),
-        };
-        Failure { error, reason }
-    }
-}
-
-fn provider_failure(e: ProviderError) -> Failure {
-    let reason = e.to_string();
-    let error = match e {
-        ProviderError::Transient(_) | ProviderError::MutationDuringPagination => {
-            JobError::retry(reason.clone())
-        }
-        ProviderError::RateLimited { retry_after } => JobError::Retry {
-            message: reason.clone(),
-            after: Some(retry_after.unwrap_or(Duration::from_secs(30))),
-        },
-        ProviderError::Unauthorized(_) | ProviderError::Permanent(_) => {
-            JobError::permanent(reason.clone())
-        }
-    };
-    Failure { error, reason }
-}
-
-fn entry(
-    action: AuditAction,
-    phase: AuditPhase,
-    outcome: AuditOutcome,
-    connection: ConnectionId,
-    ctx: &JobContext,
-) -> AuditEntry {
-    AuditEntry {
-        action,
-        phase,
-        outcome,
-        actor: "system:worker".into(),
-        resource_type: "connection",
-        resource_id: connection.to_string(),
-        correlation_id: Some(ctx.id.to_string()),
-        reason: None,
-        context: serde_json::json!({ "job_id": ctx.id, "attempt": ctx.attempt }),
     }
 }
 
@@ -135,103 +103,47 @@ impl Handler for SyncHandler {
     }
 }
 
+/// Where a pass stands: the open transaction, rows not yet written, and
+/// counters for progress.
+struct Pass {
+    tx: SyncTx,
+    batch: SyncBatch,
+    pages: u64,
+    restarts: u32,
+}
+
 impl SyncHandler {
     async fn sync(&self, ctx: &JobContext, connection: ConnectionId) -> Result<(), Failure> {
         let state = self
             .store
             .sync_state(connection)
             .await?
-            .ok_or_else(|| Failure {
-                error: JobError::permanent("the connection no longer exists"),
-                reason: "the connection no longer exists".into(),
-            })?;
+            .ok_or_else(|| Failure::permanent("the connection no longer exists"))?;
         if !state.status.can_sync() {
-            let reason = format!("the connection is {}, not active", state.status.as_str());
-            return Err(Failure {
-                error: JobError::permanent(reason.clone()),
-                reason,
-            });
+            return Err(Failure::permanent(format!(
+                "the connection is {}, not active",
+                state.status.as_str()
+            )));
         }
-        let source = self.providers.sync_source(state.provider).ok_or_else(|| {
-            let reason = format!("provider {} is not configured", state.provider.as_str());
-            Failure {
-                error: JobError::permanent(reason.clone()),
-                reason,
-            }
+        let source = self.providers.source(state.provider).ok_or_else(|| {
+            Failure::permanent(format!(
+                "provider {} is not configured",
+                state.provider.as_str()
+            ))
         })?;
-
-        let started_from = state.cursor.as_deref();
         let started = std::time::Instant::now();
-        let mut restarts = 0;
-        let (tx, batch, pages) = 'restart: loop {
-            // Everything this pass writes lives in one transaction; a restart
-            // or a failure drops it, which rolls it all back.
-            let mut tx = self.store.begin_sync(connection, started_from).await?;
-            let mut batch = SyncBatch::default();
-            let mut cursor = started_from.map(str::to_owned);
-            let mut pages = 0u64;
-            loop {
-                let page = match source
-                    .sync_page(
-                        &state.credentials,
-                        cursor.as_deref(),
-                        self.settings.page_size,
-                    )
-                    .await
-                {
-                    Ok(p) => p,
-                    Err(ProviderError::MutationDuringPagination)
-                        if restarts < self.settings.max_restarts =>
-                    {
-                        restarts += 1;
-                        info!(
-                            restarts,
-                            "provider data changed during pagination; restarting"
-                        );
-                        continue 'restart;
-                    }
-                    Err(e @ ProviderError::Unauthorized(_)) => {
-                        drop(tx);
-                        self.store
-                            .set_connection_status(connection, ConnectionStatus::ReauthRequired)
-                            .await?;
-                        return Err(provider_failure(e));
-                    }
-                    Err(e) => return Err(provider_failure(e)),
-                };
-                pages += 1;
-                let has_more = page.has_more;
-                cursor = Some(page.next_cursor.clone());
-                batch.absorb(page);
-                if batch.pending_rows() >= self.settings.write_batch || !has_more {
-                    tx.write(&mut batch).await?;
-                }
-                let stats = tx.stats();
-                let progress = serde_json::json!({
-                    "pages": pages,
-                    "transactions": stats.received as usize + batch.upserts.len(),
-                    "removed": stats.removed as usize + batch.removed.len(),
-                    "restarts": restarts,
-                });
-                match ctx.set_progress(&progress).await {
-                    // Stop at this page boundary; dropping the transaction
-                    // discards everything written so far.
-                    Ok(true) => {
-                        drop(tx);
-                        return Err(Failure {
-                            error: JobError::Cancelled,
-                            reason: "cancelled on request".into(),
-                        });
-                    }
-                    Ok(false) => {}
-                    Err(e) => warn!(error = %e, "could not record progress"),
-                }
-                if !has_more {
-                    break 'restart (tx, batch, pages);
-                }
-            }
+        let provider = state.provider.as_str();
+        let pass = match source {
+            Source::Cursor(source) => self.cursor_pass(ctx, connection, &state, &*source).await?,
+            Source::Window(source) => self.window_pass(ctx, connection, state, &*source).await?,
         };
 
+        let Pass {
+            tx,
+            batch,
+            pages,
+            restarts,
+        } = pass;
         let outcome = entry(
             AuditAction::SyncSucceeded,
             AuditPhase::Outcome,
@@ -242,7 +154,7 @@ impl SyncHandler {
         let stats = tx.commit(batch.next_cursor.as_deref(), &outcome).await?;
         METRICS
             .transactions_ingested
-            .with_label_values(&[state.provider.as_str()])
+            .with_label_values(&[provider])
             .inc_by(stats.received);
         let progress = serde_json::json!({
             "pages": pages,
@@ -265,5 +177,212 @@ impl SyncHandler {
             "sync committed"
         );
         Ok(())
+    }
+
+    /// Records progress after a page; stops (dropping everything
+    /// uncommitted) if cancellation was requested.
+    async fn page_done(&self, ctx: &JobContext, pass: &Pass) -> Result<(), Failure> {
+        let stats = pass.tx.stats();
+        let progress = serde_json::json!({
+            "pages": pass.pages,
+            "transactions": stats.received as usize + pass.batch.upserts.len(),
+            "removed": stats.removed as usize + pass.batch.removed.len(),
+            "restarts": pass.restarts,
+        });
+        match ctx.set_progress(&progress).await {
+            Ok(true) => Err(Failure {
+                error: JobError::Cancelled,
+                reason: "cancelled on request".into(),
+            }),
+            Ok(false) => Ok(()),
+            Err(e) => {
+                warn!(error = %e, "could not record progress");
+                Ok(())
+            }
+        }
+    }
+
+    /// Cursor style: page until `has_more` is false, restarting from the
+    /// starting cursor when the provider reports a mutation.
+    async fn cursor_pass(
+        &self,
+        ctx: &JobContext,
+        connection: ConnectionId,
+        state: &SyncState,
+        source: &dyn TransactionSyncSource,
+    ) -> Result<Pass, Failure> {
+        let started_from = state.cursor.as_deref();
+        let mut restarts = 0;
+        'restart: loop {
+            // Everything this pass writes lives in one transaction; a restart
+            // or a failure drops it, which rolls it all back.
+            let mut pass = Pass {
+                tx: self.store.begin_sync(connection, started_from).await?,
+                batch: SyncBatch::default(),
+                pages: 0,
+                restarts,
+            };
+            let mut cursor = started_from.map(str::to_owned);
+            loop {
+                let page = match source
+                    .sync_page(
+                        &state.credentials,
+                        cursor.as_deref(),
+                        self.settings.page_size,
+                    )
+                    .await
+                {
+                    Ok(p) => p,
+                    Err(ProviderError::MutationDuringPagination)
+                        if restarts < self.settings.max_restarts =>
+                    {
+                        restarts += 1;
+                        info!(
+                            restarts,
+                            "provider data changed during pagination; restarting"
+                        );
+                        continue 'restart;
+                    }
+                    Err(e @ ProviderError::Unauthorized(_)) => {
+                        drop(pass);
+                        self.store
+                            .set_connection_status(connection, ConnectionStatus::ReauthRequired)
+                            .await?;
+                        return Err(e.into());
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                pass.pages += 1;
+                let has_more = page.has_more;
+                cursor = Some(page.next_cursor.clone());
+                pass.batch.absorb(page);
+                if pass.batch.pending_rows() >= self.settings.write_batch || !has_more {
+                    pass.tx.write(&mut pass.batch).await?;
+                }
+                self.page_done(ctx, &pass).await?;
+                if !has_more {
+                    return Ok(pass);
+                }
+            }
+        }
+    }
+
+    /// Window style: every account's activity from the last synced window's
+    /// end (less an overlap) to now, in windows the provider accepts. The
+    /// new cursor is the window's end; duplicates from the overlap are
+    /// upserts of the same `activityId`.
+    async fn window_pass(
+        &self,
+        ctx: &JobContext,
+        connection: ConnectionId,
+        state: SyncState,
+        source: &dyn WindowSyncSource,
+    ) -> Result<Pass, Failure> {
+        let mut token = Tokens {
+            keeper: &self.tokens,
+            ctx,
+            connection,
+            credentials: state.credentials,
+            version: state.credentials_version,
+        };
+        let margin = chrono::Duration::from_std(self.tokens.expiry_margin()).unwrap_or_default();
+        if state
+            .access_token_expires_at
+            .is_some_and(|at| at - Utc::now() < margin)
+        {
+            token.refresh().await?;
+        }
+        let end = Utc::now();
+        let overlap = chrono::Duration::from_std(self.settings.window_overlap).unwrap_or_default();
+        let first =
+            end - chrono::Duration::from_std(self.settings.initial_history).unwrap_or_default();
+        let start = match state.cursor.as_deref() {
+            Some(c) => {
+                DateTime::parse_from_rfc3339(c)
+                    .map_err(|_| {
+                        Failure::permanent(format!("stored window cursor {c:?} is not a time"))
+                    })?
+                    .with_timezone(&Utc)
+                    - overlap
+            }
+            None => first,
+        }
+        .max(first);
+
+        let accounts = token
+            .call(|t| async move { source.accounts(&t).await })
+            .await?;
+        let mut pass = Pass {
+            tx: self
+                .store
+                .begin_sync(connection, state.cursor.as_deref())
+                .await?,
+            batch: SyncBatch {
+                accounts: accounts.clone(),
+                ..SyncBatch::default()
+            },
+            pages: 0,
+            restarts: 0,
+        };
+        for account in &accounts {
+            let mut from = start;
+            while from < end {
+                let to = (from + source.max_window() - chrono::Duration::seconds(1)).min(end);
+                let id = account.provider_account_id.as_str();
+                let rows = token
+                    .call(|t| async move { source.transactions(&t, id, from, to).await })
+                    .await?;
+                pass.pages += 1;
+                pass.batch.upserts.extend(rows);
+                if pass.batch.pending_rows() >= self.settings.write_batch {
+                    pass.tx.write(&mut pass.batch).await?;
+                }
+                self.page_done(ctx, &pass).await?;
+                from = to + chrono::Duration::milliseconds(1);
+            }
+        }
+        pass.batch.next_cursor = Some(end.to_rfc3339());
+        pass.tx.write(&mut pass.batch).await?;
+        Ok(pass)
+    }
+}
+
+/// The access token a window-style sync uses, refreshed through the
+/// single-flight path when it expires mid-run.
+struct Tokens<'a> {
+    keeper: &'a TokenKeeper,
+    ctx: &'a JobContext,
+    connection: ConnectionId,
+    credentials: ProviderCredentials,
+    version: i64,
+}
+
+impl Tokens<'_> {
+    async fn refresh(&mut self) -> Result<(), Failure> {
+        let fresh = self
+            .keeper
+            .fresh(self.ctx, self.connection, Some(self.version))
+            .await?;
+        self.credentials = fresh.credentials;
+        self.version = fresh.version;
+        Ok(())
+    }
+
+    /// Runs `f` with the access token; on a 401 refreshes once and retries.
+    async fn call<T, F, Fut>(&mut self, f: F) -> Result<T, Failure>
+    where
+        F: Fn(SecretString) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
+        match f(self.credentials.access_token.clone()).await {
+            Err(ProviderError::AccessTokenExpired) => {
+                info!("access token expired mid-sync; refreshing");
+                self.refresh().await?;
+                f(self.credentials.access_token.clone())
+                    .await
+                    .map_err(Failure::from)
+            }
+            other => other.map_err(Failure::from),
+        }
     }
 }

@@ -5,10 +5,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::Utc;
 use dashtam_domain::ConnectionId;
+use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
 use dashtam_domain::jobs::{KIND_SYNC, QUEUE_SYNC, SyncJob};
 use dashtam_domain::model::{ConnectionStatus, ProviderKind};
-use dashtam_domain::ports::ProviderError;
+use dashtam_domain::ports::{ProviderCredentials, ProviderError};
+use dashtam_providers::Source;
 use dashtam_queue::{Enqueued, NewJob};
 use dashtam_store::connections::{Connection, NewConnection};
 use serde::{Deserialize, Serialize};
@@ -22,7 +25,7 @@ use crate::{AppState, RequestId};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/connections", post(create).get(list))
-        .route("/connections/{connection_id}", get(show))
+        .route("/connections/{connection_id}", get(show).delete(remove))
         .route("/connections/{connection_id}/syncs", post(enqueue_sync))
 }
 
@@ -30,8 +33,61 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 struct CreateConnection {
     provider: ProviderKind,
-    /// The one-time token from the provider's link flow.
-    public_token: String,
+    /// Cursor-style providers (Plaid): the one-time token from the link flow.
+    #[serde(default)]
+    public_token: Option<String>,
+    /// OAuth providers (Schwab): the code the consent step redirected with.
+    #[serde(default)]
+    authorization_code: Option<String>,
+}
+
+/// The one field `provider` needs, present, sane, and alone.
+fn credential_field<'a>(
+    needed: (&'static str, &'a Option<String>),
+    other: (&'static str, &Option<String>),
+    provider: ProviderKind,
+) -> Result<&'a str, ApiError> {
+    if other.1.is_some() {
+        return Err(ApiError::invalid_field(
+            other.0,
+            format!(
+                "is not used by provider {}; send {}",
+                provider.as_str(),
+                needed.0
+            ),
+        ));
+    }
+    match needed.1.as_deref() {
+        Some(v) if !v.trim().is_empty() && v.len() <= 512 => Ok(v),
+        Some(_) => Err(ApiError::invalid_field(
+            needed.0,
+            "must be 1 to 512 characters",
+        )),
+        None => Err(ApiError::invalid_field(
+            needed.0,
+            format!("is required for provider {}", provider.as_str()),
+        )),
+    }
+}
+
+fn exchange_failed(e: ProviderError, what: &str) -> ApiError {
+    match e {
+        ProviderError::Permanent(_)
+        | ProviderError::Unauthorized(_)
+        | ProviderError::AccessTokenExpired => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "provider-refused",
+            "The provider refused the token",
+            format!("the provider did not accept this {what} (expired, already used or invalid)"),
+        ),
+        ProviderError::RateLimited { retry_after } => ApiError::unavailable(
+            "the provider is rate limiting us; try again later",
+            Some(retry_after.map_or(30, |d| d.as_secs())),
+        ),
+        ProviderError::Transient(_) | ProviderError::MutationDuringPagination => {
+            ApiError::unavailable("the provider is unavailable; try again later", Some(30))
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -52,44 +108,49 @@ async fn create(
     axum::Extension(request_id): axum::Extension<RequestId>,
     ApiJson(body): ApiJson<CreateConnection>,
 ) -> Result<Response, ApiError> {
-    if body.public_token.trim().is_empty() || body.public_token.len() > 512 {
-        return Err(ApiError::invalid_field(
-            "public_token",
-            "must be 1 to 512 characters",
-        ));
-    }
-    let source = state.providers.sync_source(body.provider).ok_or_else(|| {
+    let source = state.providers.source(body.provider).ok_or_else(|| {
         ApiError::invalid_field(
             "provider",
             format!("{} is not configured", body.provider.as_str()),
         )
     })?;
-    let credentials = source
-        .exchange_public_token(&body.public_token)
-        .await
-        .map_err(|e| match e {
-            ProviderError::Permanent(_) | ProviderError::Unauthorized(_) => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "provider-refused",
-                "The provider refused the token",
-                "the provider did not accept this public_token (expired, already used or invalid)",
-            ),
-            ProviderError::RateLimited { retry_after } => ApiError::unavailable(
-                "the provider is rate limiting us; try again later",
-                Some(retry_after.map_or(30, |d| d.as_secs())),
-            ),
-            ProviderError::Transient(_) | ProviderError::MutationDuringPagination => {
-                ApiError::unavailable("the provider is unavailable; try again later", Some(30))
-            }
-        })?;
+    let public = ("public_token", &body.public_token);
+    let code = ("authorization_code", &body.authorization_code);
+    let (credentials, access_expires, refresh_expires) = match source {
+        Source::Cursor(source) => {
+            let token = credential_field(public, code, body.provider)?;
+            let credentials = source
+                .exchange_public_token(token)
+                .await
+                .map_err(|e| exchange_failed(e, "public_token"))?;
+            (credentials, None, None)
+        }
+        Source::Window(source) => {
+            let code = credential_field(code, public, body.provider)?;
+            let grant = source
+                .exchange_code(code)
+                .await
+                .map_err(|e| exchange_failed(e, "authorization_code"))?;
+            let now = Utc::now();
+            let lifetime = |d| chrono::Duration::from_std(d).unwrap_or_default();
+            (
+                ProviderCredentials {
+                    access_token: grant.access_token,
+                    refresh_token: grant.refresh_token,
+                },
+                Some(now + lifetime(grant.access_expires_in)),
+                Some(now + lifetime(source.refresh_token_lifetime())),
+            )
+        }
+    };
     let conn = state
         .store
         .create_connection(NewConnection {
             user: &caller.user,
             provider: body.provider,
             credentials: &credentials,
-            access_token_expires_at: None,
-            refresh_token_expires_at: None,
+            access_token_expires_at: access_expires,
+            refresh_token_expires_at: refresh_expires,
             correlation_id: Some(request_id.0),
         })
         .await?;
@@ -121,6 +182,51 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Connection>, ApiError> {
     Ok(Json(owned(&state, &caller, &id).await?))
+}
+
+/// Revokes the connection's tokens at the provider and wipes them here;
+/// the connection stays (as `revoked`) with its history. Deleting again is
+/// a no-op.
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::Extension(request_id): axum::Extension<RequestId>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let conn = owned(&state, &caller, &id).await?;
+    let id = ConnectionId(conn.id);
+    let lease = state
+        .store
+        .lock_credentials(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("connection {id} not found")))?;
+    let Some(credentials) = lease.credentials.as_ref() else {
+        return Ok(StatusCode::NO_CONTENT);
+    };
+    let provider_revoked = match state.providers.source(lease.provider) {
+        Some(source) => match source.revoke(credentials).await {
+            Ok(()) => true,
+            Err(e) => {
+                // Our copy goes regardless: what we no longer hold cannot leak.
+                tracing::warn!(error = %e, connection_id = %id, "the provider did not confirm the revocation");
+                false
+            }
+        },
+        None => false,
+    };
+    let outcome = AuditEntry {
+        action: AuditAction::ConnectionRevoked,
+        phase: AuditPhase::Outcome,
+        outcome: AuditOutcome::Succeeded,
+        actor: format!("user:{}", caller.user),
+        resource_type: "connection",
+        resource_id: id.to_string(),
+        correlation_id: Some(request_id.0),
+        reason: None,
+        context: serde_json::json!({ "provider_revoked": provider_revoked }),
+    };
+    lease.wipe(&outcome).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// 202 with a new job, or 200 with the sync already pending for this

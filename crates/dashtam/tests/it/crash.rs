@@ -21,7 +21,7 @@ use crate::cli::url_of;
 
 const MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
-struct Worker(Child);
+pub struct Worker(Child);
 
 impl Drop for Worker {
     fn drop(&mut self) {
@@ -34,7 +34,12 @@ fn spawn_worker(url: &str, sandbox: &str, key: &SecretString) -> Worker {
     spawn_worker_with(url, sandbox, key, &[])
 }
 
-fn spawn_worker_with(url: &str, sandbox: &str, key: &SecretString, env: &[(&str, &str)]) -> Worker {
+pub fn spawn_worker_with(
+    url: &str,
+    sandbox: &str,
+    key: &SecretString,
+    env: &[(&str, &str)],
+) -> Worker {
     let child = Command::new(env!("CARGO_BIN_EXE_dashtam"))
         .envs(env.iter().copied())
         .args(["serve", "--role", "worker", "--database-url", url])

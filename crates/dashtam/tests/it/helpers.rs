@@ -1,10 +1,9 @@
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashtam::app::{self, Daemon, Role, Running};
+use dashtam::app::{Daemon, Role, Running};
 use dashtam::config::Config;
+use dashtam::secrets::Secrets;
 use dashtam_sandbox::{Sandbox, SandboxConfig};
-use dashtam_store::Cipher;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -20,6 +19,44 @@ pub struct TestApp {
     config: Config,
     shutdown: CancellationToken,
     running: Option<Running>,
+}
+
+/// Goes through the sandbox's OAuth consent step (no redirects followed)
+/// and returns the code from the `Location` it answers with.
+pub async fn authorization_code(
+    sandbox_url: &str,
+    redirect_uri: &str,
+    accounts: u32,
+    per_account: u32,
+) -> String {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = client
+        .get(format!("{sandbox_url}/v1/oauth/authorize"))
+        .query(&[
+            ("client_id", "dashtam-sandbox-client"),
+            ("redirect_uri", redirect_uri),
+            ("response_type", "code"),
+            ("state", "xyz"),
+            ("accounts", &accounts.to_string()),
+            ("transactions_per_account", &per_account.to_string()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let location = resp.headers()["location"].to_str().unwrap();
+    let url = reqwest::Url::parse(location).unwrap();
+    assert!(location.starts_with(redirect_uri), "{location}");
+    let code = url
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    assert!(url.query_pairs().any(|(k, v)| k == "state" && v == "xyz"));
+    code
 }
 
 pub fn test_config() -> Config {
@@ -55,14 +92,12 @@ pub async fn spawn_app_with(pool: PgPool, roles: &[Role], mut config: Config) ->
     config.providers.plaid.base_url = sandbox_url.clone();
     config.providers.plaid.client_id = sc.client_id.clone();
     config.providers.plaid.secret = sc.secret.clone().into();
-    let jwt_secret = Cipher::generate_key().unwrap();
-    let daemon = Daemon {
-        providers: app::providers(&config).unwrap(),
-        cipher: Arc::new(Cipher::ephemeral().unwrap()),
-        jwt_secret: Some(jwt_secret.clone()),
-        pool: pool.clone(),
-        config: config.clone(),
-    };
+    config.providers.schwab.base_url = sandbox_url.clone();
+    config.providers.schwab.app_key = sc.client_id.clone();
+    config.providers.schwab.secret = sc.secret.clone().into();
+    let secrets = Secrets::ephemeral(&config).unwrap();
+    let jwt_secret = secrets.jwt.clone().unwrap().current();
+    let daemon = Daemon::new(config.clone(), pool.clone(), &secrets).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let running = daemon
         .start(roles, Some(listener), shutdown.clone())
@@ -179,6 +214,54 @@ impl TestApp {
         assert_eq!(location, format!("/api/v1/connections/{id}"));
         assert_eq!(body["status"], "active");
         id
+    }
+
+    /// The OAuth consent step at the sandbox: returns the authorization code
+    /// it redirects back with.
+    pub async fn authorization_code(&self, accounts: u32, per_account: u32) -> String {
+        authorization_code(
+            &self.sandbox_url,
+            &self.config.providers.schwab.redirect_uri,
+            accounts,
+            per_account,
+        )
+        .await
+    }
+
+    /// Connects `user` to a new Schwab-style grant; returns the connection
+    /// id and the sandbox's grant id.
+    pub async fn connect_schwab(
+        &self,
+        user: &str,
+        accounts: u32,
+        per_account: u32,
+    ) -> (String, u64) {
+        let code = self.authorization_code(accounts, per_account).await;
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/connections", self.api))
+            .bearer_auth(self.token(user))
+            .json(&json!({ "provider": "schwab", "authorization_code": code }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["provider"], "schwab");
+        let grant = self.sandbox.oauth_grants().last().unwrap().id;
+        (body["id"].as_str().unwrap().to_owned(), grant)
+    }
+
+    /// A sandbox control call (`POST /sandbox/dashtam/...`).
+    pub async fn control(&self, path: &str, body: Value) {
+        let resp = self
+            .http
+            .post(format!("{}/sandbox/dashtam/{path}", self.sandbox_url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
     }
 
     pub async fn enqueue_sync(&self, user: &str, connection: &str) -> reqwest::Response {

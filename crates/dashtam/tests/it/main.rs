@@ -9,3 +9,4 @@ mod helpers;
 mod metrics;
 mod operations;
 mod sync;
+mod tokens;

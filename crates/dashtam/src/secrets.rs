@@ -1,0 +1,142 @@
+//! Which secrets the daemon needs and where they come from (the
+//! `[secrets]` section): signing key, encryption keys, provider secrets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use dashtam_domain::ports::{LiveSecret, SecretSource};
+use dashtam_secrets::{AwsSource, EnvSource, SecretCache};
+use dashtam_store::Cipher;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SecretSourceKind};
+
+/// The process's secrets, live where a rotation can take effect without a
+/// restart (signing secret, provider secrets). Encryption keys are read at
+/// start-up: a new key is rolled out by restarting, then `dashtam keys
+/// rotate` (docs/operations.md).
+pub struct Secrets {
+    pub jwt: Option<LiveSecret>,
+    pub cipher: Arc<Cipher>,
+    pub plaid: LiveSecret,
+    pub schwab: LiveSecret,
+    cache: Option<Arc<SecretCache>>,
+}
+
+/// The encryption-keys secret of the `env` and `aws` sources.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Keyring {
+    active: String,
+    keys: HashMap<String, SecretString>,
+}
+
+impl Secrets {
+    /// From the configuration's own values (`secrets.source = "config"`).
+    pub fn from_config(config: &Config, need_jwt: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            jwt: need_jwt
+                .then(|| config.jwt_secret().map(LiveSecret::new))
+                .transpose()?,
+            cipher: Arc::new(config.cipher()?),
+            plaid: LiveSecret::new(config.providers.plaid.secret.clone()),
+            schwab: LiveSecret::new(config.providers.schwab.secret.clone()),
+            cache: None,
+        })
+    }
+
+    /// A random signing secret and encryption key, provider secrets from the
+    /// configuration: for the demo, benchmarks and tests.
+    pub fn ephemeral(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            jwt: Some(LiveSecret::new(Cipher::generate_key()?)),
+            cipher: Arc::new(Cipher::ephemeral()?),
+            plaid: LiveSecret::new(config.providers.plaid.secret.clone()),
+            schwab: LiveSecret::new(config.providers.schwab.secret.clone()),
+            cache: None,
+        })
+    }
+
+    /// From the configured source; a missing secret is an error naming it.
+    pub async fn load(config: &Config, need_jwt: bool) -> anyhow::Result<Self> {
+        let s = &config.secrets;
+        let source: Arc<dyn SecretSource> = match s.source {
+            SecretSourceKind::Config => return Self::from_config(config, need_jwt),
+            SecretSourceKind::Env => Arc::new(
+                EnvSource::new(Some(&s.dotenv))
+                    .with_context(|| format!("reading {}", s.dotenv.display()))?,
+            ),
+            SecretSourceKind::Aws => Arc::new(
+                AwsSource::new(
+                    &s.aws.region,
+                    Some(s.aws.endpoint_url.as_str()).filter(|u| !u.is_empty()),
+                )
+                .await,
+            ),
+        };
+        Self::from_source(config, source, need_jwt).await
+    }
+
+    pub async fn from_source(
+        config: &Config,
+        source: Arc<dyn SecretSource>,
+        need_jwt: bool,
+    ) -> anyhow::Result<Self> {
+        let ids = &config.secrets.ids;
+        let mut wanted = vec![
+            ids.encryption_keys.as_str(),
+            ids.plaid_secret.as_str(),
+            ids.schwab_secret.as_str(),
+        ];
+        if need_jwt {
+            wanted.push(ids.jwt_secret.as_str());
+        }
+        let cache = SecretCache::load(
+            source,
+            Duration::from_secs(config.secrets.ttl_secs.max(1)),
+            &wanted,
+        )
+        .await
+        .context("cannot read the secrets the daemon needs")?;
+        let get = |id: &str| cache.get(id).context("secret missing from the cache");
+        let keyring: Keyring = serde_json::from_str(
+            get(&ids.encryption_keys)?.current().expose_secret(),
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "secret {:?} must be JSON {{\"active\": id, \"keys\": {{id: base64}}}}: {e}",
+                ids.encryption_keys
+            )
+        })?;
+        let cipher = Cipher::new(&keyring.active, &keyring.keys)
+            .with_context(|| format!("secret {:?}", ids.encryption_keys))?;
+        let jwt = if need_jwt {
+            let jwt = get(&ids.jwt_secret)?;
+            if jwt.current().expose_secret().len() < 32 {
+                bail!("secret {:?} must be at least 32 characters", ids.jwt_secret);
+            }
+            Some(jwt)
+        } else {
+            None
+        };
+        Ok(Self {
+            jwt,
+            cipher: Arc::new(cipher),
+            plaid: get(&ids.plaid_secret)?,
+            schwab: get(&ids.schwab_secret)?,
+            cache: Some(Arc::new(cache)),
+        })
+    }
+
+    /// Re-reads the secrets every TTL until `cancel` fires (no-op for the
+    /// `config` source).
+    pub fn spawn_refresher(&self, cancel: CancellationToken) {
+        if let Some(cache) = &self.cache {
+            cache.clone().spawn_refresher(cancel);
+        }
+    }
+}

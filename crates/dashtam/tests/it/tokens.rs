@@ -1,0 +1,390 @@
+//! The token lifecycle against the OAuth (Schwab-style) sandbox: connect,
+//! sync by date window, expiry, single-flight refresh, rotation, dead
+//! refresh tokens, revocation, key rotation, and secrets that never leak.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use dashtam_domain::jobs::{KIND_TOKEN_REFRESH, QUEUE_TOKEN_REFRESH, TokenRefreshJob};
+use dashtam_domain::model::ProviderKind;
+use dashtam_domain::ports::{LiveSecret, ProviderCredentials, WindowSyncSource};
+use dashtam_domain::{ConnectionId, UserId};
+use dashtam_providers::{SchwabClient, SchwabConfig};
+use dashtam_queue::{NewJob, Queue};
+use dashtam_sandbox::{Faults, OAuthSettings, Rotation, Sandbox, SandboxConfig};
+use dashtam_store::connections::NewConnection;
+use dashtam_store::{Cipher, Store};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::url_of;
+use crate::crash::spawn_worker_with;
+use crate::helpers::{TestApp, authorization_code, spawn_app, test_config};
+
+async fn connection(app: &TestApp, user: &str, id: &str) -> Value {
+    app.get(user, &format!("/api/v1/connections/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+fn time(v: &Value) -> DateTime<Utc> {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+async fn transactions(app: &TestApp, connection: &str) -> i64 {
+    app.count(&format!(
+        "SELECT count(*) FROM transactions t JOIN accounts a ON a.id = t.account_id \
+         WHERE a.connection_id = '{connection}'"
+    ))
+    .await
+}
+
+async fn audits(app: &TestApp, action: &str) -> i64 {
+    app.count(&format!(
+        "SELECT count(*) FROM audit_records WHERE action = '{action}'"
+    ))
+    .await
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn an_oauth_connection_syncs_refreshes_when_its_token_expires_and_syncs_again(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let before = Utc::now();
+    let (id, grant) = app.connect_schwab("alice", 2, 40).await;
+    let conn = connection(&app, "alice", &id).await;
+    assert_eq!(conn["status"], "active");
+    let access = time(&conn["access_token_expires_at"]);
+    assert!(access > before + chrono::Duration::minutes(29), "{conn}");
+    let refresh = time(&conn["refresh_token_expires_at"]);
+    assert!(refresh > before + chrono::Duration::days(6), "{conn}");
+    assert!(
+        !conn.to_string().contains("R0."),
+        "no token material: {conn}"
+    );
+
+    let job = app.sync("alice", &id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(transactions(&app, &id).await, 80);
+    let accounts: Value = app
+        .get("alice", "/api/v1/accounts")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let accounts = accounts["data"].as_array().unwrap();
+    assert_eq!(accounts.len(), 2);
+    assert!(
+        accounts
+            .iter()
+            .all(|a| a["mask"].as_str().unwrap().len() == 4)
+    );
+
+    // The provider expires the access token and new activity arrives: the
+    // next sync meets a 401, refreshes once, and continues. The overlapping
+    // window re-reads old activity without duplicating it.
+    app.control(&format!("oauth/grants/{grant}/expire"), json!({}))
+        .await;
+    app.control(
+        &format!("oauth/grants/{grant}/advance"),
+        json!({ "add": 3 }),
+    )
+    .await;
+    let job = app.sync("alice", &id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(transactions(&app, &id).await, 83);
+    assert_eq!(app.sandbox.oauth_grants()[0].refresh_calls, 1);
+    let conn = connection(&app, "alice", &id).await;
+    assert!(time(&conn["access_token_expires_at"]) > access);
+    assert_eq!(
+        time(&conn["refresh_token_expires_at"]),
+        refresh,
+        "fixed from authorization"
+    );
+    assert_eq!(audits(&app, "token_refresh_attempted").await, 1);
+    assert_eq!(audits(&app, "token_refresh_succeeded").await, 1);
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn refresh_handles_same_new_and_missing_refresh_tokens(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for rotation in [Rotation::Same, Rotation::New, Rotation::None] {
+        app.sandbox.set_oauth_settings(OAuthSettings {
+            rotation,
+            ..OAuthSettings::default()
+        });
+        let (id, grant) = app.connect_schwab("bob", 1, 5).await;
+        for round in 1..=2u64 {
+            // An access token about to expire is refreshed before the sync.
+            sqlx::query(
+                "UPDATE provider_connections SET access_token_expires_at = now() WHERE id = $1::uuid",
+            )
+            .bind(&id)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+            let job = app.sync("bob", &id).await;
+            assert_eq!(
+                job["state"], "succeeded",
+                "{rotation:?} round {round}: {job}"
+            );
+            let g = app
+                .sandbox
+                .oauth_grants()
+                .into_iter()
+                .find(|g| g.id == grant)
+                .unwrap();
+            assert_eq!(g.refresh_calls, round, "{rotation:?}");
+        }
+        assert_eq!(connection(&app, "bob", &id).await["status"], "active");
+    }
+    let rotated: Vec<String> = sqlx::query_scalar(
+        "SELECT context->>'refresh_token' FROM audit_records \
+         WHERE action = 'token_refresh_succeeded' ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rotated,
+        ["same", "same", "rotated", "rotated", "kept", "kept"]
+    );
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_dead_refresh_token_requires_reauthorization_without_retries(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (id, grant) = app.connect_schwab("carol", 1, 5).await;
+    app.control(&format!("oauth/grants/{grant}/revoke"), json!({}))
+        .await;
+    sqlx::query(
+        "UPDATE provider_connections SET access_token_expires_at = now() WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let job = app.sync("carol", &id).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempt"], 1, "no retries: {job}");
+    assert_eq!(
+        connection(&app, "carol", &id).await["status"],
+        "reauth_required"
+    );
+    assert_eq!(app.sandbox.oauth_grants()[0].refresh_calls, 1);
+    assert_eq!(audits(&app, "reauth_required").await, 1);
+    // A reauth_required connection does not sync.
+    assert_eq!(app.enqueue_sync("carol", &id).await.status(), 409);
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn deleting_a_connection_revokes_and_wipes_its_tokens(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (id, grant) = app.connect_schwab("dave", 1, 5).await;
+    assert_eq!(app.sync("dave", &id).await["state"], "succeeded");
+    // Another user cannot see it, let alone delete it.
+    let other = app
+        .http
+        .delete(format!("{}/api/v1/connections/{id}", app.api))
+        .bearer_auth(app.token("eve"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+    for _ in 0..2 {
+        let resp = app
+            .http
+            .delete(format!("{}/api/v1/connections/{id}", app.api))
+            .bearer_auth(app.token("dave"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+    }
+    assert!(app.sandbox.oauth_grants()[grant as usize].revoked);
+    let conn = connection(&app, "dave", &id).await;
+    assert_eq!(conn["status"], "revoked");
+    assert!(conn["access_token_expires_at"].is_null());
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) FROM provider_connections WHERE id = '{id}' AND credentials IS NULL"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        audits(&app, "connection_revoked").await,
+        1,
+        "the second delete is a no-op"
+    );
+    assert_eq!(transactions(&app, &id).await, 5, "history stays");
+    assert_eq!(app.enqueue_sync("dave", &id).await.status(), 409);
+    app.stop().await;
+}
+
+#[sqlx::test(migrations = "../../migrations")]
+async fn connecting_checks_the_credential_field_of_each_provider(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let post = |body: Value| {
+        app.http
+            .post(format!("{}/api/v1/connections", app.api))
+            .bearer_auth(app.token("frank"))
+            .json(&body)
+            .send()
+    };
+    for (body, field) in [
+        (json!({ "provider": "schwab" }), "authorization_code"),
+        (
+            json!({ "provider": "schwab", "public_token": "x" }),
+            "public_token",
+        ),
+        (
+            json!({ "provider": "plaid", "authorization_code": "x" }),
+            "authorization_code",
+        ),
+    ] {
+        let resp = post(body.clone()).await.unwrap();
+        assert_eq!(resp.status(), 400, "{body}");
+        let problem: Value = resp.json().await.unwrap();
+        assert!(problem.to_string().contains(field), "{body}: {problem}");
+    }
+    let resp = post(json!({ "provider": "schwab", "authorization_code": "C0.unknown@" }))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    assert_eq!(
+        app.count("SELECT count(*) FROM provider_connections").await,
+        0
+    );
+    app.stop().await;
+}
+
+/// A Schwab-style connection made straight through the adapter and the
+/// store (no API), with credentials encrypted under `cipher`.
+async fn schwab_connection(pool: &PgPool, sandbox_url: &str, cipher: Arc<Cipher>) -> ConnectionId {
+    let config = test_config();
+    let client = SchwabClient::new(SchwabConfig {
+        base_url: sandbox_url.to_owned(),
+        app_key: config.providers.schwab.app_key.clone(),
+        secret: LiveSecret::new(config.providers.schwab.secret.clone()),
+        redirect_uri: config.providers.schwab.redirect_uri.clone(),
+        timeout: Duration::from_secs(10),
+        refresh_token_lifetime: Duration::from_secs(7 * 86_400),
+    })
+    .unwrap();
+    let code = authorization_code(sandbox_url, &config.providers.schwab.redirect_uri, 1, 5).await;
+    let grant = client.exchange_code(&code).await.unwrap();
+    let store = Store::new(pool.clone(), cipher);
+    let conn = store
+        .create_connection(NewConnection {
+            user: &UserId::parse("alice").unwrap(),
+            provider: ProviderKind::Schwab,
+            credentials: &ProviderCredentials {
+                access_token: grant.access_token,
+                refresh_token: grant.refresh_token,
+            },
+            access_token_expires_at: Some(Utc::now() + chrono::Duration::minutes(30)),
+            refresh_token_expires_at: Some(Utc::now() + chrono::Duration::days(7)),
+            correlation_id: None,
+        })
+        .await
+        .unwrap();
+    ConnectionId(conn.id)
+}
+
+async fn start_sandbox(config: SandboxConfig, shutdown: &CancellationToken) -> (Sandbox, String) {
+    let sandbox = Sandbox::new(config);
+    let stop = shutdown.clone();
+    let addr = sandbox
+        .clone()
+        .spawn("127.0.0.1:0".parse().unwrap(), async move {
+            stop.cancelled().await
+        })
+        .await
+        .unwrap();
+    (sandbox, format!("http://{addr}"))
+}
+
+/// 50 refresh triggers for one connection, run by two worker processes at
+/// once, with rotating refresh tokens (a second refresh with the old token
+/// would burn the grant): exactly one call reaches the provider.
+#[sqlx::test(migrations = "../../migrations")]
+async fn fifty_concurrent_refresh_triggers_in_two_daemons_make_one_provider_call(pool: PgPool) {
+    let shutdown = CancellationToken::new();
+    let (sandbox, sandbox_url) = start_sandbox(
+        SandboxConfig {
+            oauth: OAuthSettings {
+                rotation: Rotation::New,
+                ..OAuthSettings::default()
+            },
+            ..SandboxConfig::default()
+        },
+        &shutdown,
+    )
+    .await;
+    let key = Cipher::generate_key().unwrap();
+    let cipher = Arc::new(Cipher::new("k1", &[("k1".to_owned(), key.clone())].into()).unwrap());
+    let connection = schwab_connection(&pool, &sandbox_url, cipher).await;
+    // Slow provider: the refresh takes long enough for every trigger to be
+    // waiting on it.
+    sandbox.set_faults(Faults {
+        latency_ms: 300,
+        ..Faults::default()
+    });
+    let url = url_of(&pool);
+    let env = [
+        ("DASHTAM__PROVIDERS__SCHWAB__BASE_URL", sandbox_url.as_str()),
+        ("DASHTAM__WORKER__QUEUES__TOKEN_REFRESH__CONCURRENCY", "25"),
+        ("DASHTAM__WORKER__QUEUES__TOKEN_REFRESH__FETCH_BATCH", "25"),
+        ("DASHTAM__DATABASE__MAX_CONNECTIONS", "30"),
+    ];
+    let _a = spawn_worker_with(&url, &sandbox_url, &key, &env);
+    let _b = spawn_worker_with(&url, &sandbox_url, &key, &env);
+    let queue = Queue::new(pool.clone());
+    let jobs: Vec<NewJob> = (0..50)
+        .map(|_| {
+            NewJob::new(
+                QUEUE_TOKEN_REFRESH,
+                KIND_TOKEN_REFRESH,
+                serde_json::to_value(TokenRefreshJob::new(connection, Some(1))).unwrap(),
+            )
+        })
+        .collect();
+    queue.enqueue_many(&jobs).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE kind = 'token_refresh' AND state = 'succeeded'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if done == 50 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of 50 refresh jobs succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grants = sandbox.oauth_grants();
+    assert_eq!(grants[0].refresh_calls, 1, "single flight across daemons");
+    assert!(!grants[0].revoked);
+    let (version, status): (i64, String) = sqlx::query_as(
+        "SELECT credentials_version, status FROM provider_connections WHERE id = $1",
+    )
+    .bind(connection.0)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((version, status.as_str()), (2, "active"));
+    shutdown.cancel();
+}

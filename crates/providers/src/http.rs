@@ -1,0 +1,67 @@
+//! What every adapter's HTTP calls share: the client, metrics, error text.
+
+use std::time::{Duration, Instant};
+
+use dashtam_telemetry::metrics::METRICS;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(5))
+        .user_agent(concat!("dashtam-worker/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Times one request and records it in the provider metrics.
+pub(crate) struct Call {
+    provider: &'static str,
+    endpoint: &'static str,
+    started: Instant,
+}
+
+impl Call {
+    /// `endpoint` is a route template (never a URL with ids in it).
+    pub(crate) fn start(provider: &'static str, endpoint: &'static str) -> Self {
+        Self {
+            provider,
+            endpoint,
+            started: Instant::now(),
+        }
+    }
+
+    /// `status`: the HTTP status code, or `error` when none came back.
+    pub(crate) fn record(&self, status: &str) {
+        METRICS
+            .provider_requests
+            .with_label_values(&[self.provider, self.endpoint, status])
+            .inc();
+        METRICS
+            .provider_request_seconds
+            .with_label_values(&[self.provider, self.endpoint])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// `Retry-After` in seconds (the only form providers send us).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// reqwest's messages include the URL; keep them short and free of query
+/// strings (which may carry account identifiers).
+pub(crate) fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(url) = e.url() {
+        s = s.replace(url.as_str(), "");
+    }
+    if e.is_timeout() {
+        format!("timed out ({s})")
+    } else {
+        s
+    }
+}

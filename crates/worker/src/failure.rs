@@ -1,0 +1,56 @@
+//! Why an attempt failed: what to tell the queue and the audit trail.
+
+use std::time::Duration;
+
+use dashtam_domain::ports::ProviderError;
+use dashtam_queue::JobError;
+use dashtam_store::StoreError;
+
+pub(crate) struct Failure {
+    pub error: JobError,
+    pub reason: String,
+}
+
+impl Failure {
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Self {
+            error: JobError::permanent(reason.clone()),
+            reason,
+        }
+    }
+
+    pub fn will_retry(&self) -> bool {
+        matches!(self.error, JobError::Retry { .. })
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        let reason = e.to_string();
+        let error = match e {
+            StoreError::Db(_) | StoreError::Conflict(_) => JobError::retry(reason.clone()),
+            StoreError::Crypto(_) | StoreError::Corrupt(_) => JobError::permanent(reason.clone()),
+        };
+        Failure { error, reason }
+    }
+}
+
+impl From<ProviderError> for Failure {
+    fn from(e: ProviderError) -> Self {
+        let reason = e.to_string();
+        let error = match e {
+            ProviderError::Transient(_)
+            | ProviderError::MutationDuringPagination
+            | ProviderError::AccessTokenExpired => JobError::retry(reason.clone()),
+            ProviderError::RateLimited { retry_after } => JobError::Retry {
+                message: reason.clone(),
+                after: Some(retry_after.unwrap_or(Duration::from_secs(30))),
+            },
+            ProviderError::Unauthorized(_) | ProviderError::Permanent(_) => {
+                JobError::permanent(reason.clone())
+            }
+        };
+        Failure { error, reason }
+    }
+}
