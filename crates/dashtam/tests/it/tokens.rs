@@ -15,6 +15,7 @@ use dashtam_queue::{NewJob, Queue};
 use dashtam_sandbox::{Faults, OAuthSettings, Rotation, Sandbox, SandboxConfig};
 use dashtam_store::connections::NewConnection;
 use dashtam_store::{Cipher, Store};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -386,5 +387,199 @@ async fn fifty_concurrent_refresh_triggers_in_two_daemons_make_one_provider_call
     .await
     .unwrap();
     assert_eq!((version, status.as_str()), (2, "active"));
+    shutdown.cancel();
+}
+
+/// A full daemon process, every log line captured at debug level, driven
+/// through connect → sync → token expiry → refresh → sync → revoke. No
+/// token the provider issued may appear in its logs, API responses, job
+/// payloads, audit records or a dump of the database.
+#[sqlx::test(migrations = "../../migrations")]
+async fn tokens_never_leak_into_logs_responses_or_a_database_dump(pool: PgPool) {
+    let shutdown = CancellationToken::new();
+    let (sandbox, sandbox_url) = start_sandbox(SandboxConfig::default(), &shutdown).await;
+    let url = url_of(&pool);
+    let key = Cipher::generate_key().unwrap();
+    let jwt = Cipher::generate_key().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("dashtam-leak-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("daemon.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dashtam"))
+        .args(["serve", "--database-url", &url])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("RUST_LOG")
+        .env("DASHTAM__LOG__FILTER", "debug")
+        .env("DASHTAM__LOG__FORMAT", "json")
+        .env("DASHTAM__AUTH__JWT_SECRET", jwt.expose_secret())
+        .env("DASHTAM__CRYPTO__ACTIVE_KEY", "k1")
+        .env("DASHTAM__CRYPTO__KEYS__K1", key.expose_secret())
+        .env("DASHTAM__PROVIDERS__SCHWAB__BASE_URL", &sandbox_url)
+        .env("DASHTAM__PROVIDERS__PLAID__BASE_URL", &sandbox_url)
+        .env("DASHTAM__WORKER__POLL_INTERVAL_MS", "50")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let api = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{api}/readyz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "daemon did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let config = test_config();
+    let token = dashtam_api::issue_token(
+        &jwt,
+        &config.auth.issuer,
+        &config.auth.audience,
+        "alice",
+        dashtam_api::Role::Client,
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let mut seen = Vec::<String>::new();
+    let code = authorization_code(&sandbox_url, &config.providers.schwab.redirect_uri, 2, 20).await;
+    let resp = http
+        .post(format!("{api}/api/v1/connections"))
+        .bearer_auth(&token)
+        .json(&json!({ "provider": "schwab", "authorization_code": code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let conn: Value = resp.json().await.unwrap();
+    seen.push(conn.to_string());
+    let id = conn["id"].as_str().unwrap().to_owned();
+    let sync = async |seen: &mut Vec<String>| {
+        let job: Value = http
+            .post(format!("{api}/api/v1/connections/{id}/syncs"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let body = http
+                .get(format!("{api}/api/v1/jobs/{}", job["id"].as_str().unwrap()))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let j: Value = serde_json::from_str(&body).unwrap();
+            if j["state"] != "running" && j["state"] != "available" {
+                assert_eq!(j["state"], "succeeded", "{j}");
+                seen.push(body);
+                return;
+            }
+            assert!(Instant::now() < deadline, "sync did not finish: {j}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    sync(&mut seen).await;
+    let grant = sandbox.oauth_grants()[0].id;
+    http.post(format!("{sandbox_url}/sandbox/dashtam/oauth/grants/{grant}/expire"))
+        .send()
+        .await
+        .unwrap();
+    sync(&mut seen).await;
+    assert_eq!(sandbox.oauth_grants()[0].refresh_calls, 1);
+    for path in [
+        format!("/api/v1/connections/{id}"),
+        "/api/v1/connections".to_owned(),
+        "/api/v1/accounts".to_owned(),
+        "/api/v1/transactions?limit=100".to_owned(),
+    ] {
+        let resp = http
+            .get(format!("{api}{path}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{path}");
+        seen.push(resp.text().await.unwrap());
+    }
+    let dump = std::process::Command::new("pg_dump")
+        .args(["--data-only", "--inserts", &url])
+        .output()
+        .unwrap();
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
+    assert!(dump.contains("token_refresh_succeeded"), "the dump has the data");
+    let resp = http
+        .delete(format!("{api}/api/v1/connections/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().unwrap().success());
+    let logs = std::fs::read_to_string(&log).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(logs.contains("access token refreshed"), "logs were captured");
+    assert!(logs.contains("sync committed"));
+
+    let g = &sandbox.oauth_grants()[0];
+    let secrets: Vec<&String> = g.access_tokens.iter().chain(&g.refresh_tokens).collect();
+    assert_eq!(secrets.len(), 3, "two access tokens and a refresh token");
+    for secret in secrets {
+        let bare = secret.trim_end_matches('@');
+        assert!(!logs.contains(bare), "a token is in the logs");
+        assert!(!dump.contains(bare), "a token is in the database dump");
+        for body in &seen {
+            assert!(!body.contains(bare), "a token is in an API response: {body}");
+        }
+    }
+    assert!(!logs.contains(key.expose_secret()), "the encryption key is in the logs");
+    assert!(!logs.contains(jwt.expose_secret()), "the signing secret is in the logs");
+    shutdown.cancel();
+}
+
+/// `dashtam keys rotate` re-encrypts every credential under the new active
+/// key; after it, the old key can go.
+#[sqlx::test(migrations = "../../migrations")]
+async fn keys_rotate_re_encrypts_credentials_under_the_new_key(pool: PgPool) {
+    let shutdown = CancellationToken::new();
+    let (_sandbox, sandbox_url) = start_sandbox(SandboxConfig::default(), &shutdown).await;
+    let (k1, k2) = (Cipher::generate_key().unwrap(), Cipher::generate_key().unwrap());
+    let old = Arc::new(Cipher::new("k1", &[("k1".to_owned(), k1.clone())].into()).unwrap());
+    let a = schwab_connection(&pool, &sandbox_url, old.clone()).await;
+    let b = schwab_connection(&pool, &sandbox_url, old).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dashtam"))
+        .args(["keys", "rotate", "--batch", "1", "--database-url", &url_of(&pool)])
+        .env("DASHTAM__CRYPTO__ACTIVE_KEY", "k2")
+        .env("DASHTAM__CRYPTO__KEYS__K1", k1.expose_secret())
+        .env("DASHTAM__CRYPTO__KEYS__K2", k2.expose_secret())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("re-encrypted 2 connection credential(s) under key \"k2\""), "{stdout}");
+    let new_only = Arc::new(Cipher::new("k2", &[("k2".to_owned(), k2)].into()).unwrap());
+    let store = Store::new(pool.clone(), new_only);
+    for id in [a, b] {
+        let state = store.sync_state(id).await.unwrap().unwrap();
+        assert!(state.credentials.access_token.expose_secret().starts_with("I0."));
+    }
+    // Nothing is left to rotate.
+    assert_eq!(store.rotate_credentials(10).await.unwrap(), 0);
     shutdown.cancel();
 }
