@@ -21,6 +21,7 @@ pub struct DemoOptions {
     pub database_url: String,
     pub listen: SocketAddr,
     pub connections: u32,
+    pub oauth_connections: u32,
     pub accounts: u32,
     pub transactions_per_account: u32,
 }
@@ -66,10 +67,15 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<bool> 
         )
         .await
         .context("starting the sandbox provider")?;
-    println!("sandbox    http://{sandbox_addr} (Plaid /transactions/sync format)");
+    println!(
+        "sandbox    http://{sandbox_addr} (Plaid /transactions/sync and Schwab OAuth + window formats)"
+    );
     config.providers.plaid.base_url = format!("http://{sandbox_addr}");
     config.providers.plaid.client_id = sandbox_config.client_id.clone();
     config.providers.plaid.secret = sandbox_config.secret.clone().into();
+    config.providers.schwab.base_url = format!("http://{sandbox_addr}");
+    config.providers.schwab.app_key = sandbox_config.client_id.clone();
+    config.providers.schwab.secret = sandbox_config.secret.clone().into();
     config.worker.poll_interval_ms = 200;
 
     let secrets = Secrets::ephemeral(&config)?;
@@ -157,15 +163,75 @@ async fn drive(
         }
         connections.push(body["id"].as_str().context("connection id")?.to_owned());
     }
+    // OAuth flow: the user consents at the provider, which redirects back
+    // with a code; the API exchanges it for tokens.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    for _ in 0..opts.oauth_connections {
+        let consent = no_redirects
+            .get(format!("{sandbox_url}/v1/oauth/authorize"))
+            .query(&[
+                ("client_id", daemon.config.providers.schwab.app_key.as_str()),
+                ("redirect_uri", &daemon.config.providers.schwab.redirect_uri),
+                ("response_type", "code"),
+                ("accounts", &opts.accounts.to_string()),
+                (
+                    "transactions_per_account",
+                    &opts.transactions_per_account.to_string(),
+                ),
+            ])
+            .send()
+            .await?;
+        let location = consent
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .context("the consent step did not redirect")?;
+        let code = reqwest::Url::parse(location)?
+            .query_pairs()
+            .find(|(k, _)| k == "code")
+            .map(|(_, v)| v.into_owned())
+            .context("the redirect carries no code")?;
+        let resp = http
+            .post(format!("{api}/api/v1/connections"))
+            .bearer_auth(&token)
+            .json(&json!({ "provider": "schwab", "authorization_code": code }))
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        if status.as_u16() != 201 {
+            bail!("creating an OAuth connection failed: {status} {body}");
+        }
+        connections.push(body["id"].as_str().context("connection id")?.to_owned());
+    }
     println!(
-        "user       {user}: {} sandbox connections linked",
-        connections.len()
+        "user       {user}: {} sandbox connections linked ({} Plaid-style, {} Schwab-style OAuth)",
+        connections.len(),
+        opts.connections,
+        opts.oauth_connections,
     );
 
     println!("\nround 1: initial sync of every connection");
     let mut outcomes = sync_round(&http, api, &token, &connections).await?;
 
-    println!("\nround 2: the provider posts pending transactions, modifies, removes and adds some");
+    println!(
+        "\nround 2: the providers post pending transactions, modify, remove and add some; \
+         OAuth access tokens expire (the syncs refresh them)"
+    );
+    for grant in sandbox.oauth_grants() {
+        for step in ["expire", "advance"] {
+            http.post(format!(
+                "{sandbox_url}/sandbox/dashtam/oauth/grants/{}/{step}",
+                grant.id
+            ))
+            .json(&json!({ "post_pending": true, "add": 10 }))
+            .send()
+            .await?
+            .error_for_status()?;
+        }
+    }
     for access_token in sandbox.access_tokens() {
         sandbox.advance(
             &access_token,
@@ -188,9 +254,10 @@ async fn drive(
         .filter(|s| s.as_str() == "succeeded")
         .count();
     let failed = outcomes.len() - succeeded;
+    let refreshes: u64 = sandbox.oauth_grants().iter().map(|g| g.refresh_calls).sum();
     println!(
         "\nsummary: {} jobs ({succeeded} succeeded, {failed} failed), {} connections, {} accounts, \
-         {} transactions (+{} removed), {} audit records, {:.2} s",
+         {} transactions (+{} removed), {refreshes} token refreshes, {} audit records, {:.2} s",
         outcomes.len(),
         summary.connections,
         summary.accounts,

@@ -73,9 +73,12 @@ enum Command {
         /// Address for the demo's API (port 0: any free port).
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
         listen: SocketAddr,
-        /// Sandbox connections to link.
+        /// Plaid-style (cursor) sandbox connections to link.
         #[arg(long, default_value_t = 4)]
         connections: u32,
+        /// Schwab-style (OAuth + date window) sandbox connections to link.
+        #[arg(long, default_value_t = 2)]
+        oauth_connections: u32,
         /// Accounts per connection.
         #[arg(long, default_value_t = 3)]
         accounts: u32,
@@ -321,6 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             db,
             listen,
             connections,
+            oauth_connections,
             accounts,
             transactions_per_account,
         } => {
@@ -331,6 +335,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     database_url: url,
                     listen,
                     connections,
+                    oauth_connections,
                     accounts,
                     transactions_per_account,
                 },

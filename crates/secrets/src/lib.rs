@@ -120,9 +120,12 @@ impl AwsSource {
             loader = loader.endpoint_url(url);
         }
         let config = loader.load().await;
-        Self {
-            client: aws_sdk_secretsmanager::Client::new(&config),
-        }
+        Self::from_client(aws_sdk_secretsmanager::Client::new(&config))
+    }
+
+    /// Over a client configured by the caller (tests: static credentials).
+    pub fn from_client(client: aws_sdk_secretsmanager::Client) -> Self {
+        Self { client }
     }
 }
 

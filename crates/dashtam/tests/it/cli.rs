@@ -104,6 +104,8 @@ fn every_command_explains_its_flags() {
 
 #[sqlx::test(migrations = false)]
 async fn demo_syncs_everything_and_exits_zero(pool: PgPool) {
+    // 2 Plaid-style and 2 OAuth connections, synced twice; between the
+    // rounds the OAuth access tokens expire.
     let url = url_of(&pool);
     let out = dashtam()
         .args([
@@ -124,7 +126,8 @@ async fn demo_syncs_everything_and_exits_zero(pool: PgPool) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("summary: 4 jobs (4 succeeded, 0 failed)"),
+        stdout.contains("summary: 8 jobs (8 succeeded, 0 failed), 4 connections"),
         "{stdout}"
     );
+    assert!(stdout.contains("2 token refreshes"), "{stdout}");
 }

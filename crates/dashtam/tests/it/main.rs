@@ -8,5 +8,6 @@ mod crash;
 mod helpers;
 mod metrics;
 mod operations;
+mod secrets;
 mod sync;
 mod tokens;

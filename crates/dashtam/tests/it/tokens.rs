@@ -489,10 +489,12 @@ async fn tokens_never_leak_into_logs_responses_or_a_database_dump(pool: PgPool) 
     };
     sync(&mut seen).await;
     let grant = sandbox.oauth_grants()[0].id;
-    http.post(format!("{sandbox_url}/sandbox/dashtam/oauth/grants/{grant}/expire"))
-        .send()
-        .await
-        .unwrap();
+    http.post(format!(
+        "{sandbox_url}/sandbox/dashtam/oauth/grants/{grant}/expire"
+    ))
+    .send()
+    .await
+    .unwrap();
     sync(&mut seen).await;
     assert_eq!(sandbox.oauth_grants()[0].refresh_calls, 1);
     for path in [
@@ -514,9 +516,16 @@ async fn tokens_never_leak_into_logs_responses_or_a_database_dump(pool: PgPool) 
         .args(["--data-only", "--inserts", &url])
         .output()
         .unwrap();
-    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
     let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
-    assert!(dump.contains("token_refresh_succeeded"), "the dump has the data");
+    assert!(
+        dump.contains("token_refresh_succeeded"),
+        "the dump has the data"
+    );
     let resp = http
         .delete(format!("{api}/api/v1/connections/{id}"))
         .bearer_auth(&token)
@@ -534,7 +543,10 @@ async fn tokens_never_leak_into_logs_responses_or_a_database_dump(pool: PgPool) 
     assert!(child.wait().unwrap().success());
     let logs = std::fs::read_to_string(&log).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(logs.contains("access token refreshed"), "logs were captured");
+    assert!(
+        logs.contains("access token refreshed"),
+        "logs were captured"
+    );
     assert!(logs.contains("sync committed"));
 
     let g = &sandbox.oauth_grants()[0];
@@ -545,11 +557,20 @@ async fn tokens_never_leak_into_logs_responses_or_a_database_dump(pool: PgPool) 
         assert!(!logs.contains(bare), "a token is in the logs");
         assert!(!dump.contains(bare), "a token is in the database dump");
         for body in &seen {
-            assert!(!body.contains(bare), "a token is in an API response: {body}");
+            assert!(
+                !body.contains(bare),
+                "a token is in an API response: {body}"
+            );
         }
     }
-    assert!(!logs.contains(key.expose_secret()), "the encryption key is in the logs");
-    assert!(!logs.contains(jwt.expose_secret()), "the signing secret is in the logs");
+    assert!(
+        !logs.contains(key.expose_secret()),
+        "the encryption key is in the logs"
+    );
+    assert!(
+        !logs.contains(jwt.expose_secret()),
+        "the signing secret is in the logs"
+    );
     shutdown.cancel();
 }
 
@@ -559,27 +580,104 @@ async fn tokens_never_leak_into_logs_responses_or_a_database_dump(pool: PgPool) 
 async fn keys_rotate_re_encrypts_credentials_under_the_new_key(pool: PgPool) {
     let shutdown = CancellationToken::new();
     let (_sandbox, sandbox_url) = start_sandbox(SandboxConfig::default(), &shutdown).await;
-    let (k1, k2) = (Cipher::generate_key().unwrap(), Cipher::generate_key().unwrap());
+    let (k1, k2) = (
+        Cipher::generate_key().unwrap(),
+        Cipher::generate_key().unwrap(),
+    );
     let old = Arc::new(Cipher::new("k1", &[("k1".to_owned(), k1.clone())].into()).unwrap());
     let a = schwab_connection(&pool, &sandbox_url, old.clone()).await;
     let b = schwab_connection(&pool, &sandbox_url, old).await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dashtam"))
-        .args(["keys", "rotate", "--batch", "1", "--database-url", &url_of(&pool)])
+        .args([
+            "keys",
+            "rotate",
+            "--batch",
+            "1",
+            "--database-url",
+            &url_of(&pool),
+        ])
         .env("DASHTAM__CRYPTO__ACTIVE_KEY", "k2")
         .env("DASHTAM__CRYPTO__KEYS__K1", k1.expose_secret())
         .env("DASHTAM__CRYPTO__KEYS__K2", k2.expose_secret())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("re-encrypted 2 connection credential(s) under key \"k2\""), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("re-encrypted 2 connection credential(s) under key \"k2\""),
+        "{stdout}"
+    );
     let new_only = Arc::new(Cipher::new("k2", &[("k2".to_owned(), k2)].into()).unwrap());
     let store = Store::new(pool.clone(), new_only);
     for id in [a, b] {
         let state = store.sync_state(id).await.unwrap().unwrap();
-        assert!(state.credentials.access_token.expose_secret().starts_with("I0."));
+        assert!(
+            state
+                .credentials
+                .access_token
+                .expose_secret()
+                .starts_with("I0.")
+        );
     }
     // Nothing is left to rotate.
     assert_eq!(store.rotate_credentials(10).await.unwrap(), 0);
     shutdown.cancel();
+}
+
+/// A provider error on the token endpoint is transient: the refresh job
+/// retries with backoff and then succeeds; nothing is marked for reauth.
+#[sqlx::test(migrations = "../../migrations")]
+async fn a_refresh_that_meets_a_provider_outage_retries_and_succeeds(pool: PgPool) {
+    let app = spawn_app(pool.clone()).await;
+    let (id, grant) = app.connect_schwab("gina", 1, 5).await;
+    app.sandbox
+        .push_fault(dashtam_sandbox::ScriptedFault::ServerError);
+    app.sandbox
+        .push_fault(dashtam_sandbox::ScriptedFault::RateLimited {
+            retry_after_secs: 1,
+        });
+    let connection = ConnectionId(id.parse().unwrap());
+    let mut job = NewJob::new(
+        QUEUE_TOKEN_REFRESH,
+        KIND_TOKEN_REFRESH,
+        serde_json::to_value(TokenRefreshJob::new(connection, Some(1))).unwrap(),
+    );
+    job.max_attempts = 5;
+    let job = Queue::new(pool).enqueue(job).await.unwrap().job().id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (state, attempt) = loop {
+        let (state, attempt): (String, i32) =
+            sqlx::query_as("SELECT state, attempt FROM jobs WHERE id = $1")
+                .bind(job)
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        if state == "succeeded" || state == "failed" {
+            break (state, attempt);
+        }
+        assert!(Instant::now() < deadline, "refresh job stuck in {state}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((state.as_str(), attempt), ("succeeded", 3));
+    let g = &app.sandbox.oauth_grants()[grant as usize];
+    assert_eq!(
+        g.refresh_calls, 1,
+        "the faults were answered before the grant was consulted"
+    );
+    assert_eq!(connection_status(&app, &id).await, "active");
+    assert_eq!(audits(&app, "token_refresh_failed").await, 2);
+    assert_eq!(audits(&app, "token_refresh_succeeded").await, 1);
+    app.stop().await;
+}
+
+async fn connection_status(app: &TestApp, id: &str) -> String {
+    sqlx::query_scalar("SELECT status FROM provider_connections WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
 }
