@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+use dashtam_domain::ports::ProviderError;
 use dashtam_telemetry::metrics::METRICS;
+use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
@@ -14,7 +16,7 @@ pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, reqwest::Erro
 }
 
 /// Times one request and records it in the provider metrics.
-pub(crate) struct Call {
+struct Call {
     provider: &'static str,
     endpoint: &'static str,
     started: Instant,
@@ -22,7 +24,7 @@ pub(crate) struct Call {
 
 impl Call {
     /// `endpoint` is a route template (never a URL with ids in it).
-    pub(crate) fn start(provider: &'static str, endpoint: &'static str) -> Self {
+    fn start(provider: &'static str, endpoint: &'static str) -> Self {
         Self {
             provider,
             endpoint,
@@ -31,7 +33,7 @@ impl Call {
     }
 
     /// `status`: the HTTP status code, or `error` when none came back.
-    pub(crate) fn record(&self, status: &str) {
+    fn record(&self, status: &str) {
         METRICS
             .provider_requests
             .with_label_values(&[self.provider, self.endpoint, status])
@@ -44,7 +46,7 @@ impl Call {
 }
 
 /// `Retry-After` in seconds (the only form providers send us).
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     headers
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
@@ -64,4 +66,42 @@ pub(crate) fn without_url(e: &reqwest::Error) -> String {
     } else {
         s
     }
+}
+
+/// What came back from a provider that answered with an error status.
+pub(crate) struct Refusal {
+    pub status: StatusCode,
+    pub retry_after: Option<Duration>,
+    pub body: bytes::Bytes,
+}
+
+/// Sends `req`, recording it under `provider`/`endpoint`. A transport
+/// failure is transient; a non-2xx answer is a [`Refusal`] for the adapter
+/// to classify.
+pub(crate) async fn send(
+    provider: &'static str,
+    endpoint: &'static str,
+    req: reqwest::RequestBuilder,
+) -> Result<Result<bytes::Bytes, Refusal>, ProviderError> {
+    let call = Call::start(provider, endpoint);
+    let resp = req.send().await.map_err(|e| {
+        call.record("error");
+        ProviderError::Transient(format!("{endpoint}: {}", without_url(&e)))
+    })?;
+    let status = resp.status();
+    call.record(status.as_str());
+    let retry_after = retry_after(resp.headers());
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| ProviderError::Transient(format!("{endpoint}: {}", without_url(&e))))?;
+    Ok(if status.is_success() {
+        Ok(body)
+    } else {
+        Err(Refusal {
+            status,
+            retry_after,
+            body,
+        })
+    })
 }

@@ -12,7 +12,7 @@ use dashtam_domain::ports::{
     LiveSecret, ProviderCredentials, ProviderError, SyncPage, TransactionSyncSource,
 };
 
-use crate::http::{self, Call, without_url};
+use crate::http::{self, Refusal};
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
 use secrecy::{ExposeSecret, SecretString};
@@ -48,30 +48,21 @@ impl PlaidClient {
         body: &serde_json::Value,
     ) -> Result<bytes::Bytes, ProviderError> {
         let url = format!("{}{path}", self.config.base_url.trim_end_matches('/'));
-        let call = Call::start("plaid", path);
-        let resp = self
+        let req = self
             .http
             .post(&url)
             .header("PLAID-CLIENT-ID", &self.config.client_id)
             .header("PLAID-SECRET", self.config.secret.current().expose_secret())
             .header("Plaid-Version", "2020-09-14")
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| {
-                call.record("error");
-                ProviderError::Transient(format!("POST {path}: {}", without_url(&e)))
-            })?;
-        let status = resp.status();
-        call.record(status.as_str());
-        let retry_after = http::retry_after(resp.headers());
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::Transient(format!("POST {path}: {}", without_url(&e))))?;
-        if status.is_success() {
-            return Ok(bytes);
-        }
+            .json(body);
+        let Refusal {
+            status,
+            retry_after,
+            body: bytes,
+        } = match http::send("plaid", path, req).await? {
+            Ok(bytes) => return Ok(bytes),
+            Err(refusal) => refusal,
+        };
         let err: PlaidErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
         Err(classify(path, status, retry_after, err))
     }

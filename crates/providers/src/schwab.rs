@@ -24,7 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::http::{self, Call, without_url};
+use crate::http;
 
 #[derive(Clone, Debug)]
 pub struct SchwabConfig {
@@ -64,34 +64,26 @@ impl SchwabClient {
         endpoint: &'static str,
         req: reqwest::RequestBuilder,
     ) -> Result<bytes::Bytes, ProviderError> {
-        let call = Call::start("schwab", endpoint);
-        let resp = req.send().await.map_err(|e| {
-            call.record("error");
-            ProviderError::Transient(format!("{endpoint}: {}", without_url(&e)))
-        })?;
-        let status = resp.status();
-        call.record(status.as_str());
-        let retry_after = http::retry_after(resp.headers());
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::Transient(format!("{endpoint}: {}", without_url(&e))))?;
-        if status.is_success() {
-            return Ok(bytes);
-        }
-        Err(classify(endpoint, status, retry_after, &bytes))
+        http::send("schwab", endpoint, req)
+            .await?
+            .map_err(|r| classify(endpoint, r.status, r.retry_after, &r.body))
     }
 
-    async fn token(&self, form: &[(&str, &str)]) -> Result<TokenGrant, ProviderError> {
-        let basic = STANDARD.encode(format!(
+    /// HTTP Basic with the app key and secret (token and revoke endpoints).
+    fn basic(&self) -> String {
+        let pair = format!(
             "{}:{}",
             self.config.app_key,
             self.config.secret.current().expose_secret()
-        ));
+        );
+        format!("Basic {}", STANDARD.encode(pair))
+    }
+
+    async fn token(&self, form: &[(&str, &str)]) -> Result<TokenGrant, ProviderError> {
         let req = self
             .http
             .post(self.url("/v1/oauth/token"))
-            .header(reqwest::header::AUTHORIZATION, format!("Basic {basic}"))
+            .header(reqwest::header::AUTHORIZATION, self.basic())
             .form(form);
         let bytes = self.send("/v1/oauth/token", req).await?;
         #[derive(Deserialize)]
@@ -334,15 +326,10 @@ impl WindowSyncSource for SchwabClient {
             .refresh_token
             .as_ref()
             .unwrap_or(&credentials.access_token);
-        let basic = STANDARD.encode(format!(
-            "{}:{}",
-            self.config.app_key,
-            self.config.secret.current().expose_secret()
-        ));
         let req = self
             .http
             .post(self.url("/v1/oauth/revoke"))
-            .header(reqwest::header::AUTHORIZATION, format!("Basic {basic}"))
+            .header(reqwest::header::AUTHORIZATION, self.basic())
             .form(&[("token", token.expose_secret())]);
         self.send("/v1/oauth/revoke", req).await.map(drop)
     }

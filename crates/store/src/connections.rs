@@ -127,10 +127,7 @@ impl Store {
         let Some(row) = row else {
             return Ok(None);
         };
-        let provider = ProviderKind::parse(&row.provider)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown provider {:?}", row.provider)))?;
-        let status = ConnectionStatus::parse(&row.status)
-            .ok_or_else(|| StoreError::Corrupt(format!("unknown status {:?}", row.status)))?;
+        let (provider, status) = kind_and_status(&row.provider, &row.status)?;
         let blob = row
             .credentials
             .ok_or_else(|| StoreError::Corrupt("connection has no credentials".into()))?;
@@ -143,6 +140,19 @@ impl Store {
             cursor: row.sync_cursor,
         }))
     }
+}
+
+/// A stored provider and status, parsed.
+pub(crate) fn kind_and_status(
+    provider: &str,
+    status: &str,
+) -> Result<(ProviderKind, ConnectionStatus), StoreError> {
+    Ok((
+        ProviderKind::parse(provider)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown provider {provider:?}")))?,
+        ConnectionStatus::parse(status)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown status {status:?}")))?,
+    ))
 }
 
 impl Store {

@@ -73,13 +73,11 @@ impl Store {
         let Some(row) = row else {
             return Ok(None);
         };
+        let (provider, status) = crate::connections::kind_and_status(&row.provider, &row.status)?;
         Ok(Some(CredentialLease {
             connection,
-            provider: ProviderKind::parse(&row.provider).ok_or_else(|| {
-                StoreError::Corrupt(format!("unknown provider {:?}", row.provider))
-            })?,
-            status: ConnectionStatus::parse(&row.status)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown status {:?}", row.status)))?,
+            provider,
+            status,
             credentials: row
                 .credentials
                 .map(|b| self.open(connection, &b))

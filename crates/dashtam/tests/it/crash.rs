@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::url_of;
+use crate::helpers::serve_sandbox;
 
 const MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
@@ -90,15 +91,7 @@ async fn setup(pool: &PgPool) -> Setup {
     let url = url_of(pool);
     let shutdown = CancellationToken::new();
     let sandbox = Sandbox::new(SandboxConfig::default());
-    let stop = shutdown.clone();
-    let addr = sandbox
-        .clone()
-        .spawn("127.0.0.1:0".parse().unwrap(), async move {
-            stop.cancelled().await
-        })
-        .await
-        .unwrap();
-    let sandbox_url = format!("http://{addr}");
+    let sandbox_url = serve_sandbox(&sandbox, &shutdown).await;
     let token = sandbox.create_item(ItemSpec {
         accounts: Some(2),
         transactions_per_account: Some(1000),

@@ -21,6 +21,19 @@ pub struct TestApp {
     running: Option<Running>,
 }
 
+/// Serves `sandbox` on an ephemeral port until `shutdown`; returns its URL.
+pub async fn serve_sandbox(sandbox: &Sandbox, shutdown: &CancellationToken) -> String {
+    let stop = shutdown.clone();
+    let addr = sandbox
+        .clone()
+        .spawn("127.0.0.1:0".parse().unwrap(), async move {
+            stop.cancelled().await
+        })
+        .await
+        .unwrap();
+    format!("http://{addr}")
+}
+
 /// Goes through the sandbox's OAuth consent step (no redirects followed)
 /// and returns the code from the `Location` it answers with.
 pub async fn authorization_code(
@@ -79,15 +92,7 @@ pub async fn spawn_app_with(pool: PgPool, roles: &[Role], mut config: Config) ->
         transactions_per_account: 150,
         ..SandboxConfig::default()
     });
-    let stop = shutdown.clone();
-    let addr = sandbox
-        .clone()
-        .spawn("127.0.0.1:0".parse().unwrap(), async move {
-            stop.cancelled().await
-        })
-        .await
-        .unwrap();
-    let sandbox_url = format!("http://{addr}");
+    let sandbox_url = serve_sandbox(&sandbox, &shutdown).await;
     let sc = sandbox.config();
     config.providers.plaid.base_url = sandbox_url.clone();
     config.providers.plaid.client_id = sc.client_id.clone();

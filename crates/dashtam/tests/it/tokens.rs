@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::url_of;
 use crate::crash::spawn_worker_with;
-use crate::helpers::{TestApp, authorization_code, spawn_app, test_config};
+use crate::helpers::{TestApp, authorization_code, serve_sandbox, spawn_app, test_config};
 
 async fn connection(app: &TestApp, user: &str, id: &str) -> Value {
     app.get(user, &format!("/api/v1/connections/{id}"))
@@ -30,6 +30,18 @@ async fn connection(app: &TestApp, user: &str, id: &str) -> Value {
         .json()
         .await
         .unwrap()
+}
+
+/// Our record says the access token expires now (the provider's copy is
+/// still good): the next sync refreshes before it starts.
+async fn expiring_now(app: &TestApp, id: &str) {
+    sqlx::query(
+        "UPDATE provider_connections SET access_token_expires_at = now() WHERE id = $1::uuid",
+    )
+    .bind(id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
 }
 
 fn time(v: &Value) -> DateTime<Utc> {
@@ -121,13 +133,7 @@ async fn refresh_handles_same_new_and_missing_refresh_tokens(pool: PgPool) {
         let (id, grant) = app.connect_schwab("bob", 1, 5).await;
         for round in 1..=2u64 {
             // An access token about to expire is refreshed before the sync.
-            sqlx::query(
-                "UPDATE provider_connections SET access_token_expires_at = now() WHERE id = $1::uuid",
-            )
-            .bind(&id)
-            .execute(&app.pool)
-            .await
-            .unwrap();
+            expiring_now(&app, &id).await;
             let job = app.sync("bob", &id).await;
             assert_eq!(
                 job["state"], "succeeded",
@@ -163,13 +169,7 @@ async fn a_dead_refresh_token_requires_reauthorization_without_retries(pool: PgP
     let (id, grant) = app.connect_schwab("carol", 1, 5).await;
     app.control(&format!("oauth/grants/{grant}/revoke"), json!({}))
         .await;
-    sqlx::query(
-        "UPDATE provider_connections SET access_token_expires_at = now() WHERE id = $1::uuid",
-    )
-    .bind(&id)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    expiring_now(&app, &id).await;
     let job = app.sync("carol", &id).await;
     assert_eq!(job["state"], "failed", "{job}");
     assert_eq!(job["attempt"], 1, "no retries: {job}");
@@ -301,15 +301,8 @@ async fn schwab_connection(pool: &PgPool, sandbox_url: &str, cipher: Arc<Cipher>
 
 async fn start_sandbox(config: SandboxConfig, shutdown: &CancellationToken) -> (Sandbox, String) {
     let sandbox = Sandbox::new(config);
-    let stop = shutdown.clone();
-    let addr = sandbox
-        .clone()
-        .spawn("127.0.0.1:0".parse().unwrap(), async move {
-            stop.cancelled().await
-        })
-        .await
-        .unwrap();
-    (sandbox, format!("http://{addr}"))
+    let url = serve_sandbox(&sandbox, shutdown).await;
+    (sandbox, url)
 }
 
 /// 50 refresh triggers for one connection, run by two worker processes at
