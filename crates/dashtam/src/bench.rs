@@ -51,9 +51,7 @@ pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<
             async move { stop.cancelled().await },
         )
         .await?;
-    config.providers.plaid.base_url = format!("http://{addr}");
-    config.providers.plaid.client_id = sandbox_config.client_id.clone();
-    config.providers.plaid.secret = sandbox_config.secret.clone().into();
+    config.use_sandbox(&format!("http://{addr}"), &sandbox_config);
     config.worker.poll_interval_ms = 50;
     config.worker.queues.insert(
         QUEUE_SYNC.into(),

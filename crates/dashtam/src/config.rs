@@ -356,6 +356,18 @@ impl Config {
             .with_context(|| "crypto.keys")
     }
 
+    /// Points every provider adapter at a sandbox provider at `url` with
+    /// its API keys (demo, benchmarks, tests).
+    pub fn use_sandbox(&mut self, url: &str, sandbox: &dashtam_sandbox::SandboxConfig) {
+        let p = &mut self.providers;
+        p.plaid.base_url = url.to_owned();
+        p.plaid.client_id = sandbox.client_id.clone();
+        p.plaid.secret = sandbox.secret.clone().into();
+        p.schwab.base_url = url.to_owned();
+        p.schwab.app_key = sandbox.client_id.clone();
+        p.schwab.secret = sandbox.secret.clone().into();
+    }
+
     pub fn worker_config(&self, name: String) -> dashtam_queue::WorkerConfig {
         let w = &self.worker;
         dashtam_queue::WorkerConfig {

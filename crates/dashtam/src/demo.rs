@@ -70,12 +70,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<bool> 
     println!(
         "sandbox    http://{sandbox_addr} (Plaid /transactions/sync and Schwab OAuth + window formats)"
     );
-    config.providers.plaid.base_url = format!("http://{sandbox_addr}");
-    config.providers.plaid.client_id = sandbox_config.client_id.clone();
-    config.providers.plaid.secret = sandbox_config.secret.clone().into();
-    config.providers.schwab.base_url = format!("http://{sandbox_addr}");
-    config.providers.schwab.app_key = sandbox_config.client_id.clone();
-    config.providers.schwab.secret = sandbox_config.secret.clone().into();
+    config.use_sandbox(&format!("http://{sandbox_addr}"), &sandbox_config);
     config.worker.poll_interval_ms = 200;
 
     let secrets = Secrets::ephemeral(&config)?;

@@ -81,7 +81,7 @@ impl Secrets {
         Self::from_source(config, source, need_jwt).await
     }
 
-    pub async fn from_source(
+    async fn from_source(
         config: &Config,
         source: Arc<dyn SecretSource>,
         need_jwt: bool,

@@ -177,9 +177,3 @@ impl LiveSecret {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
     }
 }
-
-impl From<&str> for LiveSecret {
-    fn from(s: &str) -> Self {
-        Self::new(SecretString::from(s))
-    }
-}

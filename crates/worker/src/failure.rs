@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use dashtam_domain::model::ConnectionStatus;
 use dashtam_domain::ports::ProviderError;
 use dashtam_queue::JobError;
 use dashtam_store::StoreError;
@@ -9,6 +10,9 @@ use dashtam_store::StoreError;
 pub(crate) struct Failure {
     pub error: JobError,
     pub reason: String,
+    /// The provider refused the credentials: the connection needs the user
+    /// to authorize again.
+    pub reauth: bool,
 }
 
 impl Failure {
@@ -17,6 +21,28 @@ impl Failure {
         Self {
             error: JobError::permanent(reason.clone()),
             reason,
+            reauth: false,
+        }
+    }
+
+    /// Cancelled on request: stop, keep nothing.
+    pub fn cancelled() -> Self {
+        Self {
+            error: JobError::Cancelled,
+            reason: "cancelled on request".into(),
+            reauth: false,
+        }
+    }
+
+    /// Refuses work on a connection that is not active.
+    pub fn unless_active(status: ConnectionStatus) -> Result<(), Self> {
+        if status.can_sync() {
+            Ok(())
+        } else {
+            Err(Self::permanent(format!(
+                "the connection is {}, not active",
+                status.as_str()
+            )))
         }
     }
 
@@ -32,13 +58,18 @@ impl From<StoreError> for Failure {
             StoreError::Db(_) | StoreError::Conflict(_) => JobError::retry(reason.clone()),
             StoreError::Crypto(_) | StoreError::Corrupt(_) => JobError::permanent(reason.clone()),
         };
-        Failure { error, reason }
+        Failure {
+            error,
+            reason,
+            reauth: false,
+        }
     }
 }
 
 impl From<ProviderError> for Failure {
     fn from(e: ProviderError) -> Self {
         let reason = e.to_string();
+        let reauth = matches!(e, ProviderError::Unauthorized(_));
         let error = match e {
             ProviderError::Transient(_)
             | ProviderError::MutationDuringPagination
@@ -51,6 +82,10 @@ impl From<ProviderError> for Failure {
                 JobError::permanent(reason.clone())
             }
         };
-        Failure { error, reason }
+        Failure {
+            error,
+            reason,
+            reauth,
+        }
     }
 }

@@ -84,7 +84,7 @@ impl Handler for SyncHandler {
             .map_err(|e| JobError::retry(e.to_string()))?;
         match self.sync(ctx, connection).await {
             Ok(()) => Ok(()),
-            Err(Failure { error, reason }) => {
+            Err(Failure { error, reason, .. }) => {
                 let mut outcome = entry(
                     AuditAction::SyncFailed,
                     AuditPhase::Outcome,
@@ -119,12 +119,7 @@ impl SyncHandler {
             .sync_state(connection)
             .await?
             .ok_or_else(|| Failure::permanent("the connection no longer exists"))?;
-        if !state.status.can_sync() {
-            return Err(Failure::permanent(format!(
-                "the connection is {}, not active",
-                state.status.as_str()
-            )));
-        }
+        Failure::unless_active(state.status)?;
         let source = self.providers.source(state.provider).ok_or_else(|| {
             Failure::permanent(format!(
                 "provider {} is not configured",
@@ -134,8 +129,18 @@ impl SyncHandler {
         let started = std::time::Instant::now();
         let provider = state.provider.as_str();
         let pass = match source {
-            Source::Cursor(source) => self.cursor_pass(ctx, connection, &state, &*source).await?,
-            Source::Window(source) => self.window_pass(ctx, connection, state, &*source).await?,
+            Source::Cursor(source) => self.cursor_pass(ctx, connection, &state, &*source).await,
+            Source::Window(source) => self.window_pass(ctx, connection, state, &*source).await,
+        };
+        let pass = match pass {
+            // The pass's transaction is gone by now; nothing waits on us.
+            Err(failure) if failure.reauth => {
+                self.store
+                    .set_connection_status(connection, ConnectionStatus::ReauthRequired)
+                    .await?;
+                return Err(failure);
+            }
+            other => other?,
         };
 
         let Pass {
@@ -190,10 +195,7 @@ impl SyncHandler {
             "restarts": pass.restarts,
         });
         match ctx.set_progress(&progress).await {
-            Ok(true) => Err(Failure {
-                error: JobError::Cancelled,
-                reason: "cancelled on request".into(),
-            }),
+            Ok(true) => Err(Failure::cancelled()),
             Ok(false) => Ok(()),
             Err(e) => {
                 warn!(error = %e, "could not record progress");
@@ -242,13 +244,6 @@ impl SyncHandler {
                             "provider data changed during pagination; restarting"
                         );
                         continue 'restart;
-                    }
-                    Err(e @ ProviderError::Unauthorized(_)) => {
-                        drop(pass);
-                        self.store
-                            .set_connection_status(connection, ConnectionStatus::ReauthRequired)
-                            .await?;
-                        return Err(e.into());
                     }
                     Err(e) => return Err(e.into()),
                 };

@@ -75,12 +75,7 @@ impl TokenKeeper {
             .lock_credentials(connection)
             .await?
             .ok_or_else(|| Failure::permanent("the connection no longer exists"))?;
-        if !lease.status.can_sync() {
-            return Err(Failure::permanent(format!(
-                "the connection is {}, not active",
-                lease.status.as_str()
-            )));
-        }
+        Failure::unless_active(lease.status)?;
         let Some(credentials) = lease.credentials.clone() else {
             return Err(Failure::permanent("the connection has no credentials"));
         };

@@ -93,13 +93,7 @@ pub async fn spawn_app_with(pool: PgPool, roles: &[Role], mut config: Config) ->
         ..SandboxConfig::default()
     });
     let sandbox_url = serve_sandbox(&sandbox, &shutdown).await;
-    let sc = sandbox.config();
-    config.providers.plaid.base_url = sandbox_url.clone();
-    config.providers.plaid.client_id = sc.client_id.clone();
-    config.providers.plaid.secret = sc.secret.clone().into();
-    config.providers.schwab.base_url = sandbox_url.clone();
-    config.providers.schwab.app_key = sc.client_id.clone();
-    config.providers.schwab.secret = sc.secret.clone().into();
+    config.use_sandbox(&sandbox_url, &sandbox.config());
     let secrets = Secrets::ephemeral(&config).unwrap();
     let jwt_secret = secrets.jwt.clone().unwrap().current();
     let daemon = Daemon::new(config.clone(), pool.clone(), &secrets).unwrap();
@@ -204,21 +198,34 @@ impl TestApp {
     /// Runs the provider's link flow and creates a connection through the API.
     pub async fn connect(&self, user: &str, accounts: u32, per_account: u32) -> String {
         let public_token = self.public_token(accounts, per_account).await;
+        let body = json!({ "provider": "plaid", "public_token": public_token });
+        self.create_connection(user, body).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// `POST /api/v1/connections` that must succeed: returns the new
+    /// connection (active, with `Location` pointing at it).
+    async fn create_connection(&self, user: &str, body: Value) -> Value {
         let resp = self
             .http
             .post(format!("{}/api/v1/connections", self.api))
             .bearer_auth(self.token(user))
-            .json(&json!({ "provider": "plaid", "public_token": public_token }))
+            .json(&body)
             .send()
             .await
             .unwrap();
         assert_eq!(resp.status(), 201);
         let location = resp.headers()["location"].to_str().unwrap().to_owned();
-        let body: Value = resp.json().await.unwrap();
-        let id = body["id"].as_str().unwrap().to_owned();
-        assert_eq!(location, format!("/api/v1/connections/{id}"));
-        assert_eq!(body["status"], "active");
-        id
+        let created: Value = resp.json().await.unwrap();
+        assert_eq!(
+            location,
+            format!("/api/v1/connections/{}", created["id"].as_str().unwrap())
+        );
+        assert_eq!(created["status"], "active");
+        assert_eq!(created["provider"], body["provider"]);
+        created
     }
 
     /// The OAuth consent step at the sandbox: returns the authorization code
@@ -242,17 +249,8 @@ impl TestApp {
         per_account: u32,
     ) -> (String, u64) {
         let code = self.authorization_code(accounts, per_account).await;
-        let resp = self
-            .http
-            .post(format!("{}/api/v1/connections", self.api))
-            .bearer_auth(self.token(user))
-            .json(&json!({ "provider": "schwab", "authorization_code": code }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 201);
-        let body: Value = resp.json().await.unwrap();
-        assert_eq!(body["provider"], "schwab");
+        let body = json!({ "provider": "schwab", "authorization_code": code });
+        let body = self.create_connection(user, body).await;
         let grant = self.sandbox.oauth_grants().last().unwrap().id;
         (body["id"].as_str().unwrap().to_owned(), grant)
     }
@@ -275,6 +273,15 @@ impl TestApp {
                 "{}/api/v1/connections/{connection}/syncs",
                 self.api
             ))
+            .bearer_auth(self.token(user))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, user: &str, path: &str) -> reqwest::Response {
+        self.http
+            .delete(format!("{}{path}", self.api))
             .bearer_auth(self.token(user))
             .send()
             .await

@@ -191,21 +191,13 @@ async fn deleting_a_connection_revokes_and_wipes_its_tokens(pool: PgPool) {
     assert_eq!(app.sync("dave", &id).await["state"], "succeeded");
     // Another user cannot see it, let alone delete it.
     let other = app
-        .http
-        .delete(format!("{}/api/v1/connections/{id}", app.api))
-        .bearer_auth(app.token("eve"))
-        .send()
-        .await
-        .unwrap();
+        .delete("eve", &format!("/api/v1/connections/{id}"))
+        .await;
     assert_eq!(other.status(), 404);
     for _ in 0..2 {
         let resp = app
-            .http
-            .delete(format!("{}/api/v1/connections/{id}", app.api))
-            .bearer_auth(app.token("dave"))
-            .send()
-            .await
-            .unwrap();
+            .delete("dave", &format!("/api/v1/connections/{id}"))
+            .await;
         assert_eq!(resp.status(), 204);
     }
     assert!(app.sandbox.oauth_grants()[grant as usize].revoked);
