@@ -28,13 +28,20 @@ pub enum Role {
     Api,
     /// The job workers.
     Worker,
-    /// Periodic maintenance (for now: handing back jobs of dead workers,
-    /// pruning finished jobs and expired idempotency keys).
+    /// The periodic cycles (token refresh and stale sync sweeps, pruning),
+    /// led by one scheduler daemon at a time; also hands back jobs of dead
+    /// workers.
     Scheduler,
 }
 
-/// How long an `Idempotency-Key` is remembered.
-const IDEMPOTENCY_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// This process in `queue_workers` and the scheduler lease: host and pid.
+pub fn process_name() -> String {
+    format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "dashtam".into()),
+        std::process::id()
+    )
+}
 
 /// Connects to the database named in `url`, saying which one on failure
 /// (without the password).
@@ -238,11 +245,7 @@ impl Daemon {
             });
         }
         if roles.contains(&Role::Worker) {
-            let name = format!(
-                "{}-{}",
-                std::env::var("HOSTNAME").unwrap_or_else(|_| "dashtam".into()),
-                std::process::id()
-            );
+            let name = process_name();
             let c = &self.config;
             let tokens = TokenKeeper::new(
                 self.store(),
@@ -274,31 +277,25 @@ impl Daemon {
             tasks.spawn(async move { pool.run(stop).await.context("worker pool failed") });
         }
         if roles.contains(&Role::Scheduler) {
+            // Orphan rescue runs in every worker pool too; running it here
+            // as well lets a cluster of API and scheduler daemons recover.
             let pool = self.pool.clone();
             let w = &self.config.worker;
             let timeout = Duration::from_secs(w.orphan_timeout_secs);
             let every = Duration::from_secs(w.rescue_interval_secs);
-            let retention = self.config.retention();
             let stop = shutdown.clone();
             tasks.spawn(async move {
-                dashtam_queue::maintain(pool, timeout, every, retention, stop).await;
+                dashtam_queue::maintain(pool, timeout, every, stop).await;
                 Ok(())
             });
-            let store = self.store();
+            let scheduler = dashtam_scheduler::Scheduler::new(
+                self.store(),
+                self.config.scheduler_settings(process_name()),
+            );
             let stop = shutdown.clone();
             tasks.spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(300));
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = stop.cancelled() => return Ok(()),
-                    }
-                    match store.prune_idempotency_keys(IDEMPOTENCY_KEY_TTL).await {
-                        Ok(0) => {}
-                        Ok(n) => info!(pruned = n, "forgot expired idempotency keys"),
-                        Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed"),
-                    }
-                }
+                scheduler.run(stop).await;
+                Ok(())
             });
         }
         Ok(Running { api_addr, tasks })

@@ -432,3 +432,69 @@ fn peak_rss_kb() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// `bench schedule`: N active connections, every one due (access token
+/// expiring within the lead time, never synced); times one tick of the
+/// token refresh sweep, then one of the stale-sync sweep. Each enqueues a
+/// job per connection in the tick's transaction.
+pub async fn schedule(
+    config: Config,
+    database_url: &str,
+    connections: usize,
+) -> anyhow::Result<()> {
+    dashtam_store::migrate::recreate_database(database_url)
+        .await
+        .with_context(|| format!("re-creating {}", app::redact(database_url)))?;
+    let pool = app::connect(&config, database_url).await?;
+    dashtam_store::migrate::run(&pool).await?;
+    let secrets = Secrets::ephemeral(&config)?;
+    let store = dashtam_store::Store::new(pool.clone(), secrets.cipher.clone());
+    let user = UserId::parse("bench").map_err(anyhow::Error::msg)?;
+    let soon = chrono::Utc::now() + chrono::Duration::minutes(1);
+    let later = chrono::Utc::now() + chrono::Duration::days(7);
+    let mut left = connections;
+    while left > 0 {
+        let n = left.min(20_000);
+        let rows: Vec<_> = (0..n)
+            .map(|i| {
+                let credentials = ProviderCredentials {
+                    access_token: format!("bench-access-{i}").into(),
+                    refresh_token: Some(format!("bench-refresh-{i}").into()),
+                };
+                dashtam_store::connections::Imported {
+                    credentials,
+                    access_token_expires_at: Some(soon),
+                    refresh_token_expires_at: Some(later),
+                }
+            })
+            .collect();
+        store
+            .import_connections(&user, ProviderKind::Schwab, &rows)
+            .await?;
+        left -= n;
+    }
+    sqlx::query("VACUUM ANALYZE provider_connections")
+        .execute(&pool)
+        .await?;
+    let scheduler =
+        dashtam_scheduler::Scheduler::new(store, config.scheduler_settings("bench".into()));
+    let tick = chrono::Utc::now();
+    let mut line = json!({ "bench": "schedule", "connections": connections });
+    for (cycle, key) in [
+        (dashtam_scheduler::Cycle::TokenRefresh, ""),
+        (dashtam_scheduler::Cycle::StaleSync, "stale_sync_"),
+    ] {
+        let started = Instant::now();
+        let outcome = scheduler
+            .process(cycle, tick, 1)
+            .await?
+            .context("the tick was already processed")?;
+        line[format!("{key}sweep_s")] = round3(started.elapsed().as_secs_f64()).into();
+        line[format!("{key}enqueued")] = outcome.enqueued.into();
+        if outcome.enqueued != connections as u64 {
+            bail!("{cycle:?} enqueued {} of {connections}", outcome.enqueued);
+        }
+    }
+    println!("{line}");
+    Ok(())
+}

@@ -13,6 +13,9 @@ use figment::providers::{Env, Format, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+
 pub const DEFAULTS: &str = include_str!("../../../config/default.toml");
 
 #[derive(Clone, Debug, Deserialize)]
@@ -28,6 +31,7 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub sandbox: SandboxSection,
     pub tokens: TokensConfig,
+    pub scheduler: SchedulerConfig,
     pub secrets: SecretsConfig,
     pub log: LogConfig,
 }
@@ -37,6 +41,26 @@ pub struct Config {
 pub struct TokensConfig {
     pub refresh_lead_secs: u64,
     pub expiry_margin_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    pub lease_ttl_secs: u64,
+    pub renew_every_ms: u64,
+    pub max_catch_up: usize,
+    pub reauth_warning_hours: u64,
+    pub sync_spread_secs: u64,
+    pub cycles: CyclesConfig,
+    pub sync_interval_minutes: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CyclesConfig {
+    pub token_refresh: String,
+    pub stale_sync: String,
+    pub prune: String,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -318,10 +342,78 @@ impl Config {
             "providers.plaid.timeout_secs",
             "must be at least 1",
         );
+        let sc = &self.scheduler;
+        check(
+            sc.lease_ttl_secs >= 1 && sc.renew_every_ms * 2 <= sc.lease_ttl_secs * 1000,
+            "scheduler.renew_every_ms",
+            "must be at most half of scheduler.lease_ttl_secs (and the TTL at least 1)",
+        );
+        check(
+            sc.max_catch_up >= 1,
+            "scheduler.max_catch_up",
+            "must be at least 1",
+        );
+        for (key, cron) in [
+            ("token_refresh", &sc.cycles.token_refresh),
+            ("stale_sync", &sc.cycles.stale_sync),
+            ("prune", &sc.cycles.prune),
+        ] {
+            if !cron.is_empty()
+                && let Err(e) =
+                    dashtam_scheduler::CycleSpec::parse(dashtam_scheduler::Cycle::Prune, cron)
+            {
+                problems.push(format!("scheduler.cycles.{key}: {e}"));
+            }
+        }
+        for provider in sc.sync_interval_minutes.keys() {
+            if dashtam_domain::model::ProviderKind::parse(provider).is_none() {
+                problems.push(format!(
+                    "scheduler.sync_interval_minutes.{provider}: no such provider (plaid, schwab)"
+                ));
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             bail!("invalid configuration:\n  {}", problems.join("\n  "))
+        }
+    }
+
+    /// The scheduler's settings; `holder` names this process in the lease.
+    pub fn scheduler_settings(&self, holder: String) -> dashtam_scheduler::SchedulerSettings {
+        use dashtam_scheduler::{Cycle, CycleSpec};
+        let sc = &self.scheduler;
+        let cycles = [
+            (Cycle::TokenRefresh, &sc.cycles.token_refresh),
+            (Cycle::StaleSync, &sc.cycles.stale_sync),
+            (Cycle::Prune, &sc.cycles.prune),
+        ]
+        .into_iter()
+        .filter(|(_, cron)| !cron.is_empty())
+        // validate() already refused expressions that do not parse.
+        .filter_map(|(cycle, cron)| CycleSpec::parse(cycle, cron).ok())
+        .collect();
+        dashtam_scheduler::SchedulerSettings {
+            holder,
+            lease_ttl: Duration::from_secs(sc.lease_ttl_secs),
+            renew_every: Duration::from_millis(sc.renew_every_ms),
+            max_catch_up: sc.max_catch_up,
+            cycles,
+            refresh_lead: Duration::from_secs(self.tokens.refresh_lead_secs),
+            reauth_warning: Duration::from_secs(sc.reauth_warning_hours * 3600),
+            token_refresh_max_attempts: self.jobs.token_refresh_max_attempts,
+            sync_max_attempts: self.jobs.sync_max_attempts,
+            sync_intervals: sc
+                .sync_interval_minutes
+                .iter()
+                .filter_map(|(p, m)| {
+                    dashtam_domain::model::ProviderKind::parse(p)
+                        .map(|p| (p, Duration::from_secs(m * 60)))
+                })
+                .collect(),
+            sync_spread: Duration::from_secs(sc.sync_spread_secs),
+            retention: self.retention(),
+            idempotency_ttl: IDEMPOTENCY_KEY_TTL,
         }
     }
 
@@ -392,7 +484,6 @@ impl Config {
             },
             completion_batch: w.completion_batch,
             shutdown_timeout: Duration::from_secs(w.shutdown_timeout_secs),
-            retention: self.retention(),
         }
     }
 }

@@ -179,6 +179,13 @@ enum BenchCommand {
         #[command(flatten)]
         args: QueueBenchArgs,
     },
+    /// Scheduler sweeps: N connections all due; one token-refresh tick and one stale-sync tick.
+    Schedule {
+        #[command(flatten)]
+        db: BenchDb,
+        #[arg(long, default_value_t = 100_000)]
+        connections: usize,
+    },
     /// Ingest throughput: M connections × K transactions, then an idempotent re-sync.
     Sync {
         #[command(flatten)]
@@ -405,6 +412,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: BenchCommand::Latency { jobs, args },
         } => {
             dashtam::bench::latency(config, queue_bench(jobs, args)).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Schedule { db, connections },
+        } => {
+            dashtam::bench::schedule(config, &db.url, connections).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -12,6 +12,7 @@
 
 mod backoff;
 pub mod ops;
+pub mod schedule;
 mod worker;
 
 use chrono::{DateTime, Utc};
@@ -170,50 +171,10 @@ impl Queue {
         }
     }
 
-    /// Enqueues many jobs in one statement (unique keys are not applied).
-    /// Returns how many rows were inserted.
+    /// Enqueues many jobs in one statement; returns how many were
+    /// inserted (a job whose unique key a pending job holds is skipped).
     pub async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<u64, QueueError> {
-        let mut ids = Vec::with_capacity(jobs.len());
-        let mut queues = Vec::with_capacity(jobs.len());
-        let mut kinds = Vec::with_capacity(jobs.len());
-        let mut payloads = Vec::with_capacity(jobs.len());
-        let mut priorities = Vec::with_capacity(jobs.len());
-        let mut max_attempts = Vec::with_capacity(jobs.len());
-        let mut run_ats = Vec::with_capacity(jobs.len());
-        let mut owners = Vec::with_capacity(jobs.len());
-        let now = Utc::now();
-        for job in jobs {
-            ids.push(Uuid::now_v7());
-            queues.push(job.queue.as_str());
-            kinds.push(job.kind.as_str());
-            payloads.push(&job.payload);
-            priorities.push(job.priority);
-            max_attempts.push(job.max_attempts);
-            run_ats.push(job.run_at.unwrap_or(now));
-            owners.push(job.owner.as_deref());
-        }
-        let done = sqlx::query(include_str!("../queries/enqueue_many.sql"))
-            .bind(&ids)
-            .bind(&queues)
-            .bind(&kinds)
-            .bind(&payloads)
-            .bind(&priorities)
-            .bind(&max_attempts)
-            .bind(&run_ats)
-            .bind(&owners)
-            .execute(&self.pool)
-            .await?;
-        let mut counts: std::collections::HashMap<(&str, &str), u64> = Default::default();
-        for job in jobs {
-            *counts.entry((&job.queue, &job.kind)).or_default() += 1;
-        }
-        for ((queue, kind), n) in counts {
-            METRICS
-                .jobs
-                .with_label_values(&[queue, kind, "enqueued"])
-                .inc_by(n);
-        }
-        Ok(done.rows_affected())
+        enqueue_many_in(&self.pool, jobs).await
     }
 
     /// How many jobs are in each state (for one kind, or all).
@@ -232,4 +193,56 @@ impl Queue {
             .fetch_optional(&self.pool)
             .await?)
     }
+}
+
+/// [`Queue::enqueue_many`] on any executor: inside a caller's transaction,
+/// the jobs exist exactly when the caller's other writes do.
+pub async fn enqueue_many_in<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    jobs: &[NewJob],
+) -> Result<u64, QueueError> {
+    let mut ids = Vec::with_capacity(jobs.len());
+    let mut queues = Vec::with_capacity(jobs.len());
+    let mut kinds = Vec::with_capacity(jobs.len());
+    let mut payloads = Vec::with_capacity(jobs.len());
+    let mut priorities = Vec::with_capacity(jobs.len());
+    let mut max_attempts = Vec::with_capacity(jobs.len());
+    let mut run_ats = Vec::with_capacity(jobs.len());
+    let mut owners = Vec::with_capacity(jobs.len());
+    let mut unique_keys = Vec::with_capacity(jobs.len());
+    let now = Utc::now();
+    for job in jobs {
+        ids.push(Uuid::now_v7());
+        queues.push(job.queue.as_str());
+        kinds.push(job.kind.as_str());
+        payloads.push(&job.payload);
+        priorities.push(job.priority);
+        max_attempts.push(job.max_attempts);
+        run_ats.push(job.run_at.unwrap_or(now));
+        owners.push(job.owner.as_deref());
+        unique_keys.push(job.unique_key.as_deref());
+    }
+    let inserted: Vec<(String, String, i64)> =
+        sqlx::query_as(include_str!("../queries/enqueue_many.sql"))
+            .bind(&ids)
+            .bind(&queues)
+            .bind(&kinds)
+            .bind(&payloads)
+            .bind(&priorities)
+            .bind(&max_attempts)
+            .bind(&run_ats)
+            .bind(&owners)
+            .bind(&unique_keys)
+            .fetch_all(executor)
+            .await?;
+    let mut total = 0;
+    for (queue, kind, n) in &inserted {
+        let n = u64::try_from(*n).unwrap_or(0);
+        METRICS
+            .jobs
+            .with_label_values(&[queue, kind, "enqueued"])
+            .inc_by(n);
+        total += n;
+    }
+    Ok(total)
 }

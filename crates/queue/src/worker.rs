@@ -51,11 +51,10 @@ pub struct WorkerConfig {
     /// On shutdown, how long running jobs may take to finish before they are
     /// handed back.
     pub shutdown_timeout: Duration,
-    /// How long finished jobs are kept.
-    pub retention: Retention,
 }
 
-/// How long finished jobs are kept before maintenance deletes them.
+/// How long finished jobs are kept before the scheduler's prune cycle
+/// deletes them ([`crate::ops::prune`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Retention {
     pub succeeded: Duration,
@@ -218,7 +217,6 @@ impl WorkerPool {
             self.pool.clone(),
             self.config.orphan_timeout,
             self.config.rescue_interval,
-            self.config.retention,
             background_stop.clone(),
         ));
         let completer = tokio::spawn(complete(
@@ -669,16 +667,10 @@ async fn heartbeat(pool: PgPool, id: Uuid, name: String, every: Duration, stop: 
     }
 }
 
-/// Every `every` until `stop`: hands back the jobs of dead workers and
-/// prunes finished jobs past their retention. Every worker pool runs this,
-/// and so does the scheduler role.
-pub async fn maintain(
-    pool: PgPool,
-    timeout: Duration,
-    every: Duration,
-    retention: Retention,
-    stop: CancellationToken,
-) {
+/// Every `every` until `stop`: hands back the jobs of dead workers. Every
+/// worker pool runs this, and so does the scheduler role. (Pruning is the
+/// scheduler's prune cycle: once per tick for the cluster.)
+pub async fn maintain(pool: PgPool, timeout: Duration, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -693,11 +685,6 @@ pub async fn maintain(
                 "rescued jobs from workers that stopped heartbeating"
             ),
             Err(e) => warn!(error = %e, "orphan rescue failed"),
-        }
-        match crate::ops::prune(&pool, retention).await {
-            Ok(0) => {}
-            Ok(n) => info!(pruned = n, "pruned finished jobs past their retention"),
-            Err(e) => warn!(error = %e, "pruning finished jobs failed"),
         }
     }
 }

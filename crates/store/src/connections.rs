@@ -21,6 +21,9 @@ pub struct Connection {
     pub refresh_token_expires_at: Option<DateTime<Utc>>,
     pub has_synced: bool,
     pub last_sync_at: Option<DateTime<Utc>>,
+    /// Set once the refresh token is about to expire: the client should ask
+    /// the user to authorize again.
+    pub reauth_warned_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -35,6 +38,13 @@ pub struct SyncState {
     pub credentials_version: i64,
     pub access_token_expires_at: Option<DateTime<Utc>>,
     pub cursor: Option<String>,
+}
+
+/// One connection of a bulk import.
+pub struct Imported {
+    pub credentials: ProviderCredentials,
+    pub access_token_expires_at: Option<DateTime<Utc>>,
+    pub refresh_token_expires_at: Option<DateTime<Utc>>,
 }
 
 pub struct NewConnection<'a> {
@@ -83,6 +93,58 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(conn)
+    }
+
+    /// Bulk import of active connections (another system's, or a
+    /// benchmark's): one statement, one audit record for the batch. Returns
+    /// the new ids in order.
+    pub async fn import_connections(
+        &self,
+        user: &UserId,
+        provider: ProviderKind,
+        rows: &[Imported],
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        let ids: Vec<ConnectionId> = rows.iter().map(|_| ConnectionId::new()).collect();
+        let blobs = ids
+            .iter()
+            .zip(rows)
+            .map(|(id, row)| self.seal(*id, &row.credentials))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(include_str!("../queries/import_connections.sql"))
+            .bind(ids.iter().map(|i| i.0).collect::<Vec<_>>())
+            .bind(vec![user.as_str(); rows.len()])
+            .bind(vec![provider.as_str(); rows.len()])
+            .bind(&blobs)
+            .bind(
+                rows.iter()
+                    .map(|r| r.access_token_expires_at)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                rows.iter()
+                    .map(|r| r.refresh_token_expires_at)
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *tx)
+            .await?;
+        audit::append(
+            &mut *tx,
+            &AuditEntry {
+                action: AuditAction::ConnectionCreated,
+                phase: AuditPhase::Outcome,
+                outcome: AuditOutcome::Succeeded,
+                actor: format!("user:{user}"),
+                resource_type: "connection",
+                resource_id: "import".into(),
+                correlation_id: None,
+                reason: Some(format!("bulk import of {} connections", rows.len())),
+                context: serde_json::json!({ "provider": provider.as_str(), "count": rows.len() }),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ids)
     }
 
     /// The connection, if it exists and belongs to `user`.

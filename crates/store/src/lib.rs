@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod idempotency;
 pub mod migrate;
 pub mod reads;
+pub mod sweeps;
 pub mod sync;
 
 use std::sync::Arc;

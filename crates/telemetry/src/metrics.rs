@@ -20,6 +20,8 @@ pub struct Metrics {
     pub provider_request_seconds: HistogramVec,
     pub transactions_ingested: IntCounterVec,
     pub token_refreshes: IntCounterVec,
+    pub scheduler_leader: IntGauge,
+    pub scheduler_ticks: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
     pub build_info: IntGaugeVec,
@@ -112,6 +114,21 @@ impl Metrics {
                  skipped: someone else already had, failed: will retry, \
                  reauth_required: the refresh token is dead).",
                 &["provider", "outcome"],
+            ),
+            scheduler_leader: {
+                let g = IntGauge::new(
+                    "dashtam_scheduler_leader",
+                    "1 while this process leads the scheduler, else 0.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            scheduler_ticks: counter(
+                &r,
+                "dashtam_scheduler_ticks_total",
+                "Scheduler ticks processed by this process, by cycle.",
+                &["cycle"],
             ),
             http_requests: counter(
                 &r,

@@ -36,7 +36,7 @@ struct Page<T> {
     next_cursor: Option<String>,
 }
 
-fn query<T: serde::de::DeserializeOwned>(
+pub(super) fn query<T: serde::de::DeserializeOwned>(
     q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, ApiError> {
     q.map(|Query(v)| v)

@@ -4,6 +4,7 @@ mod admin;
 mod connections;
 mod data;
 mod jobs;
+mod scheduler;
 
 use axum::Router;
 
@@ -15,4 +16,5 @@ pub fn router() -> Router<AppState> {
         .merge(connections::router())
         .merge(jobs::router())
         .merge(data::router())
+        .merge(scheduler::router())
 }

@@ -128,6 +128,10 @@ impl TestApp {
         self.token_as(sub, secret, dashtam_api::Role::Client)
     }
 
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     pub fn operator_token(&self, sub: &str) -> String {
         self.token_as(sub, &self.jwt_secret, dashtam_api::Role::Operator)
     }

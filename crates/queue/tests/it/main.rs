@@ -79,11 +79,6 @@ fn config(queues: &[(&str, usize)]) -> WorkerConfig {
         },
         completion_batch: 64,
         shutdown_timeout: Duration::from_secs(5),
-        retention: dashtam_queue::Retention {
-            succeeded: Duration::from_secs(3600),
-            failed: Duration::from_secs(3600),
-            batch: 100,
-        },
     }
 }
 

@@ -1,0 +1,1 @@
+SELECT max(tick) FROM scheduler_ticks WHERE cycle = $1

@@ -1,0 +1,54 @@
+//! The scheduler's sweeps over connections: indexed, set-based, and run on
+//! the caller's transaction (the tick's), so what a tick finds and what it
+//! enqueues commit together.
+
+use chrono::{DateTime, Utc};
+use dashtam_domain::ConnectionId;
+use dashtam_domain::model::ProviderKind;
+use sqlx::PgExecutor;
+use uuid::Uuid;
+
+use crate::StoreError;
+
+/// Active connections whose access token expires before `before`.
+pub async fn refresh_due<'e>(
+    executor: impl PgExecutor<'e>,
+    before: DateTime<Utc>,
+) -> Result<Vec<ConnectionId>, StoreError> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(include_str!("../queries/refresh_due.sql"))
+        .bind(before)
+        .fetch_all(executor)
+        .await?;
+    Ok(ids.into_iter().map(ConnectionId).collect())
+}
+
+/// Flags (once each) active connections whose refresh token expires before
+/// `before`, with an audit record apiece; returns how many.
+pub async fn flag_expiring_grants<'e>(
+    executor: impl PgExecutor<'e>,
+    before: DateTime<Utc>,
+    correlation_id: &str,
+) -> Result<u64, StoreError> {
+    Ok(
+        sqlx::query(include_str!("../queries/flag_expiring_grants.sql"))
+            .bind(before)
+            .bind(correlation_id)
+            .execute(executor)
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// Active connections of `provider` not synced since `since` (or never).
+pub async fn sync_due<'e>(
+    executor: impl PgExecutor<'e>,
+    provider: ProviderKind,
+    since: DateTime<Utc>,
+) -> Result<Vec<ConnectionId>, StoreError> {
+    let ids: Vec<Uuid> = sqlx::query_scalar(include_str!("../queries/sync_due.sql"))
+        .bind(provider.as_str())
+        .bind(since)
+        .fetch_all(executor)
+        .await?;
+    Ok(ids.into_iter().map(ConnectionId).collect())
+}
