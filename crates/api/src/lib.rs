@@ -94,8 +94,8 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    match dashtam_store::migrate::status(state.store.pool()).await {
+async fn readyz(State(pool): State<sqlx::PgPool>) -> Response {
+    match dashtam_store::migrate::status(&pool).await {
         Ok(dashtam_store::migrate::SchemaStatus::Current) => "ready".into_response(),
         Ok(other) => {
             ApiError::unavailable(format!("database schema is not current: {other:?}"), None)
@@ -106,6 +106,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
             ApiError::unavailable("database unreachable", Some(5)).into_response()
         }
     }
+}
+
+/// What every daemon serves, whatever its roles: `/healthz` (the process
+/// is alive), `/readyz` (the database is reachable and its schema current)
+/// and `/metrics`. Unauthenticated and cheap.
+pub fn ops_router<S: Clone + Send + Sync + 'static>(pool: sqlx::PgPool) -> Router<S> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(pool)
 }
 
 /// The whole HTTP surface.
@@ -119,9 +130,7 @@ pub fn router(state: AppState) -> Router {
                 idempotency::idempotency,
             )),
         )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .merge(ops_router(state.store.pool().clone()))
         .route_layer(middleware::from_fn(http_metrics))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(DefaultBodyLimit::max(body_limit))

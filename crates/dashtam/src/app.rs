@@ -206,20 +206,21 @@ impl Daemon {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Running> {
         let mut tasks = JoinSet::new();
-        let mut api_addr = None;
         let queue = Queue::new(self.pool.clone());
-        if roles.contains(&Role::Api) {
+        // Every daemon listens: the api role serves the API; any other role
+        // still serves /healthz, /readyz and /metrics for probes and scrapes.
+        let listener = match listener {
+            Some(l) => l,
+            None => TcpListener::bind(self.config.http.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", self.config.http.listen))?,
+        };
+        let api_addr = Some(listener.local_addr()?);
+        let app = if roles.contains(&Role::Api) {
             let secret = self
                 .jwt_secret
                 .clone()
                 .context("the api role needs auth.jwt_secret")?;
-            let listener = match listener {
-                Some(l) => l,
-                None => TcpListener::bind(self.config.http.listen)
-                    .await
-                    .with_context(|| format!("cannot listen on {}", self.config.http.listen))?,
-            };
-            api_addr = Some(listener.local_addr()?);
             let state = AppState {
                 store: self.store(),
                 queue: queue.clone(),
@@ -234,16 +235,26 @@ impl Daemon {
                 },
                 body_limit: self.config.http.body_limit_bytes,
             };
-            let app = dashtam_api::router(state);
-            let stop = shutdown.clone();
             info!(addr = %listener.local_addr()?, "api listening");
-            tasks.spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-                    .context("api server failed")
-            });
-        }
+            dashtam_api::router(state)
+        } else {
+            info!(addr = %listener.local_addr()?, "health and metrics listening");
+            dashtam_api::ops_router(self.pool.clone())
+        };
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .context("http server failed")
+        });
+        let queue_pool = queue_pool(&self.config, &self.pool);
+        tasks.spawn(refresh_gauges(
+            self.store(),
+            queue_pool.clone(),
+            Duration::from_secs(self.config.metrics.refresh_secs),
+            shutdown.clone(),
+        ));
         if roles.contains(&Role::Worker) {
             let name = process_name();
             let c = &self.config;
@@ -267,7 +278,7 @@ impl Daemon {
                     initial_history: Duration::from_secs(c.sync.initial_history_days * 86_400),
                 },
             );
-            let pool = WorkerPool::new(queue_pool(c, &self.pool), c.worker_config(name))
+            let pool = WorkerPool::new(queue_pool.clone(), c.worker_config(name))
                 .handle(dashtam_domain::jobs::KIND_SYNC, Arc::new(sync))
                 .handle(
                     dashtam_domain::jobs::KIND_TOKEN_REFRESH,
@@ -299,6 +310,64 @@ impl Daemon {
             });
         }
         Ok(Running { api_addr, tasks })
+    }
+}
+
+/// Every `every` until `stop`: reads the queue depth, the oldest waiting
+/// job's age and connection counts from the database into the gauges, and
+/// this process's pool sizes.
+async fn refresh_gauges(
+    store: Store,
+    queue_pool: PgPool,
+    every: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let m = &dashtam_telemetry::metrics::METRICS;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+        for (name, pool) in [("main", store.pool()), ("queue", &queue_pool)] {
+            let idle = i64::try_from(pool.num_idle()).unwrap_or(0);
+            let size = i64::from(pool.size());
+            m.db_pool_connections
+                .with_label_values(&[name, "idle"])
+                .set(idle);
+            m.db_pool_connections
+                .with_label_values(&[name, "in_use"])
+                .set(size - idle);
+        }
+        match dashtam_queue::ops::depth(store.pool()).await {
+            Ok(depth) => {
+                // Reset first: a state that emptied must read 0, not its
+                // last value.
+                m.queue_jobs.reset();
+                for (queue, state, n) in depth.jobs {
+                    m.queue_jobs.with_label_values(&[&queue, &state]).set(n);
+                }
+                m.queue_oldest_available_age.reset();
+                for (queue, age) in depth.oldest_available {
+                    m.queue_oldest_available_age
+                        .with_label_values(&[&queue])
+                        .set(age);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the queue depth"),
+        }
+        match store.connection_counts().await {
+            Ok(counts) => {
+                m.connections.reset();
+                for (provider, status, n) in counts {
+                    m.connections
+                        .with_label_values(&[&provider, &status])
+                        .set(n);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not count connections"),
+        }
     }
 }
 

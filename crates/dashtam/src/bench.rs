@@ -92,7 +92,11 @@ pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<
         connections.push(ConnectionId(conn.id));
     }
     let running = daemon
-        .start(&[Role::Worker], None, shutdown.clone())
+        .start(
+            &[Role::Worker],
+            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+            shutdown.clone(),
+        )
         .await?;
     let queue = Queue::new(pool.clone());
     let total = u64::from(opts.connections) * u64::from(opts.transactions);

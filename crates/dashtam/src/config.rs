@@ -33,7 +33,14 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub scheduler: SchedulerConfig,
     pub secrets: SecretsConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub refresh_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -340,6 +347,11 @@ impl Config {
         check(
             self.providers.plaid.timeout_secs >= 1,
             "providers.plaid.timeout_secs",
+            "must be at least 1",
+        );
+        check(
+            self.metrics.refresh_secs >= 1,
+            "metrics.refresh_secs",
             "must be at least 1",
         );
         let sc = &self.scheduler;

@@ -91,6 +91,10 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Check the configuration (defaults, --config, DASHTAM__ variables)
+    /// and print what deployment tooling needs to agree with: the listen
+    /// address and the secrets source. Exits 1 naming any bad key.
+    Config,
     /// Credential encryption keys.
     Keys {
         #[command(subcommand)]
@@ -254,7 +258,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
     let quiet = matches!(
         cli.command,
-        Command::Demo { .. } | Command::Bench { .. } | Command::Token { .. } | Command::Keys { .. }
+        Command::Demo { .. }
+            | Command::Bench { .. }
+            | Command::Token { .. }
+            | Command::Keys { .. }
+            | Command::Config
     );
     let filter = if quiet {
         "warn"
@@ -372,6 +380,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 parse_ttl(&ttl)?,
             )?;
             println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config => {
+            let line = serde_json::json!({
+                "valid": true,
+                "http_listen": config.http.listen.to_string(),
+                "secrets_source": format!("{:?}", config.secrets.source).to_lowercase(),
+            });
+            println!("{line}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Keys {

@@ -68,6 +68,26 @@ pub struct QueueStats {
     pub states: std::collections::BTreeMap<String, i64>,
 }
 
+/// What the queue-depth gauges show.
+#[derive(Clone, Debug, Default)]
+pub struct Depth {
+    /// (queue, state, jobs) for the unfinished states.
+    pub jobs: Vec<(String, String, i64)>,
+    /// (queue, seconds) the oldest runnable job has waited.
+    pub oldest_available: Vec<(String, f64)>,
+}
+
+pub async fn depth(pool: &PgPool) -> Result<Depth, QueueError> {
+    Ok(Depth {
+        jobs: sqlx::query_as(include_str!("../queries/depth.sql"))
+            .fetch_all(pool)
+            .await?,
+        oldest_available: sqlx::query_as(include_str!("../queries/oldest_available.sql"))
+            .fetch_all(pool)
+            .await?,
+    })
+}
+
 pub async fn stats(pool: &PgPool) -> Result<Vec<QueueStats>, QueueError> {
     let counts: Vec<(String, String, i64)> =
         sqlx::query_as("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")

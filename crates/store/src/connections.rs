@@ -218,6 +218,15 @@ pub(crate) fn kind_and_status(
 }
 
 impl Store {
+    /// (provider, status, connections), for the gauges.
+    pub async fn connection_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as(include_str!("../queries/connection_counts.sql"))
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// Moves a connection to `status` (e.g. `reauth_required` when the
     /// provider refuses its credentials).
     pub async fn set_connection_status(

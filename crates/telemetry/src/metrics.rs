@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -21,6 +21,10 @@ pub struct Metrics {
     pub transactions_ingested: IntCounterVec,
     pub token_refreshes: IntCounterVec,
     pub scheduler_leader: IntGauge,
+    pub queue_jobs: IntGaugeVec,
+    pub queue_oldest_available_age: GaugeVec,
+    pub connections: IntGaugeVec,
+    pub db_pool_connections: IntGaugeVec,
     pub scheduler_ticks: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
@@ -32,6 +36,12 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
 }
 
 fn histogram(
@@ -124,6 +134,36 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            queue_jobs: int_gauge(
+                &r,
+                "dashtam_queue_jobs",
+                "Unfinished jobs by queue and state (scheduled, available, running, retryable), read from the database.",
+                &["queue", "state"],
+            ),
+            queue_oldest_available_age: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "dashtam_queue_oldest_available_age_seconds",
+                        "How long the oldest runnable job of each queue has waited.",
+                    ),
+                    &["queue"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            connections: int_gauge(
+                &r,
+                "dashtam_connections",
+                "Provider connections by provider and status, read from the database.",
+                &["provider", "status"],
+            ),
+            db_pool_connections: int_gauge(
+                &r,
+                "dashtam_db_pool_connections",
+                "This process's database connections by pool (main, queue) and state (in_use, idle).",
+                &["pool", "state"],
+            ),
             scheduler_ticks: counter(
                 &r,
                 "dashtam_scheduler_ticks_total",

@@ -43,7 +43,15 @@ pub fn spawn_worker_with(
 ) -> Worker {
     let child = Command::new(env!("CARGO_BIN_EXE_dashtam"))
         .envs(env.iter().copied())
-        .args(["serve", "--role", "worker", "--database-url", url])
+        .args([
+            "serve",
+            "--role",
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            url,
+        ])
         .env_remove("RUST_LOG")
         .env("DASHTAM__CRYPTO__ACTIVE_KEY", "k1")
         .env("DASHTAM__CRYPTO__KEYS__K1", key.expose_secret())

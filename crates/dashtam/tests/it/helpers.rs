@@ -75,6 +75,7 @@ pub async fn authorization_code(
 pub fn test_config() -> Config {
     let mut config = Config::load(None).expect("default configuration");
     config.worker.poll_interval_ms = 50;
+    config.metrics.refresh_secs = 1;
     config.worker.backoff_base_ms = 10;
     config.worker.backoff_max_secs = 1;
     config.worker.shutdown_timeout_secs = 5;

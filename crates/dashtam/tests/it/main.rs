@@ -8,6 +8,7 @@ mod crash;
 mod helpers;
 mod metrics;
 mod operations;
+mod ops;
 mod scheduler;
 mod secrets;
 mod sync;

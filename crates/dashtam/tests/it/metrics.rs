@@ -2,7 +2,9 @@
 
 use sqlx::PgPool;
 
-use crate::helpers::spawn_app;
+use dashtam::app::Role;
+
+use crate::helpers::{spawn_app, spawn_app_with, test_config};
 
 const MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
@@ -74,5 +76,69 @@ async fn metrics_follow_a_sync(pool: PgPool) {
         !after.contains(&conn),
         "a connection id leaked into a label"
     );
+    app.stop().await;
+}
+
+/// Gauges read from the database: queue depth, the oldest waiting job's
+/// age, connections by status, and this process's pools.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn gauges_show_the_queue_and_the_connections(pool: PgPool) {
+    // API only: the enqueued sync stays available.
+    let app = spawn_app_with(pool, &[Role::Api], test_config()).await;
+    let conn = app.connect("alice", 1, 1).await;
+    assert_eq!(app.enqueue_sync("alice", &conn).await.status(), 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = scrape(&app).await;
+        if sample(
+            &text,
+            r#"dashtam_queue_jobs{queue="sync",state="available"}"#,
+        ) == 1.0
+        {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gauges never moved: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        sample(
+            &text,
+            r#"dashtam_connections{provider="plaid",status="active"}"#
+        ),
+        1.0
+    );
+    assert!(text.contains(r#"dashtam_queue_oldest_available_age_seconds{queue="sync"}"#));
+    assert!(
+        sample(
+            &text,
+            r#"dashtam_db_pool_connections{pool="main",state="idle"}"#
+        ) >= 1.0
+    );
+    app.stop().await;
+}
+
+/// A daemon without the api role still answers probes and scrapes, and
+/// nothing else.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn a_worker_only_daemon_serves_health_and_metrics(pool: PgPool) {
+    let app = spawn_app_with(pool, &[Role::Worker], test_config()).await;
+    for (path, status) in [
+        ("/healthz", 200),
+        ("/readyz", 200),
+        ("/metrics", 200),
+        ("/api/v1/connections", 404),
+    ] {
+        let resp = app
+            .http
+            .get(format!("{}{path}", app.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{path}");
+    }
+    assert!(scrape(&app).await.contains("dashtam_up 1"));
     app.stop().await;
 }

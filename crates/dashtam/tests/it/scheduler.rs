@@ -201,7 +201,8 @@ async fn three_daemons_process_every_tick_exactly_once_across_a_leader_kill(pool
     let spawn = || {
         Daemon(
             Command::new(env!("CARGO_BIN_EXE_dashtam"))
-                .args(["serve", "--role", "scheduler", "--database-url", &url])
+                .args(["serve", "--role", "scheduler", "--listen", "127.0.0.1:0"])
+                .args(["--database-url", &url])
                 .env_remove("RUST_LOG")
                 .env("DASHTAM__CRYPTO__ACTIVE_KEY", "k1")
                 .env("DASHTAM__CRYPTO__KEYS__K1", key.expose_secret())

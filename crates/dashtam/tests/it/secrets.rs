@@ -162,7 +162,15 @@ async fn the_daemon_reads_its_secrets_from_secrets_manager(pool: PgPool) {
     let url = url_of(&pool);
     let out = dashtam(
         &moto,
-        &["serve", "--role", "worker", "--database-url", &url],
+        &[
+            "serve",
+            "--role",
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &url,
+        ],
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

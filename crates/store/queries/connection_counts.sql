@@ -1,0 +1,1 @@
+SELECT provider, status, count(*) FROM provider_connections GROUP BY provider, status
