@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 mod extract;
 mod idempotency;
+pub mod ratelimit;
 mod v1;
 
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub jobs: JobSettings,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// Per-user limits on writes; `None`: not enforced.
+    pub rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
 }
 
 /// The request's id: echoed in `x-request-id`, in problem bodies and logs.
@@ -94,9 +97,26 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(pool): State<sqlx::PgPool>) -> Response {
-    match dashtam_store::migrate::status(&pool).await {
-        Ok(dashtam_store::migrate::SchemaStatus::Current) => "ready".into_response(),
+/// What `/readyz` checks.
+#[derive(Clone)]
+struct OpsState {
+    pool: sqlx::PgPool,
+    rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
+}
+
+/// Ready when the database answers and its schema is this release's.
+/// Redis is reported but not required: without it rate limits fail open.
+async fn readyz(State(ops): State<OpsState>) -> Response {
+    let redis = match &ops.rate_limiter {
+        None => "not_used",
+        Some(l) if l.redis_ok().await => "ok",
+        Some(_) => "unavailable",
+    };
+    match dashtam_store::migrate::status(&ops.pool).await {
+        Ok(dashtam_store::migrate::SchemaStatus::Current) => axum::Json(serde_json::json!({
+            "status": "ready", "database": "ok", "schema": "current", "redis": redis,
+        }))
+        .into_response(),
         Ok(other) => {
             ApiError::unavailable(format!("database schema is not current: {other:?}"), None)
                 .into_response()
@@ -111,12 +131,15 @@ async fn readyz(State(pool): State<sqlx::PgPool>) -> Response {
 /// What every daemon serves, whatever its roles: `/healthz` (the process
 /// is alive), `/readyz` (the database is reachable and its schema current)
 /// and `/metrics`. Unauthenticated and cheap.
-pub fn ops_router<S: Clone + Send + Sync + 'static>(pool: sqlx::PgPool) -> Router<S> {
+pub fn ops_router<S: Clone + Send + Sync + 'static>(
+    pool: sqlx::PgPool,
+    rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
+) -> Router<S> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(pool)
+        .with_state(OpsState { pool, rate_limiter })
 }
 
 /// The whole HTTP surface.
@@ -125,12 +148,20 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest(
             "/api/v1",
-            v1::router().layer(middleware::from_fn_with_state(
-                state.clone(),
-                idempotency::idempotency,
-            )),
+            v1::router()
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    idempotency::idempotency,
+                ))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    ratelimit::rate_limit,
+                )),
         )
-        .merge(ops_router(state.store.pool().clone()))
+        .merge(ops_router(
+            state.store.pool().clone(),
+            state.rate_limiter.clone(),
+        ))
         .route_layer(middleware::from_fn(http_metrics))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(DefaultBodyLimit::max(body_limit))

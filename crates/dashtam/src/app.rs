@@ -234,12 +234,19 @@ impl Daemon {
                     sync_max_attempts: self.config.jobs.sync_max_attempts,
                 },
                 body_limit: self.config.http.body_limit_bytes,
+                rate_limiter: self
+                    .config
+                    .rate_limit_settings()
+                    .map(dashtam_api::ratelimit::RateLimiter::new)
+                    .transpose()
+                    .context("rate_limit.redis_url")?
+                    .map(Arc::new),
             };
             info!(addr = %listener.local_addr()?, "api listening");
             dashtam_api::router(state)
         } else {
             info!(addr = %listener.local_addr()?, "health and metrics listening");
-            dashtam_api::ops_router(self.pool.clone())
+            dashtam_api::ops_router(self.pool.clone(), None)
         };
         let stop = shutdown.clone();
         tasks.spawn(async move {

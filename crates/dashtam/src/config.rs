@@ -24,6 +24,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
+    pub rate_limit: RateLimitConfig,
     pub crypto: CryptoConfig,
     pub worker: WorkerSection,
     pub jobs: JobsConfig,
@@ -126,6 +127,20 @@ pub struct AuthConfig {
     pub jwt_secret: SecretString,
     pub issuer: String,
     pub audience: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    pub redis_url: String,
+    pub key_prefix: String,
+    pub enqueue_burst: u32,
+    pub enqueue_per_sec: f64,
+    pub write_burst: u32,
+    pub write_per_sec: f64,
+    pub timeout_ms: u64,
+    pub log_every_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -349,6 +364,24 @@ impl Config {
             "providers.plaid.timeout_secs",
             "must be at least 1",
         );
+        let rl = &self.rate_limit;
+        check(
+            rl.enqueue_burst >= 1 && rl.write_burst >= 1,
+            "rate_limit.enqueue_burst",
+            "bursts must be at least 1",
+        );
+        check(
+            rl.enqueue_per_sec > 0.0 && rl.write_per_sec > 0.0,
+            "rate_limit.enqueue_per_sec",
+            "rates must be above 0",
+        );
+        check(
+            !rl.enabled
+                || rl.redis_url.starts_with("redis://")
+                || rl.redis_url.starts_with("rediss://"),
+            "rate_limit.redis_url",
+            "must be a redis:// or rediss:// URL",
+        );
         check(
             self.metrics.refresh_secs >= 1,
             "metrics.refresh_secs",
@@ -389,6 +422,26 @@ impl Config {
         } else {
             bail!("invalid configuration:\n  {}", problems.join("\n  "))
         }
+    }
+
+    /// The API's rate limits, if enabled.
+    pub fn rate_limit_settings(&self) -> Option<dashtam_api::ratelimit::RateLimitSettings> {
+        use dashtam_api::ratelimit::{Limit, RateLimitSettings};
+        let rl = &self.rate_limit;
+        rl.enabled.then(|| RateLimitSettings {
+            redis_url: rl.redis_url.clone(),
+            key_prefix: rl.key_prefix.clone(),
+            enqueue: Limit {
+                per_sec: rl.enqueue_per_sec,
+                burst: rl.enqueue_burst,
+            },
+            write: Limit {
+                per_sec: rl.write_per_sec,
+                burst: rl.write_burst,
+            },
+            timeout: Duration::from_millis(rl.timeout_ms),
+            log_every: Duration::from_secs(rl.log_every_secs),
+        })
     }
 
     /// The scheduler's settings; `holder` names this process in the lease.

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub transactions_ingested: IntCounterVec,
     pub token_refreshes: IntCounterVec,
     pub scheduler_leader: IntGauge,
+    pub rate_limit_decisions: IntCounterVec,
     pub queue_jobs: IntGaugeVec,
     pub queue_oldest_available_age: GaugeVec,
     pub connections: IntGaugeVec,
@@ -163,6 +164,12 @@ impl Metrics {
                 "dashtam_db_pool_connections",
                 "This process's database connections by pool (main, queue) and state (in_use, idle).",
                 &["pool", "state"],
+            ),
+            rate_limit_decisions: counter(
+                &r,
+                "dashtam_rate_limit_decisions_total",
+                "Rate-limit decisions on API writes by class (enqueue, write) and decision (allowed, limited, fail_open: Redis unavailable, let through).",
+                &["class", "decision"],
             ),
             scheduler_ticks: counter(
                 &r,

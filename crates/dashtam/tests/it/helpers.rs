@@ -76,6 +76,11 @@ pub fn test_config() -> Config {
     let mut config = Config::load(None).expect("default configuration");
     config.worker.poll_interval_ms = 50;
     config.metrics.refresh_secs = 1;
+    // Buckets of its own (the Redis server is shared), and roomy: tests of
+    // the limits themselves set them tight.
+    config.rate_limit.key_prefix = format!("test-{}", uuid::Uuid::new_v4());
+    config.rate_limit.enqueue_burst = 10_000;
+    config.rate_limit.write_burst = 10_000;
     config.worker.backoff_base_ms = 10;
     config.worker.backoff_max_secs = 1;
     config.worker.shutdown_timeout_secs = 5;

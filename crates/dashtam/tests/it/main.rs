@@ -9,6 +9,7 @@ mod helpers;
 mod metrics;
 mod operations;
 mod ops;
+mod ratelimit;
 mod scheduler;
 mod secrets;
 mod sync;
