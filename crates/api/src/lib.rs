@@ -50,8 +50,22 @@ pub struct AppState {
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
+/// The caller's `X-Request-Id` if it is a sane one (a proxy's, say), else a
+/// new UUIDv7.
+fn request_id_of(req: &Request) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
+}
+
 async fn request_context(mut req: Request, next: Next) -> Response {
-    let id = uuid::Uuid::now_v7().to_string();
+    let id = request_id_of(&req);
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let mut resp = next.run(req).instrument(span).await;
@@ -71,6 +85,12 @@ async fn http_metrics(req: Request, next: Next) -> Response {
     let method = req.method().as_str().to_owned();
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
+    tracing::debug!(
+        route = %route,
+        status = resp.status().as_u16(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request handled"
+    );
     let m = &dashtam_telemetry::metrics::METRICS;
     m.http_requests
         .with_label_values(&[&route, &method, resp.status().as_str()])

@@ -47,8 +47,11 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
         builder
             .json()
             .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            // Every enclosing span (request, job) with its fields: a line
+            // from deep inside a job still names the job, connection and
+            // attempt.
+            .with_current_span(false)
+            .with_span_list(true)
             .try_init()
     } else {
         builder.compact().try_init()

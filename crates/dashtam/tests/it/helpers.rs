@@ -4,7 +4,8 @@ use dashtam::app::{Daemon, Role, Running};
 use dashtam::config::Config;
 use dashtam::secrets::Secrets;
 use dashtam_sandbox::{Sandbox, SandboxConfig};
-use secrecy::SecretString;
+use dashtam_store::Cipher;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -361,5 +362,98 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A real `dashtam serve` process (every role) with its JSON logs captured,
+/// against `database_url` and the sandbox at `sandbox_url`.
+pub struct DaemonProcess {
+    child: std::process::Child,
+    pub api: String,
+    pub jwt: SecretString,
+    pub key: SecretString,
+    dir: std::path::PathBuf,
+}
+
+impl DaemonProcess {
+    pub async fn start(database_url: &str, sandbox_url: &str, log_filter: &str) -> Self {
+        let key = Cipher::generate_key().unwrap();
+        let jwt = Cipher::generate_key().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("dashtam-daemon-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = std::fs::File::create(dir.join("daemon.log")).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_dashtam"))
+            .args(["serve", "--database-url", database_url])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env_remove("RUST_LOG")
+            .env("DASHTAM__LOG__FILTER", log_filter)
+            .env("DASHTAM__LOG__FORMAT", "json")
+            .env("DASHTAM__AUTH__JWT_SECRET", jwt.expose_secret())
+            .env("DASHTAM__CRYPTO__ACTIVE_KEY", "k1")
+            .env("DASHTAM__CRYPTO__KEYS__K1", key.expose_secret())
+            .env("DASHTAM__PROVIDERS__SCHWAB__BASE_URL", sandbox_url)
+            .env("DASHTAM__PROVIDERS__PLAID__BASE_URL", sandbox_url)
+            .env("DASHTAM__WORKER__POLL_INTERVAL_MS", "50")
+            .env(
+                "DASHTAM__RATE_LIMIT__KEY_PREFIX",
+                format!("test-{}", uuid::Uuid::new_v4()),
+            )
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let api = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("{api}/readyz")).await.is_err() {
+            assert!(Instant::now() < deadline, "daemon did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            child,
+            api,
+            jwt,
+            key,
+            dir,
+        }
+    }
+
+    /// A client token for `sub`, signed with this daemon's secret.
+    pub fn token(&self, sub: &str) -> String {
+        let config = test_config();
+        dashtam_api::issue_token(
+            &self.jwt,
+            &config.auth.issuer,
+            &config.auth.audience,
+            sub,
+            dashtam_api::Role::Client,
+            Duration::from_secs(600),
+        )
+        .unwrap()
+    }
+
+    /// SIGTERM, a clean exit, and everything it logged.
+    pub fn terminate(mut self) -> String {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(self.child.wait().unwrap().success());
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap()
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

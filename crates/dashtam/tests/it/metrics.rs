@@ -4,7 +4,8 @@ use sqlx::PgPool;
 
 use dashtam::app::Role;
 
-use crate::helpers::{spawn_app, spawn_app_with, test_config};
+use crate::cli::url_of;
+use crate::helpers::{DaemonProcess, serve_sandbox, spawn_app, spawn_app_with, test_config};
 
 const MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
@@ -141,4 +142,118 @@ async fn a_worker_only_daemon_serves_health_and_metrics(pool: PgPool) {
     }
     assert!(scrape(&app).await.contains("dashtam_up 1"));
     app.stop().await;
+}
+
+/// JSON log lines carry their context through spans: a request's lines its
+/// request id (the caller's X-Request-Id, when sane), a job's lines its job
+/// id, connection id and attempt.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn log_lines_carry_request_and_job_context(pool: PgPool) {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let sandbox = dashtam_sandbox::Sandbox::new(dashtam_sandbox::SandboxConfig::default());
+    let sandbox_url = serve_sandbox(&sandbox, &shutdown).await;
+    let daemon = DaemonProcess::start(&url_of(&pool), &sandbox_url, "info,dashtam_api=debug").await;
+    let http = reqwest::Client::new();
+    let token = daemon.token("alice");
+    let linked: serde_json::Value = http
+        .post(format!("{sandbox_url}/sandbox/public_token/create"))
+        .json(&serde_json::json!({
+            "client_id": "dashtam-sandbox-client", "secret": "dashtam-sandbox-secret",
+            "institution_id": "ins_1", "initial_products": ["transactions"],
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let resp = http
+        .post(format!("{}/api/v1/connections", daemon.api))
+        .bearer_auth(&token)
+        .header("x-request-id", "lb-4711")
+        .json(&serde_json::json!({ "provider": "plaid", "public_token": linked["public_token"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["x-request-id"], "lb-4711");
+    let conn: serde_json::Value = resp.json().await.unwrap();
+    let job: serde_json::Value = http
+        .post(format!(
+            "{}/api/v1/connections/{}/syncs",
+            daemon.api,
+            conn["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let j: serde_json::Value = http
+            .get(format!(
+                "{}/api/v1/jobs/{}",
+                daemon.api,
+                job["id"].as_str().unwrap()
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if j["state"] == "succeeded" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{j}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let logs = daemon.terminate();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let field = |line: &serde_json::Value, span: &str, key: &str| -> Option<String> {
+        line["spans"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == span)
+            .and_then(|s| {
+                s[key]
+                    .as_str()
+                    .map(str::to_owned)
+                    .or(s[key].as_i64().map(|n| n.to_string()))
+            })
+    };
+    let handled = lines
+        .iter()
+        .find(|l| l["message"] == "request handled" && l["route"] == "/api/v1/connections")
+        .expect("a request line");
+    assert_eq!(
+        field(handled, "request", "request_id").as_deref(),
+        Some("lb-4711")
+    );
+    let committed = lines
+        .iter()
+        .find(|l| l["message"] == "sync committed")
+        .expect("a job line");
+    assert_eq!(
+        field(committed, "job", "job_id"),
+        job["id"].as_str().map(str::to_owned)
+    );
+    assert_eq!(
+        field(committed, "job", "connection_id"),
+        conn["id"].as_str().map(str::to_owned)
+    );
+    assert_eq!(field(committed, "job", "attempt").as_deref(), Some("1"));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    shutdown.cancel();
 }

@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::url_of;
 use crate::crash::spawn_worker_with;
-use crate::helpers::{TestApp, authorization_code, serve_sandbox, spawn_app, test_config};
+use crate::helpers::{
+    DaemonProcess, TestApp, authorization_code, serve_sandbox, spawn_app, test_config,
+};
 
 async fn connection(app: &TestApp, user: &str, id: &str) -> Value {
     app.get(user, &format!("/api/v1/connections/{id}"))
@@ -384,50 +386,11 @@ async fn tokens_never_leak_into_logs_responses_or_a_database_dump(pool: PgPool) 
     let shutdown = CancellationToken::new();
     let (sandbox, sandbox_url) = start_sandbox(SandboxConfig::default(), &shutdown).await;
     let url = url_of(&pool);
-    let key = Cipher::generate_key().unwrap();
-    let jwt = Cipher::generate_key().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = std::env::temp_dir().join(format!("dashtam-leak-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log = dir.join("daemon.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dashtam"))
-        .args(["serve", "--database-url", &url])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_remove("RUST_LOG")
-        .env("DASHTAM__LOG__FILTER", "debug")
-        .env("DASHTAM__LOG__FORMAT", "json")
-        .env("DASHTAM__AUTH__JWT_SECRET", jwt.expose_secret())
-        .env("DASHTAM__CRYPTO__ACTIVE_KEY", "k1")
-        .env("DASHTAM__CRYPTO__KEYS__K1", key.expose_secret())
-        .env("DASHTAM__PROVIDERS__SCHWAB__BASE_URL", &sandbox_url)
-        .env("DASHTAM__PROVIDERS__PLAID__BASE_URL", &sandbox_url)
-        .env("DASHTAM__WORKER__POLL_INTERVAL_MS", "50")
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .unwrap();
-    let api = format!("http://127.0.0.1:{port}");
+    let daemon = DaemonProcess::start(&url, &sandbox_url, "debug").await;
+    let api = daemon.api.clone();
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{api}/readyz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "daemon did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let config = test_config();
-    let token = dashtam_api::issue_token(
-        &jwt,
-        &config.auth.issuer,
-        &config.auth.audience,
-        "alice",
-        dashtam_api::Role::Client,
-        Duration::from_secs(600),
-    )
-    .unwrap();
+    let token = daemon.token("alice");
     let mut seen = Vec::<String>::new();
     let code = authorization_code(&sandbox_url, &config.providers.schwab.redirect_uri, 2, 20).await;
     let resp = http
@@ -518,16 +481,8 @@ async fn tokens_never_leak_into_logs_responses_or_a_database_dump(pool: PgPool) 
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(child.wait().unwrap().success());
-    let logs = std::fs::read_to_string(&log).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    let (key, jwt) = (daemon.key.clone(), daemon.jwt.clone());
+    let logs = daemon.terminate();
     assert!(
         logs.contains("access token refreshed"),
         "logs were captured"
