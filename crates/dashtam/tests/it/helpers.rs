@@ -22,6 +22,17 @@ pub struct TestApp {
     running: Option<Running>,
 }
 
+/// The value of the sample `name{labels}` (labels in Prometheus's sorted
+/// order) in a scrape, or 0 when absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
 /// Serves `sandbox` on an ephemeral port until `shutdown`; returns its URL.
 pub async fn serve_sandbox(sandbox: &Sandbox, shutdown: &CancellationToken) -> String {
     let stop = shutdown.clone();
@@ -266,6 +277,24 @@ impl TestApp {
         (body["id"].as_str().unwrap().to_owned(), grant)
     }
 
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn scrape(&self) -> String {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.api))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        resp.text().await.unwrap()
+    }
+
     /// A sandbox control call (`POST /sandbox/dashtam/...`).
     pub async fn control(&self, path: &str, body: Value) {
         let resp = self
@@ -434,6 +463,44 @@ impl DaemonProcess {
             Duration::from_secs(600),
         )
         .unwrap()
+    }
+
+    /// Enqueues a sync of `connection` as `token`'s user and waits for it to
+    /// succeed; returns the finished job's body as served.
+    pub async fn sync(&self, token: &str, connection: &str) -> String {
+        let http = reqwest::Client::new();
+        let job: Value = http
+            .post(format!(
+                "{}/api/v1/connections/{connection}/syncs",
+                self.api
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let url = format!("{}/api/v1/jobs/{}", self.api, job["id"].as_str().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let body = http
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let j: Value = serde_json::from_str(&body).unwrap();
+            if j["state"] != "running" && j["state"] != "available" {
+                assert_eq!(j["state"], "succeeded", "{j}");
+                return body;
+            }
+            assert!(Instant::now() < deadline, "sync did not finish: {j}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGTERM, a clean exit, and everything it logged.

@@ -5,48 +5,22 @@ use sqlx::PgPool;
 use dashtam::app::Role;
 
 use crate::cli::url_of;
-use crate::helpers::{DaemonProcess, serve_sandbox, spawn_app, spawn_app_with, test_config};
+use crate::helpers::{
+    DaemonProcess, sample, serve_sandbox, spawn_app, spawn_app_with, test_config,
+};
 
 const MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
-
-/// The value of the sample `name{labels}` (labels in Prometheus's sorted
-/// order), or 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
-
-async fn scrape(app: &crate::helpers::TestApp) -> String {
-    let resp = app
-        .http
-        .get(format!("{}/metrics", app.api))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain")
-    );
-    resp.text().await.unwrap()
-}
 
 #[sqlx::test(migrator = "MIGRATIONS")]
 async fn metrics_follow_a_sync(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let before = scrape(&app).await;
+    let before = app.scrape().await;
     let conn = app.connect("alice", 2, 150).await;
     let job = app.sync("alice", &conn).await;
     assert_eq!(job["state"], "succeeded");
     // Completion is batched: give the completer a moment, then scrape.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let after = scrape(&app).await;
+    let after = app.scrape().await;
     let delta = |series: &str| sample(&after, series) - sample(&before, series);
 
     assert!(
@@ -90,7 +64,7 @@ async fn gauges_show_the_queue_and_the_connections(pool: PgPool) {
     assert_eq!(app.enqueue_sync("alice", &conn).await.status(), 202);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let text = loop {
-        let text = scrape(&app).await;
+        let text = app.scrape().await;
         if sample(
             &text,
             r#"dashtam_queue_jobs{queue="sync",state="available"}"#,
@@ -140,7 +114,7 @@ async fn a_worker_only_daemon_serves_health_and_metrics(pool: PgPool) {
             .unwrap();
         assert_eq!(resp.status(), status, "{path}");
     }
-    assert!(scrape(&app).await.contains("dashtam_up 1"));
+    assert!(app.scrape().await.contains("dashtam_up 1"));
     app.stop().await;
 }
 
@@ -178,40 +152,8 @@ async fn log_lines_carry_request_and_job_context(pool: PgPool) {
     assert_eq!(resp.status(), 201);
     assert_eq!(resp.headers()["x-request-id"], "lb-4711");
     let conn: serde_json::Value = resp.json().await.unwrap();
-    let job: serde_json::Value = http
-        .post(format!(
-            "{}/api/v1/connections/{}/syncs",
-            daemon.api,
-            conn["id"].as_str().unwrap()
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let j: serde_json::Value = http
-            .get(format!(
-                "{}/api/v1/jobs/{}",
-                daemon.api,
-                job["id"].as_str().unwrap()
-            ))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if j["state"] == "succeeded" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{j}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let job: serde_json::Value =
+        serde_json::from_str(&daemon.sync(&token, conn["id"].as_str().unwrap()).await).unwrap();
     let logs = daemon.terminate();
     let lines: Vec<serde_json::Value> = logs
         .lines()

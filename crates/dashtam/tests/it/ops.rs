@@ -70,15 +70,7 @@ async fn busy_scrape(pool: PgPool) -> String {
     assert_eq!(app.enqueue_sync("alice", &plaid).await.status(), 202);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let text = app
-            .http
-            .get(format!("{}/metrics", app.api))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.scrape().await;
         if text.contains("dashtam_scheduler_ticks_total{")
             && text.contains("dashtam_queue_oldest_available_age_seconds{")
         {

@@ -9,7 +9,7 @@ use dashtam::app::Role;
 use serde_json::Value;
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, spawn_app_with, test_config};
+use crate::helpers::{TestApp, sample, spawn_app_with, test_config};
 
 struct Redis {
     child: Child,
@@ -63,21 +63,6 @@ async fn app_with_limits(pool: PgPool, redis_url: &str, burst: u32) -> TestApp {
     spawn_app_with(pool, &[Role::Api], config).await
 }
 
-async fn metric(app: &TestApp, series: &str) -> f64 {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.api))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
-
 #[sqlx::test(migrations = "../../migrations")]
 async fn enqueues_past_the_burst_get_a_429_problem_with_rate_limit_headers(pool: PgPool) {
     let app = app_with_limits(pool, "redis://127.0.0.1:6379", 3).await;
@@ -116,11 +101,10 @@ async fn enqueues_past_the_burst_get_a_429_problem_with_rate_limit_headers(pool:
     let other = app.connect("bob", 1, 1).await;
     assert_eq!(app.enqueue_sync("bob", &other).await.status(), 202);
     assert_eq!(
-        metric(
-            &app,
+        sample(
+            &app.scrape().await,
             r#"dashtam_rate_limit_decisions_total{class="enqueue",decision="limited"}"#
-        )
-        .await,
+        ),
         1.0
     );
     app.stop().await;
@@ -142,7 +126,7 @@ async fn with_redis_down_the_api_keeps_serving_and_counts_it(pool: PgPool) {
         assert_eq!(enqueue().await, 200, "fail-open while Redis is down");
     }
     let open = r#"dashtam_rate_limit_decisions_total{class="enqueue",decision="fail_open"}"#;
-    assert!(metric(&app, open).await >= 5.0);
+    assert!(sample(&app.scrape().await, open) >= 5.0);
     let ready: Value = app
         .http
         .get(format!("{}/readyz", app.api))

@@ -404,38 +404,7 @@ async fn tokens_never_leak_into_logs_responses_or_a_database_dump(pool: PgPool) 
     let conn: Value = resp.json().await.unwrap();
     seen.push(conn.to_string());
     let id = conn["id"].as_str().unwrap().to_owned();
-    let sync = async |seen: &mut Vec<String>| {
-        let job: Value = http
-            .post(format!("{api}/api/v1/connections/{id}/syncs"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let body = http
-                .get(format!("{api}/api/v1/jobs/{}", job["id"].as_str().unwrap()))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let j: Value = serde_json::from_str(&body).unwrap();
-            if j["state"] != "running" && j["state"] != "available" {
-                assert_eq!(j["state"], "succeeded", "{j}");
-                seen.push(body);
-                return;
-            }
-            assert!(Instant::now() < deadline, "sync did not finish: {j}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    sync(&mut seen).await;
+    seen.push(daemon.sync(&token, &id).await);
     let grant = sandbox.oauth_grants()[0].id;
     http.post(format!(
         "{sandbox_url}/sandbox/dashtam/oauth/grants/{grant}/expire"
@@ -443,7 +412,7 @@ async fn tokens_never_leak_into_logs_responses_or_a_database_dump(pool: PgPool) 
     .send()
     .await
     .unwrap();
-    sync(&mut seen).await;
+    seen.push(daemon.sync(&token, &id).await);
     assert_eq!(sandbox.oauth_grants()[0].refresh_calls, 1);
     for path in [
         format!("/api/v1/connections/{id}"),
