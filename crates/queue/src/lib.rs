@@ -115,6 +115,16 @@ impl Enqueued {
 }
 
 /// The client side of the queue.
+/// What [`Queue::list`] keeps; `None` means any.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JobFilter<'a> {
+    pub owner: Option<&'a str>,
+    pub state: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub connection_id: Option<&'a str>,
+    pub after: Option<Uuid>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Queue {
     pool: PgPool,
@@ -185,6 +195,23 @@ impl Queue {
         .bind(kind)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// Jobs newest first, filtered; `after` is the previous page's last id.
+    pub async fn list(
+        &self,
+        filter: &JobFilter<'_>,
+        limit: i64,
+    ) -> Result<Vec<JobRecord>, QueueError> {
+        Ok(sqlx::query_as(include_str!("../queries/list_jobs.sql"))
+            .bind(filter.owner)
+            .bind(filter.state)
+            .bind(filter.kind)
+            .bind(filter.connection_id)
+            .bind(filter.after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, QueueError> {

@@ -262,7 +262,7 @@ impl Scheduler {
         let due = sweeps::refresh_due(&mut *tx, now + span(s.refresh_lead)).await?;
         let jobs: Vec<NewJob> = due
             .into_iter()
-            .map(|id| {
+            .map(|(id, user)| {
                 let job = TokenRefreshJob::new(id, None);
                 let mut new = NewJob::new(
                     QUEUE_TOKEN_REFRESH,
@@ -271,6 +271,8 @@ impl Scheduler {
                 );
                 new.unique_key = Some(job.unique_key());
                 new.max_attempts = s.token_refresh_max_attempts;
+                // The user the work is for sees the job in the API.
+                new.owner = Some(user);
                 new
             })
             .collect();
@@ -292,7 +294,7 @@ impl Scheduler {
         let spread_ms = u64::try_from(s.sync_spread.as_millis()).unwrap_or(u64::MAX);
         let mut jobs = Vec::new();
         for (provider, interval) in &s.sync_intervals {
-            for id in sweeps::sync_due(&mut *tx, *provider, now - span(*interval)).await? {
+            for (id, user) in sweeps::sync_due(&mut *tx, *provider, now - span(*interval)).await? {
                 let job = SyncJob::new(id);
                 let mut new = NewJob::new(
                     QUEUE_SYNC,
@@ -301,6 +303,7 @@ impl Scheduler {
                 );
                 new.unique_key = Some(job.unique_key());
                 new.max_attempts = s.sync_max_attempts;
+                new.owner = Some(user);
                 // Jitter: 100,000 due connections become a steady trickle.
                 let delay = fastrand::u64(..=spread_ms);
                 new.run_at = Some(now + chrono::Duration::milliseconds(delay as i64));

@@ -10,16 +10,26 @@ use uuid::Uuid;
 
 use crate::StoreError;
 
+/// A connection a sweep found, and the user its jobs are for.
+pub type Due = (ConnectionId, String);
+
+fn due(rows: Vec<(Uuid, String)>) -> Vec<Due> {
+    rows.into_iter()
+        .map(|(id, user)| (ConnectionId(id), user))
+        .collect()
+}
+
 /// Active connections whose access token expires before `before`.
 pub async fn refresh_due<'e>(
     executor: impl PgExecutor<'e>,
     before: DateTime<Utc>,
-) -> Result<Vec<ConnectionId>, StoreError> {
-    let ids: Vec<Uuid> = sqlx::query_scalar(include_str!("../queries/refresh_due.sql"))
-        .bind(before)
-        .fetch_all(executor)
-        .await?;
-    Ok(ids.into_iter().map(ConnectionId).collect())
+) -> Result<Vec<Due>, StoreError> {
+    Ok(due(sqlx::query_as(include_str!(
+        "../queries/refresh_due.sql"
+    ))
+    .bind(before)
+    .fetch_all(executor)
+    .await?))
 }
 
 /// Flags (once each) active connections whose refresh token expires before
@@ -44,11 +54,10 @@ pub async fn sync_due<'e>(
     executor: impl PgExecutor<'e>,
     provider: ProviderKind,
     since: DateTime<Utc>,
-) -> Result<Vec<ConnectionId>, StoreError> {
-    let ids: Vec<Uuid> = sqlx::query_scalar(include_str!("../queries/sync_due.sql"))
+) -> Result<Vec<Due>, StoreError> {
+    Ok(due(sqlx::query_as(include_str!("../queries/sync_due.sql"))
         .bind(provider.as_str())
         .bind(since)
         .fetch_all(executor)
-        .await?;
-    Ok(ids.into_iter().map(ConnectionId).collect())
+        .await?))
 }

@@ -1,12 +1,12 @@
 //! Job status.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use dashtam_domain::JobId;
 use dashtam_queue::JobRecord;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::auth::{Caller, Role};
@@ -17,8 +17,92 @@ use dashtam_domain::audit::AuditAction;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/jobs", get(list))
         .route("/jobs/{job_id}", get(show))
         .route("/jobs/{job_id}/cancel", post(cancel))
+}
+
+const STATES: [&str; 7] = [
+    "scheduled",
+    "available",
+    "running",
+    "retryable",
+    "succeeded",
+    "failed",
+    "cancelled",
+];
+const KINDS: [&str; 2] = ["sync", "token_refresh"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    state: Option<String>,
+    kind: Option<String>,
+    connection_id: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct JobPage {
+    data: Vec<JobView>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    next_cursor: Option<String>,
+}
+
+/// A client's own jobs (those enqueued for its connections, by it or by the
+/// scheduler), or, for an operator, everyone's; newest first.
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<JobPage>, ApiError> {
+    let q = super::data::query(q)?;
+    let one_of = |field: &str, value: &Option<String>, allowed: &[&str]| match value {
+        Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::invalid_field(
+            field,
+            format!("{v:?} is not one of {}", allowed.join(", ")),
+        )),
+        _ => Ok(()),
+    };
+    one_of("state", &q.state, &STATES)?;
+    one_of("kind", &q.kind, &KINDS)?;
+    let connection: Option<dashtam_domain::ConnectionId> = q
+        .connection_id
+        .as_deref()
+        .map(|c| parse_id("connection_id", c))
+        .transpose()?;
+    let after: Option<JobId> = q
+        .cursor
+        .as_deref()
+        .map(|c| parse_id("cursor", c))
+        .transpose()?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid_field(
+            "limit",
+            "must be between 1 and 500",
+        ));
+    }
+    let connection = connection.map(|c| c.to_string());
+    let filter = dashtam_queue::JobFilter {
+        owner: (caller.role != Role::Operator).then(|| caller.user.as_str()),
+        state: q.state.as_deref(),
+        kind: q.kind.as_deref(),
+        connection_id: connection.as_deref(),
+        after: after.map(|a| a.0),
+    };
+    let mut jobs = state.queue.list(&filter, limit + 1).await?;
+    let next_cursor = if jobs.len() as i64 > limit {
+        jobs.truncate(usize::try_from(limit).unwrap_or(0));
+        jobs.last().map(|j| j.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(JobPage {
+        data: jobs.into_iter().map(JobView::from).collect(),
+        next_cursor,
+    }))
 }
 
 /// The job, if the caller may see it: its owner, or any operator.

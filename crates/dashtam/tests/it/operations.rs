@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use dashtam::app::Role;
 use dashtam_sandbox::Faults;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::helpers::{spawn_app, spawn_app_with, test_config};
@@ -202,5 +202,71 @@ async fn operators_retry_discard_and_pause(pool: PgPool) {
         ]
     );
     assert!(audit.iter().all(|(_, actor)| actor == "user:ops-1"));
+    app.stop().await;
+}
+
+/// `GET /api/v1/jobs`: a client's own jobs only (another tenant's never
+/// show), filters by state, kind and connection, cursor pagination, and
+/// clear 400s for bad filters; operators see everyone's.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn jobs_are_listed_per_tenant_with_filters_and_cursors(pool: PgPool) {
+    let app = spawn_app_with(pool, &[Role::Api], test_config()).await;
+    let a = app.connect("alice", 1, 1).await;
+    let b = app.connect("alice", 1, 1).await;
+    let c = app.connect("bob", 1, 1).await;
+    for (user, conn) in [("alice", &a), ("alice", &b), ("bob", &c)] {
+        assert_eq!(app.enqueue_sync(user, conn).await.status(), 202);
+    }
+    let list = async |user: &str, query: &str| -> Value {
+        let resp = app.get(user, &format!("/api/v1/jobs{query}")).await;
+        assert_eq!(resp.status(), 200, "{query}");
+        resp.json().await.unwrap()
+    };
+    let all = list("alice", "").await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 2);
+    assert!(all["next_cursor"].is_null());
+    let page = list("alice", "?limit=1").await;
+    assert_eq!(page["data"][0]["connection_id"], b.as_str(), "newest first");
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let next = list("alice", &format!("?limit=1&cursor={cursor}")).await;
+    assert_eq!(next["data"][0]["connection_id"], a.as_str());
+    assert!(next["next_cursor"].is_null());
+    let one = list(
+        "alice",
+        &format!("?connection_id={a}&state=available&kind=sync"),
+    )
+    .await;
+    assert_eq!(one["data"].as_array().unwrap().len(), 1);
+    assert_eq!(list("alice", "?state=failed").await["data"], json!([]));
+    // Another tenant's connection filter finds nothing, rather than an error.
+    assert_eq!(
+        list("alice", &format!("?connection_id={c}")).await["data"],
+        json!([])
+    );
+    let ops = app
+        .http
+        .get(format!("{}/api/v1/jobs", app.api))
+        .bearer_auth(app.operator_token("ops"))
+        .send()
+        .await
+        .unwrap();
+    let ops: Value = ops.json().await.unwrap();
+    assert_eq!(ops["data"].as_array().unwrap().len(), 3);
+    for bad in [
+        "?state=done",
+        "?kind=x",
+        "?connection_id=nope",
+        "?cursor=nope",
+        "?limit=0",
+        "?bogus=1",
+    ] {
+        assert_eq!(
+            app.get("alice", &format!("/api/v1/jobs{bad}"))
+                .await
+                .status(),
+            400,
+            "{bad}"
+        );
+    }
     app.stop().await;
 }

@@ -167,14 +167,22 @@ async fn the_stale_sync_sweep_spreads_due_syncs_and_skips_pending_ones(pool: PgP
         .unwrap()
         .unwrap();
     assert_eq!(outcome.enqueued, 2);
-    let delays: Vec<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM run_at - created_at)::float8 FROM jobs \
-         WHERE kind = 'sync' AND owner IS NULL",
+    let swept: Vec<(f64, Option<String>)> = sqlx::query_as(
+        "SELECT extract(epoch FROM run_at - created_at)::float8, owner FROM jobs \
+         WHERE kind = 'sync' AND payload->>'connection_id' <> $1",
     )
+    .bind(&ids[1])
     .fetch_all(&app.pool)
     .await
     .unwrap();
-    assert_eq!(delays.len(), 2);
+    assert_eq!(swept.len(), 2);
+    // The user the syncs are for sees them in the API.
+    assert!(
+        swept
+            .iter()
+            .all(|(_, owner)| owner.as_deref() == Some("carol"))
+    );
+    let delays: Vec<f64> = swept.iter().map(|(d, _)| *d).collect();
     assert!(
         delays.iter().all(|d| (-1.0..=61.0).contains(d)),
         "{delays:?}"
