@@ -42,6 +42,8 @@ pub struct AppState {
     pub jobs: JobSettings,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// Live job events (SSE); `None`: not served.
+    pub job_events: Option<dashtam_queue::events::JobEvents>,
     /// Per-user limits on writes; `None`: not enforced.
     pub rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
 }

@@ -234,6 +234,10 @@ impl Daemon {
                     sync_max_attempts: self.config.jobs.sync_max_attempts,
                 },
                 body_limit: self.config.http.body_limit_bytes,
+                job_events: Some(dashtam_queue::events::JobEvents::start(
+                    self.pool.clone(),
+                    shutdown.clone(),
+                )),
                 rate_limiter: self
                     .config
                     .rate_limit_settings()

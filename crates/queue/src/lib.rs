@@ -11,6 +11,7 @@
 //! tables; nothing else writes them.
 
 mod backoff;
+pub mod events;
 pub mod ops;
 pub mod schedule;
 mod worker;
@@ -272,4 +273,52 @@ pub async fn enqueue_many_in<'e>(
         total += n;
     }
     Ok(total)
+}
+
+/// LISTENs on `channel` until `stop`, reconnecting by itself. `on` gets each
+/// notification's payload, and `None` whenever notifications may have been
+/// missed (on connecting and after the connection broke): then callers
+/// should look for themselves.
+pub(crate) async fn listen_channel(
+    pool: PgPool,
+    channel: &str,
+    on: impl Fn(Option<&str>),
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use sqlx::postgres::PgListener;
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, channel, "LISTEN connection failed; polling meanwhile");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+        };
+        if let Err(e) = listener.listen(channel).await {
+            tracing::warn!(error = %e, channel, "LISTEN failed; polling meanwhile");
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                _ = stop.cancelled() => return,
+            }
+        }
+        // Anything that happened while we were not listening.
+        on(None);
+        loop {
+            tokio::select! {
+                msg = listener.try_recv() => match msg {
+                    Ok(Some(n)) => on(Some(n.payload())),
+                    // Connection lost: sqlx reconnects on the next call.
+                    Ok(None) => on(None),
+                    Err(e) => {
+                        tracing::warn!(error = %e, channel, "LISTEN connection broke; reconnecting");
+                        break;
+                    }
+                },
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
 }

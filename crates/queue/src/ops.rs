@@ -138,7 +138,11 @@ pub async fn prune(pool: &PgPool, retention: Retention) -> Result<u64, QueueErro
     let cutoff = chrono::Utc::now() - chrono::Duration::from_std(younger).unwrap_or_default()
         + chrono::Duration::minutes(1);
     let floor = v7_floor(cutoff);
-    let mut total = 0;
+    // Watchers left behind by API processes that died mid-stream.
+    let mut total = sqlx::query(include_str!("../queries/prune_watchers.sql"))
+        .execute(pool)
+        .await?
+        .rows_affected();
     loop {
         let n = sqlx::query(include_str!("../queries/prune.sql"))
             .bind(floor)

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -606,46 +605,17 @@ async fn complete(pool: PgPool, worker_id: Uuid, batch: usize, mut rx: mpsc::Rec
 
 /// Wakes the fetcher of a queue when a job is inserted into it.
 async fn listen(pool: PgPool, wakers: Arc<HashMap<String, Arc<Notify>>>, stop: CancellationToken) {
-    let wake_all = || wakers.values().for_each(|w| w.notify_one());
-    loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "LISTEN connection failed; polling meanwhile");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = stop.cancelled() => return,
-                }
-            }
-        };
-        if let Err(e) = listener.listen(NOTIFY_CHANNEL).await {
-            warn!(error = %e, "LISTEN failed; polling meanwhile");
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                _ = stop.cancelled() => return,
-            }
-        }
-        // Anything inserted while we were not listening.
-        wake_all();
-        loop {
-            tokio::select! {
-                msg = listener.try_recv() => match msg {
-                    Ok(Some(n)) => {
-                        if let Some(w) = wakers.get(n.payload()) {
-                            w.notify_one();
-                        }
-                    }
-                    // Connection lost: sqlx reconnects on the next call.
-                    Ok(None) => wake_all(),
-                    Err(e) => {
-                        warn!(error = %e, "LISTEN connection broke; reconnecting");
-                        break;
-                    }
-                },
-                _ = stop.cancelled() => return,
-            }
-        }
-    }
+    crate::listen_channel(
+        pool,
+        NOTIFY_CHANNEL,
+        move |payload| match payload.and_then(|q| wakers.get(q)) {
+            Some(w) => w.notify_one(),
+            None if payload.is_none() => wakers.values().for_each(|w| w.notify_one()),
+            None => {}
+        },
+        stop,
+    )
+    .await;
 }
 
 async fn heartbeat(pool: PgPool, id: Uuid, name: String, every: Duration, stop: CancellationToken) {

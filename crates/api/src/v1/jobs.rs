@@ -20,6 +20,7 @@ pub fn router() -> Router<AppState> {
         .route("/jobs", get(list))
         .route("/jobs/{job_id}", get(show))
         .route("/jobs/{job_id}/cancel", post(cancel))
+        .route("/jobs/{job_id}/events", get(events))
 }
 
 const STATES: [&str; 7] = [
@@ -202,4 +203,107 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
     Ok(Json(visible(&state, &caller, &id).await?.into()))
+}
+
+/// How often a stream looks at its job even without a notification.
+const EVENTS_FALLBACK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The job's state and progress as Server-Sent Events: one `job` event
+/// now, one per change (driven by Postgres LISTEN/NOTIFY, so any API
+/// daemon's stream sees changes made anywhere), and the stream ends after
+/// the event that shows the job finished.
+async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    use axum::response::sse::{Event, KeepAlive, Sse};
+
+    let job = visible(&state, &caller, &id).await?;
+    let events = state
+        .job_events
+        .clone()
+        .ok_or_else(|| ApiError::unavailable("live job events are not enabled here", None))?;
+    // Subscribe before reading, so no change between the two is missed.
+    let rx = events.subscribe();
+    let watch = events.watch(job.id).await?;
+    let first = state.queue.get(job.id).await?.unwrap_or(job);
+
+    struct Stream {
+        queue: dashtam_queue::Queue,
+        rx: tokio::sync::broadcast::Receiver<dashtam_queue::events::Event>,
+        _watch: dashtam_queue::events::Watch,
+        last: Option<JobRecord>,
+        pending: Option<JobRecord>,
+        done: bool,
+    }
+    fn changed(a: &JobRecord, b: &JobRecord) -> bool {
+        (
+            &a.state,
+            &a.progress,
+            a.attempt,
+            a.cancel_requested,
+            &a.errors,
+        ) != (
+            &b.state,
+            &b.progress,
+            b.attempt,
+            b.cancel_requested,
+            &b.errors,
+        )
+    }
+    let stream = Stream {
+        queue: state.queue.clone(),
+        rx,
+        _watch: watch,
+        last: None,
+        pending: Some(first),
+        done: false,
+    };
+    let stream = futures::stream::unfold(stream, |mut s| async move {
+        loop {
+            if let Some(job) = s.pending.take() {
+                let finished = job.is_finished();
+                let event = Event::default()
+                    .event("job")
+                    .json_data(JobView::from(job.clone()))
+                    .unwrap_or_else(|_| Event::default().event("job"));
+                s.last = Some(job);
+                s.done = finished;
+                return Some((Ok::<_, std::convert::Infallible>(event), s));
+            }
+            if s.done {
+                return None;
+            }
+            let id = s.last.as_ref().map(|j| j.id)?;
+            let look = tokio::select! {
+                msg = s.rx.recv() => match msg {
+                    Ok(Some(job)) => job == id,
+                    // Missed notifications (reconnect, lag): look anyway.
+                    Ok(None) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = tokio::time::sleep(EVENTS_FALLBACK) => true,
+            };
+            if !look {
+                continue;
+            }
+            match s.queue.get(id).await {
+                Ok(Some(job)) if s.last.as_ref().is_none_or(|l| changed(l, &job)) => {
+                    s.pending = Some(job);
+                }
+                Ok(Some(_)) => {}
+                // Discarded (deleted) while we watched: nothing more to say.
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading a watched job failed");
+                    return None;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

@@ -270,3 +270,60 @@ async fn jobs_are_listed_per_tenant_with_filters_and_cursors(pool: PgPool) {
     }
     app.stop().await;
 }
+
+/// `GET /api/v1/jobs/{id}/events`, served by a second API daemon that does
+/// no work itself: the job's state and progress arrive as Server-Sent
+/// Events (through Postgres LISTEN/NOTIFY) and the stream ends with the job.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn job_events_stream_through_another_api_daemon_until_the_job_ends(pool: PgPool) {
+    let worker = spawn_app(pool.clone()).await;
+    let api = spawn_app_with(pool, &[Role::Api], test_config()).await;
+    let conn = worker.connect("alice", 2, 150).await;
+    // Slow pages: the sync reports progress a few times before it ends.
+    worker.sandbox.set_faults(Faults {
+        latency_ms: 150,
+        ..Faults::default()
+    });
+    let job: Value = worker
+        .enqueue_sync("alice", &conn)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(
+        api.get("bob", &format!("/api/v1/jobs/{id}/events"))
+            .await
+            .status(),
+        404,
+        "another tenant's job does not exist for bob"
+    );
+    let resp = api.get("alice", &format!("/api/v1/jobs/{id}/events")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let body = tokio::time::timeout(Duration::from_secs(30), resp.text())
+        .await
+        .expect("the stream ends when the job does")
+        .unwrap();
+    let events: Vec<Value> = body
+        .split("\n\n")
+        .filter(|e| e.lines().any(|l| l == "event: job"))
+        .map(|e| {
+            let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            serde_json::from_str(data).unwrap()
+        })
+        .collect();
+    assert!(events.len() >= 3, "{body}");
+    assert_eq!(events.last().unwrap()["state"], "succeeded");
+    let pages: Vec<u64> = events
+        .iter()
+        .filter_map(|e| e["progress"]["pages"].as_u64())
+        .collect();
+    assert!(pages.windows(2).all(|w| w[0] <= w[1]), "{pages:?}");
+    assert!(pages.len() >= 2, "progress was streamed: {pages:?}");
+    // The watcher row is gone once the stream ended.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(api.count("SELECT count(*) FROM job_watchers").await, 0);
+    api.stop().await;
+    worker.stop().await;
+}

@@ -1,0 +1,1 @@
+DELETE FROM job_watchers WHERE expires_at < now()

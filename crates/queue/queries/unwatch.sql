@@ -1,0 +1,1 @@
+DELETE FROM job_watchers WHERE job_id = $1 AND watcher = $2
