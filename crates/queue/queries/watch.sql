@@ -1,1 +1,1 @@
-INSERT INTO job_watchers (job_id, watcher, expires_at) VALUES ($1, $2, now() + interval '1 day')
+UPDATE jobs SET watched = true WHERE id = $1 AND NOT watched

@@ -1,7 +1,7 @@
 //! Live job events for API streams: one LISTEN per process on
-//! `dashtam_job_events`, fanned out to every stream of that process. Updates
-//! notify only for jobs someone watches (table `job_watchers`), so the queue's
-//! hot path pays nothing for this when no one is watching.
+//! `dashtam_job_events`, fanned out to every stream of that process. Only
+//! jobs someone watches (`jobs.watched`, set by [`JobEvents::watch`]) notify
+//! on update, so the queue's hot path pays nothing when no one watches.
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -49,44 +49,14 @@ impl JobEvents {
         self.tx.subscribe()
     }
 
-    /// Asks for notifications about `job` until the returned guard drops.
-    pub async fn watch(&self, job: Uuid) -> Result<Watch, QueueError> {
-        let watcher = Uuid::now_v7();
+    /// Asks for notifications about every later change of `job` (for the
+    /// rest of its life: a job is short-lived, and a flag is cheaper than
+    /// tracking who still listens).
+    pub async fn watch(&self, job: Uuid) -> Result<(), QueueError> {
         sqlx::query(include_str!("../queries/watch.sql"))
             .bind(job)
-            .bind(watcher)
             .execute(&self.pool)
             .await?;
-        Ok(Watch {
-            pool: self.pool.clone(),
-            job,
-            watcher,
-        })
-    }
-}
-
-/// A registered watcher; removed when dropped (a crashed process's rows
-/// expire and the prune cycle deletes them).
-pub struct Watch {
-    pool: PgPool,
-    job: Uuid,
-    watcher: Uuid,
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        let (pool, job, watcher) = (self.pool.clone(), self.job, self.watcher);
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                if let Err(e) = sqlx::query(include_str!("../queries/unwatch.sql"))
-                    .bind(job)
-                    .bind(watcher)
-                    .execute(&pool)
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not remove a job watcher (it expires)");
-                }
-            });
-        }
+        Ok(())
     }
 }

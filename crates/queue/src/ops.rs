@@ -138,11 +138,7 @@ pub async fn prune(pool: &PgPool, retention: Retention) -> Result<u64, QueueErro
     let cutoff = chrono::Utc::now() - chrono::Duration::from_std(younger).unwrap_or_default()
         + chrono::Duration::minutes(1);
     let floor = v7_floor(cutoff);
-    // Watchers left behind by API processes that died mid-stream.
-    let mut total = sqlx::query(include_str!("../queries/prune_watchers.sql"))
-        .execute(pool)
-        .await?
-        .rows_affected();
+    let mut total = 0;
     loop {
         let n = sqlx::query(include_str!("../queries/prune.sql"))
             .bind(floor)

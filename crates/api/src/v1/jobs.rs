@@ -227,13 +227,12 @@ async fn events(
         .ok_or_else(|| ApiError::unavailable("live job events are not enabled here", None))?;
     // Subscribe before reading, so no change between the two is missed.
     let rx = events.subscribe();
-    let watch = events.watch(job.id).await?;
+    events.watch(job.id).await?;
     let first = state.queue.get(job.id).await?.unwrap_or(job);
 
     struct Stream {
         queue: dashtam_queue::Queue,
         rx: tokio::sync::broadcast::Receiver<dashtam_queue::events::Event>,
-        _watch: dashtam_queue::events::Watch,
         last: Option<JobRecord>,
         pending: Option<JobRecord>,
         done: bool,
@@ -256,7 +255,6 @@ async fn events(
     let stream = Stream {
         queue: state.queue.clone(),
         rx,
-        _watch: watch,
         last: None,
         pending: Some(first),
         done: false,

@@ -1,1 +1,0 @@
-DELETE FROM job_watchers WHERE expires_at < now()
