@@ -1,5 +1,7 @@
 //! JWT bearer authentication (HS256 with a shared secret for now).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
@@ -33,31 +35,170 @@ pub struct Claims {
     pub role: Role,
 }
 
-/// Verifies access tokens.
-#[derive(Clone)]
+/// Verifies access tokens: HS256 with a shared secret (development), and
+/// RS256 / ES256 with public keys chosen by the token's `kid` (production;
+/// several at once, for rotation). Only the algorithms in the allow-list are
+/// accepted, and each key only with its own algorithm.
 pub struct Auth {
+    allowed: Vec<Algorithm>,
     /// Live: a rotated secret is used from its next refresh on.
-    key: LiveSecret,
-    validation: Validation,
+    hs256: Option<LiveSecret>,
+    /// Live JSON `{"keys": [{"kid", "alg", "pem"}]}`; parsed once per value.
+    public_keys: Option<LiveSecret>,
+    parsed: std::sync::RwLock<(String, Arc<PublicKeys>)>,
+    issuer: String,
+    audience: String,
+}
+
+/// kid → (the key's algorithm, the key).
+pub type PublicKeys = HashMap<String, (Algorithm, DecodingKey)>;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Keyring {
+    keys: Vec<PublicKey>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublicKey {
+    kid: String,
+    alg: String,
+    pem: String,
+}
+
+/// The algorithms a deployment may allow.
+pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    match name {
+        "HS256" => Some(Algorithm::HS256),
+        "RS256" => Some(Algorithm::RS256),
+        "ES256" => Some(Algorithm::ES256),
+        _ => None,
+    }
+}
+
+/// Parses a public keyring (see [`Auth`]); errors name the bad key.
+pub fn parse_keyring(json: &str) -> Result<PublicKeys, String> {
+    let ring: Keyring =
+        serde_json::from_str(json).map_err(|e| format!("public keys are not valid JSON: {e}"))?;
+    ring.keys
+        .into_iter()
+        .map(|k| {
+            let key = match k.alg.as_str() {
+                "RS256" => DecodingKey::from_rsa_pem(k.pem.as_bytes()),
+                "ES256" => DecodingKey::from_ec_pem(k.pem.as_bytes()),
+                other => {
+                    return Err(format!(
+                        "key {:?}: algorithm {other:?} is not RS256 or ES256",
+                        k.kid
+                    ));
+                }
+            }
+            .map_err(|e| format!("key {:?}: {e}", k.kid))?;
+            let alg = parse_algorithm(&k.alg).unwrap_or(Algorithm::RS256);
+            Ok((k.kid, (alg, key)))
+        })
+        .collect()
 }
 
 impl Auth {
-    pub fn hs256(secret: LiveSecret, issuer: &str, audience: &str) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
-        validation.validate_nbf = true;
-        validation.leeway = 30;
+    pub fn new(
+        allowed: Vec<Algorithm>,
+        hs256: Option<LiveSecret>,
+        public_keys: Option<LiveSecret>,
+        issuer: &str,
+        audience: &str,
+    ) -> Self {
         Self {
-            key: secret,
-            validation,
+            allowed,
+            hs256,
+            public_keys,
+            parsed: std::sync::RwLock::new((String::new(), Arc::new(HashMap::new()))),
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+        }
+    }
+
+    /// HS256 only (development, tests).
+    pub fn hs256(secret: LiveSecret, issuer: &str, audience: &str) -> Self {
+        Self::new(vec![Algorithm::HS256], Some(secret), None, issuer, audience)
+    }
+
+    /// The current public keys, re-parsed only when the secret changed.
+    fn public_keys(&self) -> Arc<PublicKeys> {
+        let Some(live) = &self.public_keys else {
+            return Arc::default();
+        };
+        let text = live.current();
+        {
+            let cached = self.parsed.read().unwrap_or_else(|e| e.into_inner());
+            if cached.0 == text.expose_secret() {
+                return cached.1.clone();
+            }
+        }
+        match parse_keyring(text.expose_secret()) {
+            Ok(keys) => {
+                let keys = Arc::new(keys);
+                *self.parsed.write().unwrap_or_else(|e| e.into_inner()) =
+                    (text.expose_secret().to_owned(), keys.clone());
+                keys
+            }
+            Err(e) => {
+                // Keep verifying with the last good keys.
+                tracing::warn!(error = %e, "the JWT public keys changed but do not parse");
+                self.parsed
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .1
+                    .clone()
+            }
         }
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        let key = DecodingKey::from_secret(self.key.current().expose_secret().as_bytes());
-        jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| ApiError::unauthorized("the access token is malformed"))?;
+        if !self.allowed.contains(&header.alg) {
+            return Err(ApiError::unauthorized(
+                "the access token's algorithm is not allowed",
+            ));
+        }
+        let keys;
+        let key = match header.alg {
+            Algorithm::HS256 => {
+                let secret = self.hs256.as_ref().ok_or_else(|| {
+                    ApiError::unauthorized("the access token's algorithm is not allowed")
+                })?;
+                DecodingKey::from_secret(secret.current().expose_secret().as_bytes())
+            }
+            alg => {
+                let kid = header
+                    .kid
+                    .ok_or_else(|| ApiError::unauthorized("the access token names no key (kid)"))?;
+                keys = self.public_keys();
+                match keys.get(&kid) {
+                    // A key is only ever used with its own algorithm.
+                    Some((key_alg, key)) if *key_alg == alg => key.clone(),
+                    Some(_) => {
+                        return Err(ApiError::unauthorized(
+                            "the access token's algorithm does not match its key",
+                        ));
+                    }
+                    None => {
+                        return Err(ApiError::unauthorized(
+                            "the access token's key (kid) is not known",
+                        ));
+                    }
+                }
+            }
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.validate_nbf = true;
+        validation.leeway = 30;
+        jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map(|d| d.claims)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind as K;

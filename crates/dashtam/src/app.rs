@@ -159,6 +159,7 @@ pub struct Daemon {
     pub pool: PgPool,
     pub cipher: Arc<Cipher>,
     pub jwt_secret: Option<LiveSecret>,
+    pub jwt_public_keys: Option<LiveSecret>,
     pub providers: Providers,
 }
 
@@ -188,6 +189,7 @@ impl Daemon {
             providers: providers(&config, secrets)?,
             cipher: secrets.cipher.clone(),
             jwt_secret: secrets.jwt.clone(),
+            jwt_public_keys: secrets.jwt_public_keys.clone(),
             pool,
             config,
         })
@@ -217,18 +219,22 @@ impl Daemon {
         };
         let api_addr = Some(listener.local_addr()?);
         let app = if roles.contains(&Role::Api) {
-            let secret = self
-                .jwt_secret
-                .clone()
-                .context("the api role needs auth.jwt_secret")?;
+            let auth = &self.config.auth;
+            let allowed = auth
+                .algorithms
+                .iter()
+                .filter_map(|a| dashtam_api::auth::parse_algorithm(a))
+                .collect();
             let state = AppState {
                 store: self.store(),
                 queue: queue.clone(),
                 providers: self.providers.clone(),
-                auth: Arc::new(Auth::hs256(
-                    secret,
-                    &self.config.auth.issuer,
-                    &self.config.auth.audience,
+                auth: Arc::new(Auth::new(
+                    allowed,
+                    self.jwt_secret.clone(),
+                    self.jwt_public_keys.clone(),
+                    &auth.issuer,
+                    &auth.audience,
                 )),
                 jobs: JobSettings {
                     sync_max_attempts: self.config.jobs.sync_max_attempts,

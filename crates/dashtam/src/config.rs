@@ -100,6 +100,7 @@ pub struct AwsSecretsConfig {
 #[serde(deny_unknown_fields)]
 pub struct SecretIds {
     pub jwt_secret: String,
+    pub jwt_public_keys: String,
     pub encryption_keys: String,
     pub plaid_secret: String,
     pub schwab_secret: String,
@@ -127,6 +128,18 @@ pub struct AuthConfig {
     pub jwt_secret: SecretString,
     pub issuer: String,
     pub audience: String,
+    pub algorithms: Vec<String>,
+    pub public_keys: String,
+}
+
+impl AuthConfig {
+    /// Whether the allow-list needs (the HS256 secret, the public keys).
+    pub fn needs(&self) -> (bool, bool) {
+        (
+            self.algorithms.iter().any(|a| a == "HS256"),
+            self.algorithms.iter().any(|a| a == "RS256" || a == "ES256"),
+        )
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -383,6 +396,16 @@ impl Config {
             "must be a redis:// or rediss:// URL",
         );
         check(
+            !self.auth.algorithms.is_empty()
+                && self
+                    .auth
+                    .algorithms
+                    .iter()
+                    .all(|a| dashtam_api::auth::parse_algorithm(a).is_some()),
+            "auth.algorithms",
+            "must list one or more of HS256, RS256, ES256",
+        );
+        check(
             self.metrics.refresh_secs >= 1,
             "metrics.refresh_secs",
             "must be at least 1",
@@ -500,6 +523,20 @@ impl Config {
             );
         }
         Ok(s.clone())
+    }
+
+    /// The RS256/ES256 public keyring, or a message saying how to set it.
+    pub fn jwt_public_keys(&self) -> anyhow::Result<SecretString> {
+        let keys = &self.auth.public_keys;
+        if keys.is_empty() {
+            bail!(
+                "auth.algorithms allows RS256/ES256 but auth.public_keys is empty: set it to \
+                 {{\"keys\": [{{\"kid\": …, \"alg\": \"RS256\", \"pem\": …}}]}}"
+            );
+        }
+        dashtam_api::auth::parse_keyring(keys)
+            .map_err(|e| anyhow::anyhow!("auth.public_keys: {e}"))?;
+        Ok(SecretString::from(keys.as_str()))
     }
 
     pub fn cipher(&self) -> anyhow::Result<dashtam_store::Cipher> {

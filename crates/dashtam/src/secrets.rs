@@ -20,7 +20,10 @@ use crate::config::{Config, SecretSourceKind};
 /// start-up: a new key is rolled out by restarting, then `dashtam keys
 /// rotate` (docs/operations.md).
 pub struct Secrets {
+    /// The HS256 secret, if the api runs and allows HS256.
     pub jwt: Option<LiveSecret>,
+    /// The RS256/ES256 public keyring (JSON), if the api runs and allows them.
+    pub jwt_public_keys: Option<LiveSecret>,
     pub cipher: Arc<Cipher>,
     pub plaid: LiveSecret,
     pub schwab: LiveSecret,
@@ -37,10 +40,14 @@ struct Keyring {
 
 impl Secrets {
     /// From the configuration's own values (`secrets.source = "config"`).
-    pub fn from_config(config: &Config, need_jwt: bool) -> anyhow::Result<Self> {
+    pub fn from_config(config: &Config, api: bool) -> anyhow::Result<Self> {
+        let (hs, public) = config.auth.needs();
         Ok(Self {
-            jwt: need_jwt
+            jwt: (api && hs)
                 .then(|| config.jwt_secret().map(LiveSecret::new))
+                .transpose()?,
+            jwt_public_keys: (api && public)
+                .then(|| config.jwt_public_keys().map(LiveSecret::new))
                 .transpose()?,
             cipher: Arc::new(config.cipher()?),
             plaid: LiveSecret::new(config.providers.plaid.secret.clone()),
@@ -54,6 +61,9 @@ impl Secrets {
     pub fn ephemeral(config: &Config) -> anyhow::Result<Self> {
         Ok(Self {
             jwt: Some(LiveSecret::new(Cipher::generate_key()?)),
+            jwt_public_keys: Some(&config.auth.public_keys)
+                .filter(|k| !k.is_empty())
+                .map(|k| LiveSecret::new(k.as_str().into())),
             cipher: Arc::new(Cipher::ephemeral()?),
             plaid: LiveSecret::new(config.providers.plaid.secret.clone()),
             schwab: LiveSecret::new(config.providers.schwab.secret.clone()),
@@ -62,10 +72,10 @@ impl Secrets {
     }
 
     /// From the configured source; a missing secret is an error naming it.
-    pub async fn load(config: &Config, need_jwt: bool) -> anyhow::Result<Self> {
+    pub async fn load(config: &Config, api: bool) -> anyhow::Result<Self> {
         let s = &config.secrets;
         let source: Arc<dyn SecretSource> = match s.source {
-            SecretSourceKind::Config => return Self::from_config(config, need_jwt),
+            SecretSourceKind::Config => return Self::from_config(config, api),
             SecretSourceKind::Env => Arc::new(
                 EnvSource::new(Some(&s.dotenv))
                     .with_context(|| format!("reading {}", s.dotenv.display()))?,
@@ -78,13 +88,13 @@ impl Secrets {
                 .await,
             ),
         };
-        Self::from_source(config, source, need_jwt).await
+        Self::from_source(config, source, api).await
     }
 
     async fn from_source(
         config: &Config,
         source: Arc<dyn SecretSource>,
-        need_jwt: bool,
+        api: bool,
     ) -> anyhow::Result<Self> {
         let ids = &config.secrets.ids;
         let mut wanted = vec![
@@ -92,8 +102,12 @@ impl Secrets {
             ids.plaid_secret.as_str(),
             ids.schwab_secret.as_str(),
         ];
-        if need_jwt {
+        let (hs, public) = config.auth.needs();
+        if api && hs {
             wanted.push(ids.jwt_secret.as_str());
+        }
+        if api && public {
+            wanted.push(ids.jwt_public_keys.as_str());
         }
         let cache = SecretCache::load(
             source,
@@ -114,7 +128,15 @@ impl Secrets {
         })?;
         let cipher = Cipher::new(&keyring.active, &keyring.keys)
             .with_context(|| format!("secret {:?}", ids.encryption_keys))?;
-        let jwt = if need_jwt {
+        let jwt_public_keys = if api && public {
+            let keys = get(&ids.jwt_public_keys)?;
+            dashtam_api::auth::parse_keyring(keys.current().expose_secret())
+                .map_err(|e| anyhow::anyhow!("secret {:?}: {e}", ids.jwt_public_keys))?;
+            Some(keys)
+        } else {
+            None
+        };
+        let jwt = if api && hs {
             let jwt = get(&ids.jwt_secret)?;
             if jwt.current().expose_secret().len() < 32 {
                 bail!("secret {:?} must be at least 32 characters", ids.jwt_secret);
@@ -125,6 +147,7 @@ impl Secrets {
         };
         Ok(Self {
             jwt,
+            jwt_public_keys,
             cipher: Arc::new(cipher),
             plaid: get(&ids.plaid_secret)?,
             schwab: get(&ids.schwab_secret)?,

@@ -3,6 +3,7 @@
 
 mod api;
 mod audit;
+mod auth;
 mod cli;
 mod crash;
 mod helpers;
