@@ -389,3 +389,138 @@ async fn expired_idempotency_keys_are_forgotten(pool: PgPool) {
         .unwrap();
     assert_eq!(left, ["new"]);
 }
+
+/// Every endpoint × role × tenant: the owner may, another client gets a 404
+/// (never a 403 that would confirm the id exists) or an empty list, an
+/// operator sees job and queue metadata across tenants but no connection,
+/// account or transaction of anyone, a client gets 403 on operator
+/// endpoints, and nobody gets anything without a token.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn every_endpoint_by_role_and_tenant(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let conn = app.connect("alice", 1, 5).await;
+    let job = app.sync("alice", &conn).await;
+    let job = job["id"].as_str().unwrap().to_owned();
+    let alice = app.token("alice");
+    let bob = app.token("bob");
+    let ops = app.operator_token("ops");
+    let call = async |token: Option<&str>, method: &str, path: &str| -> (u16, String) {
+        let url = format!("{}{path}", app.api);
+        let req = match method {
+            "GET" => app.http.get(url),
+            "POST" => app.http.post(url),
+            _ => app.http.delete(url),
+        };
+        let req = match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    };
+    let c = &conn;
+    let j = &job;
+    // (method, path, alice (owner), bob (other tenant), operator)
+    let table: Vec<(&str, String, u16, u16, u16)> = vec![
+        ("GET", "/api/v1/connections".into(), 200, 200, 200),
+        ("GET", format!("/api/v1/connections/{c}"), 200, 404, 404),
+        // A filter naming another tenant's connection finds nothing.
+        (
+            "GET",
+            format!("/api/v1/accounts?connection_id={c}"),
+            200,
+            200,
+            200,
+        ),
+        ("GET", "/api/v1/transactions".into(), 200, 200, 200),
+        ("GET", "/api/v1/jobs".into(), 200, 200, 200),
+        ("GET", format!("/api/v1/jobs/{j}"), 200, 404, 200),
+        ("GET", format!("/api/v1/jobs/{j}/events"), 200, 404, 200),
+        ("POST", format!("/api/v1/jobs/{j}/cancel"), 409, 404, 409),
+        ("GET", "/api/v1/admin/queues".into(), 403, 403, 200),
+        (
+            "POST",
+            "/api/v1/admin/queues/sync/pause".into(),
+            403,
+            403,
+            204,
+        ),
+        (
+            "POST",
+            "/api/v1/admin/queues/sync/resume".into(),
+            403,
+            403,
+            204,
+        ),
+        (
+            "POST",
+            format!("/api/v1/admin/jobs/{j}/retry"),
+            403,
+            403,
+            409,
+        ),
+        ("GET", "/api/v1/scheduler/cycles".into(), 403, 403, 200),
+        (
+            "POST",
+            format!("/api/v1/connections/{c}/syncs"),
+            202,
+            404,
+            404,
+        ),
+        ("DELETE", format!("/api/v1/connections/{c}"), 204, 404, 404),
+    ];
+    for (method, path, owner, other, operator) in &table {
+        let (status, _) = call(None, method, path).await;
+        assert_eq!(status, 401, "anonymous {method} {path}");
+        // The non-owners first: the owner's DELETE must come last.
+        let (status, body) = call(Some(&bob), method, path).await;
+        assert_eq!(status, *other, "bob {method} {path}: {body}");
+        if *method == "GET" && path.starts_with("/api/v1/accounts") {
+            assert_eq!(
+                serde_json::from_str::<Value>(&body).unwrap()["data"],
+                json!([])
+            );
+        }
+        assert!(
+            !body.contains(c.as_str()) || path.contains(c.as_str()),
+            "bob saw alice's connection: {body}"
+        );
+        let (status, body) = call(Some(&ops), method, path).await;
+        assert_eq!(status, *operator, "operator {method} {path}: {body}");
+        if *method == "GET"
+            && [
+                "/api/v1/connections",
+                "/api/v1/transactions",
+                "/api/v1/accounts",
+            ]
+            .iter()
+            .any(|p| path.split('?').next() == Some(p))
+        {
+            assert_eq!(
+                serde_json::from_str::<Value>(&body).unwrap()["data"],
+                json!([]),
+                "operators see no tenant's {path}"
+            );
+        }
+        let (status, body) = call(Some(&alice), method, path).await;
+        assert_eq!(status, *owner, "alice {method} {path}: {body}");
+    }
+    // Lists: alice sees hers, bob nothing of hers, operators every job.
+    let (_, jobs) = call(Some(&bob), "GET", "/api/v1/jobs").await;
+    assert!(!jobs.contains(j.as_str()));
+    let (_, jobs) = call(Some(&ops), "GET", "/api/v1/jobs").await;
+    assert!(jobs.contains(j.as_str()));
+    let (_, txns) = call(Some(&alice), "GET", "/api/v1/transactions").await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&txns).unwrap()["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    // Operators may discard a finished job; clients may not.
+    let discard = format!("/api/v1/admin/jobs/{j}");
+    assert_eq!(call(Some(&alice), "DELETE", &discard).await.0, 403);
+    assert_eq!(call(Some(&ops), "DELETE", &discard).await.0, 204);
+    app.stop().await;
+}
