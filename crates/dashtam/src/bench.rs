@@ -453,30 +453,7 @@ pub async fn schedule(
     dashtam_store::migrate::run(&pool).await?;
     let secrets = Secrets::ephemeral(&config)?;
     let store = dashtam_store::Store::new(pool.clone(), secrets.cipher.clone());
-    let user = UserId::parse("bench").map_err(anyhow::Error::msg)?;
-    let soon = chrono::Utc::now() + chrono::Duration::minutes(1);
-    let later = chrono::Utc::now() + chrono::Duration::days(7);
-    let mut left = connections;
-    while left > 0 {
-        let n = left.min(20_000);
-        let rows: Vec<_> = (0..n)
-            .map(|i| {
-                let credentials = ProviderCredentials {
-                    access_token: format!("bench-access-{i}").into(),
-                    refresh_token: Some(format!("bench-refresh-{i}").into()),
-                };
-                dashtam_store::connections::Imported {
-                    credentials,
-                    access_token_expires_at: Some(soon),
-                    refresh_token_expires_at: Some(later),
-                }
-            })
-            .collect();
-        store
-            .import_connections(&user, ProviderKind::Schwab, &rows)
-            .await?;
-        left -= n;
-    }
+    import_due_connections(&store, connections).await?;
     sqlx::query("VACUUM ANALYZE provider_connections")
         .execute(&pool)
         .await?;
@@ -501,4 +478,183 @@ pub async fn schedule(
     }
     println!("{line}");
     Ok(())
+}
+
+/// `connections` active Schwab-style connections of user `bench`, every one
+/// due for a refresh and a sync; returns their ids.
+async fn import_due_connections(
+    store: &dashtam_store::Store,
+    connections: usize,
+) -> anyhow::Result<Vec<ConnectionId>> {
+    let user = UserId::parse("bench").map_err(anyhow::Error::msg)?;
+    let soon = chrono::Utc::now() + chrono::Duration::minutes(1);
+    let later = chrono::Utc::now() + chrono::Duration::days(7);
+    let mut ids = Vec::with_capacity(connections);
+    let mut left = connections;
+    while left > 0 {
+        let n = left.min(20_000);
+        let rows: Vec<_> = (0..n)
+            .map(|i| dashtam_store::connections::Imported {
+                credentials: ProviderCredentials {
+                    access_token: format!("bench-access-{i}").into(),
+                    refresh_token: Some(format!("bench-refresh-{i}").into()),
+                },
+                access_token_expires_at: Some(soon),
+                refresh_token_expires_at: Some(later),
+            })
+            .collect();
+        ids.extend(
+            store
+                .import_connections(&user, ProviderKind::Schwab, &rows)
+                .await?,
+        );
+        left -= n;
+    }
+    Ok(ids)
+}
+
+pub struct ApiBenchOptions {
+    pub database_url: String,
+    pub connections: usize,
+    pub duration_secs: u64,
+    pub wrk_connections: usize,
+}
+
+/// `bench api`: the API alone (no workers, rate limits off) in this process,
+/// and `wrk` (Debian's package) against it from another: first
+/// `POST /api/v1/connections/{id}/syncs`, each request for the next of
+/// `connections` connections (so unique keys do not short-circuit), then
+/// `GET /api/v1/jobs/{id}`. One JSON line per endpoint.
+pub async fn api(mut config: Config, opts: ApiBenchOptions) -> anyhow::Result<()> {
+    dashtam_store::migrate::recreate_database(&opts.database_url)
+        .await
+        .with_context(|| format!("re-creating {}", app::redact(&opts.database_url)))?;
+    let pool = app::connect(&config, &opts.database_url).await?;
+    dashtam_store::migrate::run(&pool).await?;
+    config.rate_limit.enabled = false;
+    config.database.max_connections = config.database.max_connections.max(32);
+    let secrets = Secrets::ephemeral(&config)?;
+    let jwt = secrets.jwt.clone().context("jwt secret")?.current();
+    let daemon = Daemon::new(config.clone(), pool.clone(), &secrets)?;
+    let ids = import_due_connections(&daemon.store(), opts.connections).await?;
+    let dir = std::env::temp_dir().join(format!("dashtam-bench-api-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let list = dir.join("connections.txt");
+    std::fs::write(
+        &list,
+        ids.iter().map(|i| format!("{i}\n")).collect::<String>(),
+    )?;
+    let shutdown = CancellationToken::new();
+    let running = daemon
+        .start(
+            &[Role::Api],
+            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+            shutdown.clone(),
+        )
+        .await?;
+    let base = format!("http://{}", running.api_addr.context("api address")?);
+    let token = dashtam_api::issue_token(
+        &jwt,
+        &config.auth.issuer,
+        &config.auth.audience,
+        "bench",
+        dashtam_api::Role::Client,
+        Duration::from_secs(3600),
+    )?;
+    let enqueue = dir.join("enqueue.lua");
+    std::fs::write(
+        &enqueue,
+        format!(
+            r#"local ids = {{}}
+for line in io.lines("{list}") do ids[#ids + 1] = line end
+local n = 0
+local threads = 0
+function setup(thread) thread:set("offset", threads); threads = threads + 1 end
+-- wrk runs 2 threads (-t2): each starts on its own half of the list.
+function init(args) n = offset * math.floor(#ids / 2) end
+request = function()
+  n = n + 1
+  local id = ids[(n % #ids) + 1]
+  return wrk.format("POST", "/api/v1/connections/" .. id .. "/syncs",
+    {{["Authorization"] = "Bearer {token}"}})
+end
+"#,
+            list = list.display()
+        ),
+    )?;
+    let wrk = |script: Option<&std::path::Path>, path: &str| -> anyhow::Result<serde_json::Value> {
+        let mut cmd = std::process::Command::new("wrk");
+        cmd.args(["-t2", "--latency"])
+            .arg(format!("-c{}", opts.wrk_connections))
+            .arg(format!("-d{}s", opts.duration_secs))
+            .args(["-H", &format!("Authorization: Bearer {token}")]);
+        if let Some(s) = script {
+            cmd.arg("-s").arg(s);
+        }
+        let out = cmd
+            .arg(format!("{base}{path}"))
+            .output()
+            .context("running wrk (apt-get install wrk)")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+        }
+        parse_wrk(&text)
+    };
+    let enqueue_line = wrk(Some(&enqueue), "/")?;
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await?;
+    let job: uuid::Uuid = sqlx::query_scalar("SELECT id FROM jobs LIMIT 1")
+        .fetch_one(&pool)
+        .await?;
+    let status_line = wrk(None, &format!("/api/v1/jobs/{job}"))?;
+    shutdown.cancel();
+    running.wait().await?;
+    std::fs::remove_dir_all(&dir)?;
+    for (endpoint, mut line) in [
+        ("POST /api/v1/connections/{id}/syncs", enqueue_line),
+        ("GET /api/v1/jobs/{id}", status_line),
+    ] {
+        line["bench"] = "api".into();
+        line["endpoint"] = endpoint.into();
+        line["wrk_connections"] = opts.wrk_connections.into();
+        line["duration_s"] = opts.duration_secs.into();
+        if endpoint.starts_with("POST") {
+            line["jobs_created"] = jobs.into();
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Requests/s, latency percentiles and non-2xx counts from `wrk --latency`.
+fn parse_wrk(text: &str) -> anyhow::Result<serde_json::Value> {
+    let ms = |v: &str| -> Option<f64> {
+        let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic())?);
+        let n: f64 = num.parse().ok()?;
+        Some(match unit {
+            "us" => n / 1000.0,
+            "ms" => n,
+            "s" => n * 1000.0,
+            _ => return None,
+        })
+    };
+    let mut line = json!({});
+    for l in text.lines().map(str::trim) {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", v] => line["requests_per_s"] = v.parse::<f64>()?.round().into(),
+            ["50%", v] => line["p50_ms"] = ms(v).into(),
+            ["90%", v] => line["p90_ms"] = ms(v).into(),
+            ["99%", v] => line["p99_ms"] = ms(v).into(),
+            ["Non-2xx", "or", "3xx", "responses:", v] => line["non_2xx"] = v.parse::<u64>()?.into(),
+            [n, "requests", "in", ..] => line["requests"] = n.parse::<u64>()?.into(),
+            _ => {}
+        }
+    }
+    if line.get("requests_per_s").is_none() {
+        bail!("no figures in wrk's output: {text}");
+    }
+    Ok(line)
 }

@@ -183,6 +183,19 @@ enum BenchCommand {
         #[command(flatten)]
         args: QueueBenchArgs,
     },
+    /// HTTP API throughput with wrk: enqueue (a different connection each request), then job status.
+    Api {
+        #[command(flatten)]
+        db: BenchDb,
+        #[arg(long, default_value_t = 100_000)]
+        connections: usize,
+        /// Seconds per endpoint.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// wrk's open connections.
+        #[arg(long, default_value_t = 64)]
+        wrk_connections: usize,
+    },
     /// Scheduler sweeps: N connections all due; one token-refresh tick and one stale-sync tick.
     Schedule {
         #[command(flatten)]
@@ -429,6 +442,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: BenchCommand::Latency { jobs, args },
         } => {
             dashtam::bench::latency(config, queue_bench(jobs, args)).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Api {
+                    db,
+                    connections,
+                    duration,
+                    wrk_connections,
+                },
+        } => {
+            dashtam::bench::api(
+                config,
+                dashtam::bench::ApiBenchOptions {
+                    database_url: db.url,
+                    connections,
+                    duration_secs: duration,
+                    wrk_connections,
+                },
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
