@@ -36,6 +36,35 @@ struct Page<T> {
     next_cursor: Option<String>,
 }
 
+/// A page size from the query: `default` when absent, else 1 to `max`.
+pub(super) fn page_size(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::invalid_field(
+            "limit",
+            format!("must be between 1 and {max}"),
+        ))
+    }
+}
+
+/// Keeps the first `limit` of `rows` (fetched with `limit + 1`) and returns
+/// the cursor of the last kept one if more followed.
+pub(super) fn next_page<T>(
+    rows: &mut Vec<T>,
+    limit: i64,
+    cursor: impl Fn(&T) -> String,
+) -> Option<String> {
+    let limit = usize::try_from(limit).unwrap_or(0);
+    if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(cursor)
+    } else {
+        None
+    }
+}
+
 pub(super) fn query<T: serde::de::DeserializeOwned>(
     q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, ApiError> {
@@ -90,13 +119,7 @@ async fn transactions(
     q: Result<Query<TransactionsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Page<Transaction>>, ApiError> {
     let q = query(q)?;
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid_field(
-            "limit",
-            "must be between 1 and 1000",
-        ));
-    }
+    let limit = page_size(q.limit, 100, 1000)?;
     let account: Option<AccountId> = q
         .account_id
         .as_deref()
@@ -107,11 +130,6 @@ async fn transactions(
         .store
         .transactions(&caller.user, account, after, limit + 1)
         .await?;
-    let next_cursor = if data.len() as i64 > limit {
-        data.truncate(usize::try_from(limit).unwrap_or(0));
-        data.last().map(encode_cursor)
-    } else {
-        None
-    };
+    let next_cursor = next_page(&mut data, limit, encode_cursor);
     Ok(Json(Page { data, next_cursor }))
 }

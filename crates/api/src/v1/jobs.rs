@@ -94,12 +94,7 @@ async fn list(
         after: after.map(|a| a.0),
     };
     let mut jobs = state.queue.list(&filter, limit + 1).await?;
-    let next_cursor = if jobs.len() as i64 > limit {
-        jobs.truncate(usize::try_from(limit).unwrap_or(0));
-        jobs.last().map(|j| j.id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = super::data::next_page(&mut jobs, limit, |j| j.id.to_string());
     Ok(Json(JobPage {
         data: jobs.into_iter().map(JobView::from).collect(),
         next_cursor,
