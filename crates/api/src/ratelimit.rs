@@ -231,7 +231,11 @@ pub async fn rate_limit(State(state): State<AppState>, req: Request, next: Next)
     )
     .await
     {
-        Ok(c) => c.user,
+        Ok(c) => {
+            // The handler's extractor reuses it instead of verifying again.
+            parts.extensions.insert(c.clone());
+            c.user
+        }
         Err(_) => return next.run(Request::from_parts(parts, body)).await,
     };
     let class = if parts.uri.path().ends_with("/syncs") {
