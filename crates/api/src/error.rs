@@ -14,9 +14,11 @@ use serde::Serialize;
 
 use crate::RequestId;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
+    /// The field, parameter or header, as the request named it.
     pub field: String,
+    /// What is wrong with it.
     pub message: String,
 }
 

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 mod extract;
 mod idempotency;
+pub mod openapi;
 pub mod ratelimit;
 mod v1;
 
@@ -18,11 +19,13 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use dashtam_providers::Providers;
 use dashtam_queue::Queue;
 use dashtam_store::Store;
 use tracing::Instrument;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::{Auth, Role, issue_token};
 pub use error::ApiError;
@@ -103,7 +106,11 @@ async fn http_metrics(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Prometheus text format.
+/// Prometheus text format (every metric is in `docs/metrics.md`).
+#[utoipa::path(
+    get, path = "/metrics", tag = "ops", security(()),
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)),
+)]
 async fn metrics() -> Response {
     (
         [(
@@ -115,6 +122,11 @@ async fn metrics() -> Response {
         .into_response()
 }
 
+/// The process is alive.
+#[utoipa::path(
+    get, path = "/healthz", tag = "ops", security(()),
+    responses((status = 200, description = "`ok`", content_type = "text/plain", body = String)),
+)]
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -126,8 +138,29 @@ struct OpsState {
     rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
 }
 
+/// What `/readyz` reports when ready.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Readiness {
+    /// `ready`.
+    status: &'static str,
+    /// `ok`.
+    database: &'static str,
+    /// `current`.
+    schema: &'static str,
+    /// `ok`, `unavailable` (rate limits fail open) or `not_used`.
+    redis: &'static str,
+}
+
 /// Ready when the database answers and its schema is this release's.
 /// Redis is reported but not required: without it rate limits fail open.
+#[utoipa::path(
+    get, path = "/readyz", tag = "ops", security(()),
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: the database is unreachable or its schema is not current",
+         content_type = "application/problem+json", body = openapi::Problem),
+    ),
+)]
 async fn readyz(State(ops): State<OpsState>) -> Response {
     let redis = match &ops.rate_limiter {
         None => "not_used",
@@ -135,9 +168,12 @@ async fn readyz(State(ops): State<OpsState>) -> Response {
         Some(_) => "unavailable",
     };
     match dashtam_store::migrate::status(&ops.pool).await {
-        Ok(dashtam_store::migrate::SchemaStatus::Current) => axum::Json(serde_json::json!({
-            "status": "ready", "database": "ok", "schema": "current", "redis": redis,
-        }))
+        Ok(dashtam_store::migrate::SchemaStatus::Current) => axum::Json(Readiness {
+            status: "ready",
+            database: "ok",
+            schema: "current",
+            redis,
+        })
         .into_response(),
         Ok(other) => {
             ApiError::unavailable(format!("database schema is not current: {other:?}"), None)
@@ -157,37 +193,58 @@ pub fn ops_router<S: Clone + Send + Sync + 'static>(
     pool: sqlx::PgPool,
     rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
 ) -> Router<S> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    ops_routes(pool, rate_limiter).split_for_parts().0
+}
+
+fn ops_routes<S: Clone + Send + Sync + 'static>(
+    pool: sqlx::PgPool,
+    rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
+) -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
         .with_state(OpsState { pool, rate_limiter })
 }
 
-/// The whole HTTP surface.
-pub fn router(state: AppState) -> Router {
+/// The whole HTTP surface and its OpenAPI description (the same one
+/// `/api/v1/openapi.json` serves).
+pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let body_limit = state.body_limit;
-    Router::new()
-        .nest(
-            "/api/v1",
-            v1::router()
-                .layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    idempotency::idempotency,
-                ))
-                .layer(middleware::from_fn_with_state(
-                    state.clone(),
-                    ratelimit::rate_limit,
-                )),
-        )
-        .merge(ops_router(
+    let v1 = v1::router()
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotency,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            ratelimit::rate_limit,
+        ))
+        .routes(routes!(openapi::spec))
+        .routes(routes!(openapi::docs));
+    let (router, spec) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .nest("/api/v1", v1)
+        .merge(ops_routes(
             state.store.pool().clone(),
             state.rate_limiter.clone(),
         ))
+        .split_for_parts();
+    let json = spec.to_json().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the OpenAPI description does not serialize");
+        String::from("{}")
+    });
+    let router = router
+        .layer(axum::Extension(openapi::SpecJson(json.into())))
         .route_layer(middleware::from_fn(http_metrics))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(error::problem_details))
         .layer(middleware::from_fn(request_context))
-        .with_state(state)
+        .with_state(state);
+    (router, spec)
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    router_and_spec(state).0
 }

@@ -47,7 +47,7 @@ pub async fn resign(pool: &PgPool, name: &str, holder: &str) -> Result<bool, Que
 }
 
 /// Who holds lease `name`, if anyone ever did.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Lease {
     pub holder: String,
     pub term: i64,
@@ -115,7 +115,7 @@ pub async fn finish_tick<'e>(
 }
 
 /// One processed tick.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TickRecord {
     pub cycle: String,
     pub tick: DateTime<Utc>,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::{Store, StoreError, audit};
 
 /// A connection as its owner sees it: never any token material.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Connection {
     pub id: Uuid,
     pub user_id: String,

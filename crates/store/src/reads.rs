@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::{Store, StoreError};
 
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Account {
     pub id: Uuid,
     pub connection_id: Uuid,
@@ -27,7 +27,7 @@ pub struct Account {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Transaction {
     pub id: Uuid,
     pub account_id: Uuid,
@@ -55,6 +55,18 @@ pub struct Transaction {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Which transactions [`Store::transactions`] lists; `None`: any. Ranges
+/// are inclusive.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TransactionFilter {
+    pub account: Option<AccountId>,
+    pub after: Option<(NaiveDate, Uuid)>,
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+    pub min_amount: Option<Decimal>,
+    pub max_amount: Option<Decimal>,
+}
+
 /// Counts of what a user has, for the demo's summary.
 #[derive(Clone, Copy, Debug, Default, Serialize, sqlx::FromRow)]
 pub struct UserSummary {
@@ -78,22 +90,25 @@ impl Store {
             .await?)
     }
 
-    /// A page of live transactions, newest first, after `after` (the last
-    /// row's date and id of the previous page).
+    /// A page of live transactions, newest first, after `filter.after`
+    /// (the last row's date and id of the previous page).
     pub async fn transactions(
         &self,
         user: &UserId,
-        account: Option<AccountId>,
-        after: Option<(NaiveDate, Uuid)>,
+        filter: &TransactionFilter,
         limit: i64,
     ) -> Result<Vec<Transaction>, StoreError> {
         Ok(
             sqlx::query_as(include_str!("../queries/list_transactions.sql"))
                 .bind(user.as_str())
-                .bind(account.map(|a| a.0))
-                .bind(after.map(|a| a.0))
-                .bind(after.map(|a| a.1))
+                .bind(filter.account.map(|a| a.0))
+                .bind(filter.after.map(|a| a.0))
+                .bind(filter.after.map(|a| a.1))
                 .bind(limit)
+                .bind(filter.from)
+                .bind(filter.to)
+                .bind(filter.min_amount)
+                .bind(filter.max_amount)
                 .fetch_all(&self.pool)
                 .await?,
         )

@@ -1,10 +1,9 @@
 //! Operator endpoints: queue statistics, pause/resume, and job retry and
 //! discard. Every action is audited in the transaction that performs it.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use dashtam_domain::JobId;
 use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
 use dashtam_queue::ops;
@@ -13,14 +12,20 @@ use super::jobs::JobView;
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::extract::parse_id;
+use crate::openapi::{IdempotencyKey, JobIdPath, Problems};
 use crate::{AppState, RequestId};
+use dashtam_queue::ops::QueueStats;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/admin/queues", get(queues))
-        .route("/admin/queues/{queue}/{action}", post(set_paused))
-        .route("/admin/jobs/{job_id}/retry", post(retry))
-        .route("/admin/jobs/{job_id}", delete(discard))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(queues))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(retry))
+        .routes(routes!(discard))
 }
 
 pub fn require_operator(caller: &Caller) -> Result<(), ApiError> {
@@ -72,37 +77,82 @@ fn valid_queue(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+#[derive(serde::Serialize, ToSchema)]
+struct QueueList {
+    data: Vec<QueueStats>,
+}
+
+/// Jobs per queue and state, and which queues are paused.
+#[utoipa::path(
+    get, path = "/admin/queues", tag = "admin",
+    responses((status = 200, body = QueueList), Problems),
+)]
 async fn queues(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<QueueList>, ApiError> {
     require_operator(&caller)?;
-    let stats = ops::stats(state.queue.pool()).await?;
-    Ok(Json(serde_json::json!({ "data": stats })))
+    Ok(Json(QueueList {
+        data: ops::stats(state.queue.pool()).await?,
+    }))
 }
 
-/// `POST /admin/queues/{queue}/pause` and `…/resume`.
-async fn set_paused(
+/// `{queue}` in a path.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct QueuePath {
+    /// The queue's name (`sync`, `token_refresh`, …).
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    queue: String,
+}
+
+/// Stops workers claiming from the queue; running jobs carry on.
+#[utoipa::path(
+    post, path = "/admin/queues/{queue}/pause", tag = "admin", params(QueuePath, IdempotencyKey),
+    responses((status = 204, description = "Paused"), Problems),
+)]
+async fn pause(
     State(state): State<AppState>,
     caller: Caller,
     axum::Extension(rid): axum::Extension<RequestId>,
-    Path((queue, verb)): Path<(String, String)>,
+    Path(queue): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_operator(&caller)?;
+    set_paused(&state, &caller, &rid, queue, true).await
+}
+
+/// Lets workers claim from the queue again.
+#[utoipa::path(
+    post, path = "/admin/queues/{queue}/resume", tag = "admin", params(QueuePath, IdempotencyKey),
+    responses((status = 204, description = "Resumed"), Problems),
+)]
+async fn resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::Extension(rid): axum::Extension<RequestId>,
+    Path(queue): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    set_paused(&state, &caller, &rid, queue, false).await
+}
+
+async fn set_paused(
+    state: &AppState,
+    caller: &Caller,
+    rid: &RequestId,
+    queue: String,
+    paused: bool,
+) -> Result<StatusCode, ApiError> {
+    require_operator(caller)?;
     valid_queue(&queue)?;
-    let mut tx = begin(&state).await?;
-    let audit = match verb.as_str() {
-        "pause" => {
-            ops::pause(&mut *tx, &queue, &caller.user.to_string()).await?;
-            AuditAction::QueuePaused
-        }
-        "resume" => {
-            ops::resume(&mut *tx, &queue).await?;
-            AuditAction::QueueResumed
-        }
-        other => return Err(ApiError::not_found(format!("no queue action {other:?}"))),
+    let mut tx = begin(state).await?;
+    let audit = if paused {
+        ops::pause(&mut *tx, &queue, caller.user.as_str()).await?;
+        AuditAction::QueuePaused
+    } else {
+        ops::resume(&mut *tx, &queue).await?;
+        AuditAction::QueueResumed
     };
-    commit_audited(tx, action(audit, &caller, "queue", queue, &rid)).await?;
+    commit_audited(tx, action(audit, caller, "queue", queue, rid)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -133,6 +183,11 @@ async fn refusal(state: &AppState, id: JobId, why: &str) -> ApiError {
     }
 }
 
+/// Runs a dead (failed) or cancelled job again.
+#[utoipa::path(
+    post, path = "/admin/jobs/{job_id}/retry", tag = "admin", params(JobIdPath, IdempotencyKey),
+    responses((status = 200, description = "Available again", body = JobView), Problems),
+)]
 async fn retry(
     State(state): State<AppState>,
     caller: Caller,
@@ -156,6 +211,11 @@ async fn retry(
     Ok(Json(job.into()))
 }
 
+/// Deletes a finished job.
+#[utoipa::path(
+    delete, path = "/admin/jobs/{job_id}", tag = "admin", params(JobIdPath),
+    responses((status = 204, description = "Discarded"), Problems),
+)]
 async fn discard(
     State(state): State<AppState>,
     caller: Caller,

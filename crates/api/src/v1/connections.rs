@@ -1,10 +1,9 @@
 //! Connections and the syncs enqueued for them.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::Utc;
 use dashtam_domain::ConnectionId;
 use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
@@ -20,16 +19,21 @@ use super::jobs::JobView;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, parse_id};
+use crate::openapi::{ConnectionIdPath, IdempotencyKey, Problems};
 use crate::{AppState, RequestId};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/connections", post(create).get(list))
-        .route("/connections/{connection_id}", get(show).delete(remove))
-        .route("/connections/{connection_id}/syncs", post(enqueue_sync))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show, remove))
+        .routes(routes!(enqueue_sync))
 }
 
-#[derive(Deserialize)]
+/// Links a provider connection: send the one field the provider uses.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateConnection {
     provider: ProviderKind,
@@ -90,9 +94,9 @@ fn exchange_failed(e: ProviderError, what: &str) -> ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct List<T> {
-    data: Vec<T>,
+#[derive(Serialize, ToSchema)]
+struct ConnectionList {
+    data: Vec<Connection>,
 }
 
 fn location(path: String) -> [(header::HeaderName, HeaderValue); 1] {
@@ -102,6 +106,17 @@ fn location(path: String) -> [(header::HeaderName, HeaderValue); 1] {
     )]
 }
 
+/// Links a connection: exchanges the link flow's public token (Plaid) or
+/// the consent step's authorization code (Schwab) for tokens, which are
+/// stored encrypted and never shown.
+#[utoipa::path(
+    post, path = "/connections", tag = "connections", params(IdempotencyKey),
+    request_body = CreateConnection,
+    responses(
+        (status = 201, description = "Linked; `Location` names the connection", body = Connection),
+        Problems,
+    ),
+)]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -158,11 +173,17 @@ async fn create(
     Ok((StatusCode::CREATED, loc, Json(conn)).into_response())
 }
 
+/// The caller's connections, with status and token expiry times (never
+/// tokens).
+#[utoipa::path(
+    get, path = "/connections", tag = "connections",
+    responses((status = 200, body = ConnectionList), Problems),
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<List<Connection>>, ApiError> {
-    Ok(Json(List {
+) -> Result<Json<ConnectionList>, ApiError> {
+    Ok(Json(ConnectionList {
         data: state.store.connections(&caller.user).await?,
     }))
 }
@@ -176,6 +197,11 @@ async fn owned(state: &AppState, caller: &Caller, raw_id: &str) -> Result<Connec
         .ok_or_else(|| ApiError::not_found(format!("connection {id} not found")))
 }
 
+/// One of the caller's connections.
+#[utoipa::path(
+    get, path = "/connections/{connection_id}", tag = "connections", params(ConnectionIdPath),
+    responses((status = 200, body = Connection), Problems),
+)]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -187,6 +213,10 @@ async fn show(
 /// Revokes the connection's tokens at the provider and wipes them here;
 /// the connection stays (as `revoked`) with its history. Deleting again is
 /// a no-op.
+#[utoipa::path(
+    delete, path = "/connections/{connection_id}", tag = "connections", params(ConnectionIdPath),
+    responses((status = 204, description = "Revoked and wiped"), Problems),
+)]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
@@ -231,6 +261,15 @@ async fn remove(
 
 /// 202 with a new job, or 200 with the sync already pending for this
 /// connection; `Location` points at the job either way.
+#[utoipa::path(
+    post, path = "/connections/{connection_id}/syncs", tag = "connections",
+    params(ConnectionIdPath, IdempotencyKey),
+    responses(
+        (status = 202, description = "A new sync job", body = JobView),
+        (status = 200, description = "The sync already pending for this connection", body = JobView),
+        Problems,
+    ),
+)]
 async fn enqueue_sync(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,34 +1,41 @@
 //! Accounts and transactions (read-only).
 
+use axum::Json;
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::NaiveDate;
 use dashtam_domain::{AccountId, ConnectionId};
-use dashtam_store::reads::{Account, Transaction};
+use dashtam_store::reads::{Account, Transaction, TransactionFilter};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::parse_id;
+use crate::openapi::Problems;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/accounts", get(accounts))
-        .route("/transactions", get(transactions))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(accounts))
+        .routes(routes!(transactions))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AccountsQuery {
+    /// Only this connection's accounts.
+    #[param(value_type = Option<Uuid>)]
     connection_id: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Page<T> {
     data: Vec<T>,
     /// Pass as `cursor` to get the next page; absent on the last page.
@@ -72,6 +79,11 @@ pub(super) fn query<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
+/// The caller's accounts (of one connection, or all).
+#[utoipa::path(
+    get, path = "/accounts", tag = "data", params(AccountsQuery),
+    responses((status = 200, body = Page<Account>), Problems),
+)]
 async fn accounts(
     State(state): State<AppState>,
     caller: Caller,
@@ -90,12 +102,57 @@ async fn accounts(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct TransactionsQuery {
+    /// Only this account's transactions.
+    #[param(value_type = Option<Uuid>)]
     account_id: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// The previous page's `next_cursor`.
     cursor: Option<String>,
+    /// Transaction date on or after (`YYYY-MM-DD`).
+    #[param(value_type = Option<NaiveDate>)]
+    from: Option<String>,
+    /// Transaction date on or before (`YYYY-MM-DD`).
+    #[param(value_type = Option<NaiveDate>)]
+    to: Option<String>,
+    /// Amount at least this (a decimal string; positive = money in).
+    #[param(value_type = Option<String>, example = "-100.00")]
+    min_amount: Option<String>,
+    /// Amount at most this (a decimal string; positive = money in).
+    #[param(value_type = Option<String>, example = "0")]
+    max_amount: Option<String>,
+}
+
+fn parse_field<T: std::str::FromStr>(
+    field: &str,
+    raw: Option<&str>,
+    what: &str,
+) -> Result<Option<T>, ApiError> {
+    raw.map(|v| {
+        v.parse()
+            .map_err(|_| ApiError::invalid_field(field, format!("{v:?} is not {what}")))
+    })
+    .transpose()
+}
+
+/// Both ends of an inclusive range, in order.
+fn range<T: PartialOrd>(
+    (low_name, low): (&str, Option<T>),
+    high_name: &str,
+    high: Option<T>,
+) -> Result<(Option<T>, Option<T>), ApiError> {
+    match (&low, &high) {
+        (Some(l), Some(h)) if l > h => Err(ApiError::invalid_field(
+            low_name,
+            format!("must not be greater than {high_name}"),
+        )),
+        _ => Ok((low, high)),
+    }
 }
 
 fn encode_cursor(t: &Transaction) -> String {
@@ -113,6 +170,12 @@ fn decode_cursor(raw: &str) -> Result<(NaiveDate, Uuid), ApiError> {
     ))
 }
 
+/// The caller's live transactions, newest first (by transaction date),
+/// with cursor pagination and optional date and amount ranges.
+#[utoipa::path(
+    get, path = "/transactions", tag = "data", params(TransactionsQuery),
+    responses((status = 200, body = Page<Transaction>), Problems),
+)]
 async fn transactions(
     State(state): State<AppState>,
     caller: Caller,
@@ -125,10 +188,35 @@ async fn transactions(
         .as_deref()
         .map(|a| parse_id("account_id", a))
         .transpose()?;
-    let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let date = "a date (YYYY-MM-DD)";
+    let (from, to) = range(
+        (
+            "from",
+            parse_field::<NaiveDate>("from", q.from.as_deref(), date)?,
+        ),
+        "to",
+        parse_field("to", q.to.as_deref(), date)?,
+    )?;
+    let amount = "a decimal amount";
+    let (min_amount, max_amount) = range(
+        (
+            "min_amount",
+            parse_field::<Decimal>("min_amount", q.min_amount.as_deref(), amount)?,
+        ),
+        "max_amount",
+        parse_field("max_amount", q.max_amount.as_deref(), amount)?,
+    )?;
+    let filter = TransactionFilter {
+        account,
+        after: q.cursor.as_deref().map(decode_cursor).transpose()?,
+        from,
+        to,
+        min_amount,
+        max_amount,
+    };
     let mut data = state
         .store
-        .transactions(&caller.user, account, after, limit + 1)
+        .transactions(&caller.user, &filter, limit + 1)
         .await?;
     let next_cursor = next_page(&mut data, limit, encode_cursor);
     Ok(Json(Page { data, next_cursor }))

@@ -1,8 +1,7 @@
 //! Job status.
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use dashtam_domain::JobId;
 use dashtam_queue::JobRecord;
@@ -12,15 +11,19 @@ use uuid::Uuid;
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::extract::parse_id;
+use crate::openapi::{IdempotencyKey, JobIdPath, Problems};
 use crate::{AppState, RequestId};
 use dashtam_domain::audit::AuditAction;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/jobs", get(list))
-        .route("/jobs/{job_id}", get(show))
-        .route("/jobs/{job_id}/cancel", post(cancel))
-        .route("/jobs/{job_id}/events", get(events))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(cancel))
+        .routes(routes!(events))
 }
 
 const STATES: [&str; 7] = [
@@ -34,17 +37,51 @@ const STATES: [&str; 7] = [
 ];
 const KINDS: [&str; 2] = ["sync", "token_refresh"];
 
-#[derive(Deserialize)]
+/// A job's state.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Documents `JobView::state` and the `state` filter.
+pub enum JobState {
+    /// Waits for its `run_at`.
+    Scheduled,
+    /// Ready to be claimed by a worker.
+    Available,
+    Running,
+    /// Failed an attempt; waits for its retry.
+    Retryable,
+    Succeeded,
+    /// Dead: out of attempts, or a permanent error.
+    Failed,
+    Cancelled,
+}
+
+/// A job's kind.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Documents `JobView::kind` and the `kind` filter.
+pub enum JobKind {
+    Sync,
+    TokenRefresh,
+}
+
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    #[param(value_type = Option<JobState>)]
     state: Option<String>,
+    #[param(value_type = Option<JobKind>)]
     kind: Option<String>,
+    #[param(value_type = Option<Uuid>)]
     connection_id: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// The previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct JobPage {
     data: Vec<JobView>,
     /// Pass as `cursor` for the next page; absent on the last one.
@@ -53,6 +90,10 @@ struct JobPage {
 
 /// A client's own jobs (those enqueued for its connections, by it or by the
 /// scheduler), or, for an operator, everyone's; newest first.
+#[utoipa::path(
+    get, path = "/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, body = JobPage), Problems),
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -78,13 +119,7 @@ async fn list(
         .as_deref()
         .map(|c| parse_id("cursor", c))
         .transpose()?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::invalid_field(
-            "limit",
-            "must be between 1 and 500",
-        ));
-    }
+    let limit = super::data::page_size(q.limit, 50, 500)?;
     let connection = connection.map(|c| c.to_string());
     let filter = dashtam_queue::JobFilter {
         owner: (caller.role != Role::Operator).then(|| caller.user.as_str()),
@@ -116,6 +151,14 @@ async fn visible(state: &AppState, caller: &Caller, raw: &str) -> Result<JobReco
 
 /// Cancels a pending job, or asks a running one to stop at its next page
 /// boundary (nothing it collected is committed).
+#[utoipa::path(
+    post, path = "/jobs/{job_id}/cancel", tag = "jobs",
+    params(JobIdPath, IdempotencyKey),
+    responses(
+        (status = 200, description = "Cancelled, or asked to stop", body = JobView),
+        Problems,
+    ),
+)]
 async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -142,11 +185,13 @@ async fn cancel(
 }
 
 /// A job as API clients see it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct JobView {
     pub id: Uuid,
     pub queue: String,
+    #[schema(value_type = JobKind)]
     pub kind: String,
+    #[schema(value_type = JobState)]
     pub state: String,
     /// A running job asked to stop (it will, at its next checkpoint).
     pub cancel_requested: bool,
@@ -192,6 +237,12 @@ impl From<JobRecord> for JobView {
     }
 }
 
+/// A job: its state, attempts, progress and errors (its owner, or any
+/// operator).
+#[utoipa::path(
+    get, path = "/jobs/{job_id}", tag = "jobs", params(JobIdPath),
+    responses((status = 200, body = JobView), Problems),
+)]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -207,6 +258,14 @@ const EVENTS_FALLBACK: std::time::Duration = std::time::Duration::from_secs(10);
 /// now, one per change (driven by Postgres LISTEN/NOTIFY, so any API
 /// daemon's stream sees changes made anywhere), and the stream ends after
 /// the event that shows the job finished.
+#[utoipa::path(
+    get, path = "/jobs/{job_id}/events", tag = "jobs", params(JobIdPath),
+    responses(
+        (status = 200, description = "`event: job` with a JobView as its data, now and on every change",
+         content_type = "text/event-stream", body = String),
+        Problems,
+    ),
+)]
 async fn events(
     State(state): State<AppState>,
     caller: Caller,

@@ -6,12 +6,12 @@ mod data;
 mod jobs;
 mod scheduler;
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(admin::router())
         .merge(connections::router())
         .merge(jobs::router())

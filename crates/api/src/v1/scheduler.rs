@@ -1,9 +1,8 @@
 //! Operator view of the scheduler: who leads, and what each cycle's ticks
 //! did.
 
+use axum::Json;
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use dashtam_queue::schedule::{self, Lease, TickRecord};
 use serde::{Deserialize, Serialize};
@@ -13,23 +12,41 @@ use super::data::query;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::openapi::Problems;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/scheduler/cycles", get(cycles))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(cycles))
+}
+
+/// A scheduler cycle.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // Documents the `cycle` filter and `TickRecord::cycle`.
+enum Cycle {
+    TokenRefresh,
+    StaleSync,
+    Prune,
 }
 
 const CYCLES: [&str; 3] = ["token_refresh", "stale_sync", "prune"];
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct CyclesQuery {
+    #[param(value_type = Option<Cycle>)]
     cycle: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// The previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct CyclesView {
     /// The current lease; `live: false` means nobody leads right now.
     leader: Option<Lease>,
@@ -40,6 +57,10 @@ struct CyclesView {
 
 /// Recent ticks, newest first (start, end, jobs enqueued, connections
 /// flagged, and which leader ran them).
+#[utoipa::path(
+    get, path = "/scheduler/cycles", tag = "admin", params(CyclesQuery),
+    responses((status = 200, body = CyclesView), Problems),
+)]
 async fn cycles(
     State(state): State<AppState>,
     caller: Caller,
@@ -53,13 +74,7 @@ async fn cycles(
             format!("{c:?} is not a cycle (token_refresh, stale_sync, prune)"),
         ));
     }
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::invalid_field(
-            "limit",
-            "must be between 1 and 1000",
-        ));
-    }
+    let limit = super::data::page_size(q.limit, 100, 1000)?;
     let after = match q.cursor.as_deref() {
         None => None,
         Some(c) => Some(
@@ -73,13 +88,9 @@ async fn cycles(
     let pool = state.queue.pool();
     let leader = schedule::lease(pool, schedule::LEASE).await?;
     let mut data = schedule::ticks(pool, q.cycle.as_deref(), after, limit + 1).await?;
-    let next_cursor = if data.len() as i64 > limit {
-        data.truncate(usize::try_from(limit).unwrap_or(0));
-        data.last()
-            .map(|t| format!("{}/{}", t.tick.to_rfc3339(), t.cycle))
-    } else {
-        None
-    };
+    let next_cursor = super::data::next_page(&mut data, limit, |t| {
+        format!("{}/{}", t.tick.to_rfc3339(), t.cycle)
+    });
     Ok(Json(CyclesView {
         leader,
         data,

@@ -524,3 +524,72 @@ async fn every_endpoint_by_role_and_tenant(pool: PgPool) {
     assert_eq!(call(Some(&ops), "DELETE", &discard).await.0, 204);
     app.stop().await;
 }
+
+/// Date and amount ranges on transactions are inclusive, combine with
+/// pagination, and bad or inverted bounds are 400s naming the parameter.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn transactions_filter_by_date_and_amount(pool: PgPool) {
+    use rust_decimal::Decimal;
+    let app = spawn_app(pool).await;
+    let conn = app.connect("alice", 1, 60).await;
+    app.sync("alice", &conn).await;
+    let all: Value = app
+        .get("alice", "/api/v1/transactions?limit=1000")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let all = all["data"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 60);
+    let amount = |t: &Value| t["amount"].as_str().unwrap().parse::<Decimal>().unwrap();
+    let date = |t: &Value| t["transaction_date"].as_str().unwrap().to_owned();
+    let mut dates: Vec<String> = all.iter().map(date).collect();
+    dates.sort();
+    let (from, to) = (dates[10].clone(), dates[40].clone());
+    let mut amounts: Vec<Decimal> = all.iter().map(amount).collect();
+    amounts.sort();
+    let (min, max) = (amounts[5], amounts[50]);
+    let expected: Vec<&Value> = all
+        .iter()
+        .filter(|t| date(t) >= from && date(t) <= to && amount(t) >= min && amount(t) <= max)
+        .collect();
+    assert!(!expected.is_empty() && expected.len() < all.len());
+
+    // Page through the filtered list two at a time.
+    let mut got = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!(
+            "/api/v1/transactions?limit=2&from={from}&to={to}&min_amount={min}&max_amount={max}"
+        );
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = app.get("alice", &path).await.json().await.unwrap();
+        got.extend(page["data"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let ids = |v: &[&Value]| v.iter().map(|t| t["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&got.iter().collect::<Vec<_>>()), ids(&expected));
+
+    for (query, field) in [
+        ("from=2026-13-01", "from"),
+        ("to=yesterday", "to"),
+        ("min_amount=ten", "min_amount"),
+        ("max_amount=1.2.3", "max_amount"),
+        ("from=2026-02-01&to=2026-01-01", "from"),
+        ("min_amount=5&max_amount=-5", "min_amount"),
+    ] {
+        let body = problem(
+            app.get("alice", &format!("/api/v1/transactions?{query}"))
+                .await,
+            400,
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], field, "{query}");
+    }
+    app.stop().await;
+}

@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod helpers;
 mod metrics;
+mod openapi;
 mod operations;
 mod ops;
 mod ratelimit;

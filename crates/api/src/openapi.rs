@@ -1,0 +1,168 @@
+//! The OpenAPI 3.1 description, generated from the handlers themselves:
+//! every route is registered through `utoipa_axum::routes!`, which takes
+//! the path and method from the handler's `#[utoipa::path]`, so the spec
+//! and the router cannot drift apart. Served at `/api/v1/openapi.json`,
+//! with a docs page at `/api/v1/docs`.
+
+use axum::response::{Html, IntoResponse, Response};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+
+use crate::error::FieldError;
+
+/// The name of the bearer-token security scheme in the spec: every
+/// operation needs it but those tagged `ops`, which say `security(())`.
+const BEARER: &str = "bearer";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Dashtam Worker API",
+        description = "Enqueue and follow provider syncs; read the accounts and \
+            transactions they bring in. Every error is an RFC 9457 problem \
+            (`application/problem+json`).",
+        version = "1",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    modifiers(&Security),
+    security(("bearer" = [])),
+    tags(
+        (name = "connections", description = "Provider connections and their syncs"),
+        (name = "jobs", description = "Job status, live events and cancellation"),
+        (name = "data", description = "Accounts and transactions"),
+        (name = "admin", description = "Operators: queues, job retry and discard, the scheduler"),
+        (name = "ops", description = "Health, readiness, metrics and this description"),
+    ),
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let mut http = Http::new(HttpAuthScheme::Bearer);
+        http.bearer_format = Some("JWT".to_owned());
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(BEARER, SecurityScheme::Http(http));
+    }
+}
+
+/// An RFC 9457 problem, as every error response carries it.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents `error::Problem`, which borrows its fields.
+pub struct Problem {
+    /// `https://dashtam.dev/problems/<kind>`: stable, machine-readable.
+    #[schema(rename = "type")]
+    kind: String,
+    title: String,
+    status: u16,
+    detail: String,
+    /// The request's path.
+    instance: String,
+    /// Also in the `x-request-id` response header and the server's logs.
+    request_id: String,
+    /// Per-field validation errors, when there are any.
+    #[schema(nullable = false)]
+    errors: Option<Vec<FieldError>>,
+}
+
+/// The error responses every operation may give.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // Only its schema is used.
+pub enum Problems {
+    /// The request was refused: bad input (400, 413, 415, 422), no or a
+    /// bad token (401), not an operator (403), not found (404), a
+    /// conflicting state (409) or too many requests (429).
+    #[response(status = "4XX", content_type = "application/problem+json")]
+    Client(Problem),
+    /// The server failed (logged under the request id) or a dependency
+    /// is unavailable (503).
+    #[response(status = "5XX", content_type = "application/problem+json")]
+    Server(Problem),
+}
+
+/// The OpenAPI description of this API.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "ops",
+    security(()),
+    responses(
+        (status = 200, description = "This API's OpenAPI 3.1 description", body = Object),
+        Problems,
+    ),
+)]
+pub async fn spec(axum::Extension(spec): axum::Extension<SpecJson>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        spec.0,
+    )
+        .into_response()
+}
+
+/// The serialized description, made once when the router is built.
+#[derive(Clone)]
+pub struct SpecJson(pub bytes::Bytes);
+
+/// A browsable page for the description (Scalar, loaded by the reader's
+/// browser; the server serves only this page and the JSON).
+#[utoipa::path(
+    get,
+    path = "/docs",
+    tag = "ops",
+    security(()),
+    responses(
+        (status = 200, description = "An HTML page that renders the description", content_type = "text/html", body = String),
+        Problems,
+    ),
+)]
+pub async fn docs() -> Html<&'static str> {
+    Html(DOCS_PAGE)
+}
+
+const DOCS_PAGE: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>Dashtam Worker API</title>
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+</head>
+<body>
+  <script id="api-reference" data-url="/api/v1/openapi.json"></script>
+  <script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+  <noscript>The description itself: <a href="/api/v1/openapi.json">/api/v1/openapi.json</a>.</noscript>
+</body>
+</html>
+"#;
+
+/// `{job_id}` in a path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Path segments are parsed by the handlers, for their messages.
+pub struct JobIdPath {
+    /// The job's id (a UUID).
+    job_id: uuid::Uuid,
+}
+
+/// `{connection_id}` in a path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct ConnectionIdPath {
+    /// The connection's id (a UUID).
+    connection_id: uuid::Uuid,
+}
+
+/// The optional `Idempotency-Key` header of a POST.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct IdempotencyKey {
+    /// 1 to 255 visible characters. The same key and request get the first
+    /// response again (with `Idempotent-Replayed: true`); the same key with
+    /// a different request is a 422. Keys are per user and kept a day.
+    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255)]
+    idempotency_key: Option<String>,
+}
