@@ -32,8 +32,55 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(enqueue_sync))
 }
 
-/// Links a provider connection: send the one field the provider uses.
+/// Links a provider connection: the provider, and the one credential it
+/// uses. (The description; the handler reads [`CreateConnection`], to say
+/// which field is wrong.)
 #[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = CreateConnection)]
+#[allow(dead_code)]
+enum CreateConnectionDoc {
+    Plaid(LinkPlaid),
+    Schwab(LinkSchwab),
+}
+
+/// A cursor-style connection.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct LinkPlaid {
+    #[schema(inline)]
+    provider: Plaid,
+    /// The one-time token from the link flow.
+    #[schema(min_length = 1, max_length = 512, pattern = "\\S")]
+    public_token: String,
+}
+
+/// An OAuth (date-window) connection.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct LinkSchwab {
+    #[schema(inline)]
+    provider: Schwab,
+    /// The code the consent step redirected with.
+    #[schema(min_length = 1, max_length = 512, pattern = "\\S")]
+    authorization_code: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum Plaid {
+    Plaid,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum Schwab {
+    Schwab,
+}
+
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateConnection {
     provider: ProviderKind,
@@ -111,7 +158,7 @@ fn location(path: String) -> [(header::HeaderName, HeaderValue); 1] {
 /// stored encrypted and never shown.
 #[utoipa::path(
     post, path = "/connections", tag = "connections", params(IdempotencyKey),
-    request_body = CreateConnection,
+    request_body = CreateConnectionDoc,
     responses(
         (status = 201, description = "Linked; `Location` names the connection", body = Connection),
         Problems,

@@ -113,6 +113,7 @@ struct TransactionsQuery {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// The previous page's `next_cursor`.
+    #[param(min_length = 1)]
     cursor: Option<String>,
     /// Transaction date on or after (`YYYY-MM-DD`).
     #[param(value_type = Option<NaiveDate>)]

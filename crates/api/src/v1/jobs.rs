@@ -68,9 +68,9 @@ pub enum JobKind {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct ListQuery {
-    #[param(value_type = Option<JobState>)]
+    #[param(value_type = Option<JobState>, inline)]
     state: Option<String>,
-    #[param(value_type = Option<JobKind>)]
+    #[param(value_type = Option<JobKind>, inline)]
     kind: Option<String>,
     #[param(value_type = Option<Uuid>)]
     connection_id: Option<String>,
@@ -78,6 +78,7 @@ struct ListQuery {
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// The previous page's `next_cursor`.
+    #[param(value_type = Option<Uuid>)]
     cursor: Option<String>,
 }
 
@@ -251,6 +252,18 @@ async fn show(
     Ok(Json(visible(&state, &caller, &id).await?.into()))
 }
 
+/// One Server-Sent Event of `GET /jobs/{job_id}/events`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documents the stream.
+struct JobEvent {
+    /// Always `job`.
+    #[schema(pattern = "^job$")]
+    event: String,
+    /// The job as JSON (a `JobView`).
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
 /// How often a stream looks at its job even without a notification.
 const EVENTS_FALLBACK: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -261,8 +274,8 @@ const EVENTS_FALLBACK: std::time::Duration = std::time::Duration::from_secs(10);
 #[utoipa::path(
     get, path = "/jobs/{job_id}/events", tag = "jobs", params(JobIdPath),
     responses(
-        (status = 200, description = "`event: job` with a JobView as its data, now and on every change",
-         content_type = "text/event-stream", body = String),
+        (status = 200, description = "An `event: job` now and on every change; the stream ends after the job does",
+         content_type = "text/event-stream", body = JobEvent),
         Problems,
     ),
 )]

@@ -37,12 +37,13 @@ const CYCLES: [&str; 3] = ["token_refresh", "stale_sync", "prune"];
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct CyclesQuery {
-    #[param(value_type = Option<Cycle>)]
+    #[param(value_type = Option<Cycle>, inline)]
     cycle: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// The previous page's `next_cursor`.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 
