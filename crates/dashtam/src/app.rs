@@ -64,6 +64,7 @@ pub async fn connect(config: &Config, url: &str) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(config.database.max_connections)
         .acquire_timeout(Duration::from_secs(config.database.acquire_timeout_secs))
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to the database at {}", redact(url)))

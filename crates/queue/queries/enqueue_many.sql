@@ -1,4 +1,5 @@
--- Bulk enqueue: one statement, one NOTIFY per queue. A job whose unique key
+-- Bulk enqueue: one statement, one NOTIFY per queue with available jobs
+-- (delivered when the caller's transaction commits). A job whose unique key
 -- is held by a pending job is skipped (so is a later one of the same batch).
 -- Returns how many went in per queue and kind (not a row per job).
 WITH ins AS (
@@ -12,6 +13,10 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::smallint[], $6:
 ON CONFLICT (unique_key)
     WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')
     DO NOTHING
-RETURNING queue, kind
+RETURNING queue, kind, state
+),
+woken AS (
+    SELECT count(pg_notify('dashtam_jobs', q.queue)) AS queues
+    FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') AS q
 )
-SELECT queue, kind, count(*) FROM ins GROUP BY queue, kind
+SELECT queue, kind, count(*) FROM ins CROSS JOIN woken GROUP BY queue, kind

@@ -11,6 +11,7 @@
 //! tables; nothing else writes them.
 
 mod backoff;
+mod coalesce;
 pub mod events;
 pub mod ops;
 pub mod schedule;
@@ -35,6 +36,11 @@ pub const NOTIFY_CHANNEL: &str = "dashtam_jobs";
 pub enum QueueError {
     #[error("queue database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// The error of a batched query, shared by every request in the batch.
+    #[error("queue database error: {0}")]
+    Shared(std::sync::Arc<sqlx::Error>),
+    #[error("the queue's batching task stopped")]
+    Stopped,
 }
 
 /// A job to enqueue.
@@ -99,6 +105,24 @@ impl JobRecord {
     }
 }
 
+/// A row of `enqueue.sql` or `enqueue_batch.sql`.
+#[derive(sqlx::FromRow)]
+pub(crate) struct EnqueuedRow {
+    #[sqlx(flatten)]
+    job: JobRecord,
+    created: bool,
+}
+
+impl From<EnqueuedRow> for Enqueued {
+    fn from(row: EnqueuedRow) -> Self {
+        if row.created {
+            Self::Created(row.job)
+        } else {
+            Self::Existing(row.job)
+        }
+    }
+}
+
 /// Whether [`Queue::enqueue`] made a new job or found a pending one with the
 /// same unique key.
 #[derive(Debug)]
@@ -129,11 +153,19 @@ pub struct JobFilter<'a> {
 #[derive(Clone, Debug)]
 pub struct Queue {
     pool: PgPool,
+    wakeups: std::sync::Arc<coalesce::Wakeups>,
+    lookups: std::sync::Arc<coalesce::Lookups>,
+    batches: std::sync::Arc<coalesce::Enqueues>,
 }
 
 impl Queue {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            wakeups: Default::default(),
+            lookups: Default::default(),
+            batches: Default::default(),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -141,19 +173,35 @@ impl Queue {
     }
 
     /// Enqueues one job; with a unique key, returns the pending job holding
-    /// that key instead of creating a second one.
+    /// that key instead of creating a second one. Enqueues that arrive
+    /// together share one statement and one commit.
     pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, QueueError> {
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            #[sqlx(flatten)]
-            job: JobRecord,
-            created: bool,
+        let enqueued = match self
+            .batches
+            .call(&self.pool, job, coalesce::enqueue)
+            .await??
+        {
+            Ok(done) => done,
+            Err(job) => self.enqueue_one(&job).await?,
+        };
+        if let Enqueued::Created(job) = &enqueued {
+            if job.state == "available" {
+                self.wakeups.wake(&self.pool, &job.queue);
+            }
+            METRICS
+                .jobs
+                .with_label_values(&[&job.queue, &job.kind, "enqueued"])
+                .inc();
         }
+        Ok(enqueued)
+    }
+
+    async fn enqueue_one(&self, job: &NewJob) -> Result<Enqueued, QueueError> {
         // The unique-key conflict and the lookup of the winner are one
         // statement, but a winner that finishes in between makes it come back
         // empty: then the insert is simply tried again.
         loop {
-            let row: Option<Row> = sqlx::query_as(include_str!("../queries/enqueue.sql"))
+            let row: Option<EnqueuedRow> = sqlx::query_as(include_str!("../queries/enqueue.sql"))
                 .bind(Uuid::now_v7())
                 .bind(&job.queue)
                 .bind(&job.kind)
@@ -165,19 +213,8 @@ impl Queue {
                 .bind(&job.owner)
                 .fetch_optional(&self.pool)
                 .await?;
-            match row {
-                Some(Row { job, created: true }) => {
-                    METRICS
-                        .jobs
-                        .with_label_values(&[&job.queue, &job.kind, "enqueued"])
-                        .inc();
-                    return Ok(Enqueued::Created(job));
-                }
-                Some(Row {
-                    job,
-                    created: false,
-                }) => return Ok(Enqueued::Existing(job)),
-                None => continue,
+            if let Some(row) = row {
+                return Ok(row.into());
             }
         }
     }
@@ -215,11 +252,9 @@ impl Queue {
             .await?)
     }
 
+    /// One job; lookups that arrive together share one query.
     pub async fn get(&self, id: Uuid) -> Result<Option<JobRecord>, QueueError> {
-        Ok(sqlx::query_as(include_str!("../queries/get.sql"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        self.lookups.call(&self.pool, id, coalesce::lookup).await?
     }
 }
 

@@ -1,0 +1,30 @@
+-- Single enqueues that arrived together, in one statement and one commit:
+-- each row as enqueue.sql would do it (a pending job with the same unique
+-- key wins and is returned). The caller makes unique keys distinct within
+-- the batch; rows go in in key order, so two batches never wait on each
+-- other's keys in a cycle. A request with neither a new nor an existing
+-- row (the winner finished meanwhile) is not answered here: it is retried.
+WITH req AS (
+    SELECT *
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::smallint[], $6::int[],
+                $7::timestamptz[], $8::text[], $9::text[])
+         AS u(id, queue, kind, payload, priority, max_attempts, run_at, unique_key, owner)
+),
+ins AS (
+    INSERT INTO jobs (id, queue, kind, payload, state, priority, max_attempts, run_at, unique_key, owner)
+    SELECT id, queue, kind, payload,
+           CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
+           priority, max_attempts, GREATEST(run_at, now()), unique_key, owner
+    FROM req
+    ORDER BY unique_key
+    ON CONFLICT (unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')
+        DO NOTHING
+    RETURNING *, true AS created
+)
+SELECT * FROM ins
+UNION ALL
+SELECT j.*, false AS created
+FROM req JOIN jobs j ON j.unique_key = req.unique_key
+WHERE j.state IN ('scheduled', 'available', 'running', 'retryable')
+  AND NOT EXISTS (SELECT 1 FROM ins WHERE ins.id = req.id)
