@@ -214,18 +214,17 @@ fn render(e: &ApiError, instance: &str, request_id: &str) -> Response {
 
 /// Renders problems (see the module docs).
 pub async fn problem_details(req: Request, next: Next) -> Response {
-    let instance = req.uri().path().to_owned();
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|r| r.0.clone())
-        .unwrap_or_default();
+    // Cheap to keep (shared bytes); read only if the response is a problem.
+    let uri = req.uri().clone();
+    let request_id = req.extensions().get::<RequestId>().cloned();
     let resp = next.run(req).await;
+    let instance = uri.path();
+    let request_id = request_id.as_ref().map_or("", |r| &r.0);
     if let Some(e) = resp.extensions().get::<ApiError>() {
         if let Some(cause) = &e.internal {
             tracing::error!(request_id = %request_id, error = %cause, "request failed");
         }
-        let mut out = render(e, &instance, &request_id);
+        let mut out = render(e, instance, request_id);
         // Keep headers the handler set (e.g. rate-limit headers).
         for (k, v) in resp.headers() {
             if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
@@ -260,7 +259,7 @@ pub async fn problem_details(req: Request, next: Next) -> Response {
         if let Some(cause) = &e.internal {
             tracing::error!(request_id = %request_id, error = %cause, "request failed");
         }
-        let mut out = render(&e, &instance, &request_id);
+        let mut out = render(&e, instance, request_id);
         if let Some(allow) = resp.headers().get(header::ALLOW) {
             out.headers_mut().insert(header::ALLOW, allow.clone());
         }

@@ -36,8 +36,24 @@ pub struct JobSettings {
     pub sync_max_attempts: i32,
 }
 
+/// What handlers share; cloned once or more per request, so one `Arc`.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub struct Services {
     pub store: Store,
     pub queue: Queue,
     pub providers: Providers,
@@ -53,7 +69,7 @@ pub struct AppState {
 
 /// The request's id: echoed in `x-request-id`, in problem bodies and logs.
 #[derive(Clone, Debug)]
-pub struct RequestId(pub String);
+pub struct RequestId(pub Arc<str>);
 
 /// The caller's `X-Request-Id` if it is a sane one (a proxy's, say), else a
 /// new UUIDv7.
@@ -70,7 +86,7 @@ fn request_id_of(req: &Request) -> String {
 }
 
 async fn request_context(mut req: Request, next: Next) -> Response {
-    let id = request_id_of(&req);
+    let id: Arc<str> = request_id_of(&req).into();
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let mut resp = next.run(req).instrument(span).await;
@@ -86,8 +102,9 @@ async fn http_metrics(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
+        .cloned();
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    let method = req.method().clone();
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
     tracing::debug!(
@@ -98,10 +115,10 @@ async fn http_metrics(req: Request, next: Next) -> Response {
     );
     let m = &dashtam_telemetry::metrics::METRICS;
     m.http_requests
-        .with_label_values(&[&route, &method, resp.status().as_str()])
+        .with_label_values(&[route, method.as_str(), resp.status().as_str()])
         .inc();
     m.http_request_seconds
-        .with_label_values(&[&route, &method])
+        .with_label_values(&[route, method.as_str()])
         .observe(started.elapsed().as_secs_f64());
     resp
 }

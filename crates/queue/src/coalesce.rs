@@ -8,8 +8,8 @@
 //!   enqueuing transaction would take Postgres's global notify lock from
 //!   pre-commit until the commit's WAL flush, serializing every enqueue's
 //!   commit (pgbench, 32 clients: 22,400 inserts/s alone, 4,300/s with a
-//!   `pg_notify` in the same transaction). Sent outside any write, the
-//!   `NOTIFY` flushes nothing. A wake-up lost to a crash between the
+//!   `pg_notify` in the same transaction). Sent on its own, with
+//!   `synchronous_commit` off, it waits for no flush. A wake-up lost to a crash between the
 //!   commit and the `NOTIFY` costs one polling interval, never the job.
 //! * [`Enqueues`]: single enqueues that arrive together go in with one
 //!   statement and one commit, each still answered as created or as the
@@ -60,7 +60,7 @@ async fn send_wakeups(pool: PgPool, mut rx: mpsc::UnboundedReceiver<String>) {
             queues.insert(q);
         }
         let queues: Vec<String> = queues.into_iter().collect();
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q")
+        if let Err(e) = sqlx::query(include_str!("../queries/wake.sql"))
             .bind(NOTIFY_CHANNEL)
             .bind(&queues)
             .execute(&pool)

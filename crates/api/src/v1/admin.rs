@@ -56,7 +56,7 @@ pub fn action(
         actor: format!("user:{}", caller.user),
         resource_type,
         resource_id,
-        correlation_id: Some(request_id.0.clone()),
+        correlation_id: Some(request_id.0.to_string()),
         reason: None,
         context: serde_json::json!({}),
     }

@@ -213,7 +213,7 @@ async fn create(
             credentials: &credentials,
             access_token_expires_at: access_expires,
             refresh_token_expires_at: refresh_expires,
-            correlation_id: Some(request_id.0),
+            correlation_id: Some(request_id.0.to_string()),
         })
         .await?;
     let loc = location(format!("/api/v1/connections/{}", conn.id));
@@ -298,7 +298,7 @@ async fn remove(
         actor: format!("user:{}", caller.user),
         resource_type: "connection",
         resource_id: id.to_string(),
-        correlation_id: Some(request_id.0),
+        correlation_id: Some(request_id.0.to_string()),
         reason: None,
         context: serde_json::json!({ "provider_revoked": provider_revoked }),
     };
