@@ -1,6 +1,6 @@
--- Single enqueues that arrived together, in one statement and one commit:
--- each row as enqueue.sql would do it (a pending job with the same unique
--- key wins and is returned). The caller makes unique keys distinct within
+-- Single enqueues (one, or several that arrived together) in one statement
+-- and one commit: a pending job with a row's unique key wins and is
+-- returned instead. The caller makes unique keys distinct within
 -- the batch; rows go in in key order, so two batches never wait on each
 -- other's keys in a cycle. A request with neither a new nor an existing
 -- row (the winner finished meanwhile) is not answered here: it is retried.

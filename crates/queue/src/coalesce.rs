@@ -185,6 +185,33 @@ fn fail<T, R>(batch: Batch<T, Result<R, QueueError>>, e: sqlx::Error) {
     }
 }
 
+/// Runs `enqueue_batch.sql` for `jobs` (unique keys distinct), with `ids`
+/// for the new rows.
+pub(crate) async fn insert(
+    pool: &PgPool,
+    ids: &[Uuid],
+    jobs: &[&NewJob],
+) -> Result<Vec<EnqueuedRow>, sqlx::Error> {
+    let now = Utc::now();
+    let col = |f: fn(&NewJob) -> Option<&str>| jobs.iter().map(|j| f(j)).collect::<Vec<_>>();
+    sqlx::query_as(include_str!("../queries/enqueue_batch.sql"))
+        .bind(ids)
+        .bind(col(|j| Some(j.queue.as_str())))
+        .bind(col(|j| Some(j.kind.as_str())))
+        .bind(jobs.iter().map(|j| &j.payload).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.run_at.unwrap_or(now))
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(|j| j.unique_key.as_deref()))
+        .bind(col(|j| j.owner.as_deref()))
+        .fetch_all(pool)
+        .await
+}
+
 /// What a batched enqueue answers: done, or the job back, to be enqueued on
 /// its own (its key's winner finished while the batch ran).
 pub(crate) type EnqueueAnswer = Result<Result<Enqueued, NewJob>, QueueError>;
@@ -205,45 +232,8 @@ pub(crate) async fn enqueue(pool: PgPool, batch: Batch<NewJob, EnqueueAnswer>) {
     }
     let rows: Vec<usize> = (0..batch.len()).filter(|&i| leader[i] == i).collect();
     let ids: Vec<Uuid> = rows.iter().map(|_| Uuid::now_v7()).collect();
-    let now = Utc::now();
-    let jobs = |i: &usize| &batch[*i].0;
-    let result: Result<Vec<EnqueuedRow>, sqlx::Error> =
-        sqlx::query_as(include_str!("../queries/enqueue_batch.sql"))
-            .bind(&ids)
-            .bind(
-                rows.iter()
-                    .map(|i| jobs(i).queue.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|i| jobs(i).kind.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|i| &jobs(i).payload).collect::<Vec<_>>())
-            .bind(rows.iter().map(|i| jobs(i).priority).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|i| jobs(i).max_attempts)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|i| jobs(i).run_at.unwrap_or(now))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|i| jobs(i).unique_key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|i| jobs(i).owner.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .fetch_all(&pool)
-            .await;
+    let jobs: Vec<&NewJob> = rows.iter().map(|i| &batch[*i].0).collect();
+    let result = insert(&pool, &ids, &jobs).await;
     let found = match result {
         Ok(found) => found,
         Err(e) => return fail(batch, e),

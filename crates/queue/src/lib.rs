@@ -105,7 +105,7 @@ impl JobRecord {
     }
 }
 
-/// A row of `enqueue.sql` or `enqueue_batch.sql`.
+/// A row of `enqueue_batch.sql`.
 #[derive(sqlx::FromRow)]
 pub(crate) struct EnqueuedRow {
     #[sqlx(flatten)]
@@ -201,18 +201,9 @@ impl Queue {
         // statement, but a winner that finishes in between makes it come back
         // empty: then the insert is simply tried again.
         loop {
-            let row: Option<EnqueuedRow> = sqlx::query_as(include_str!("../queries/enqueue.sql"))
-                .bind(Uuid::now_v7())
-                .bind(&job.queue)
-                .bind(&job.kind)
-                .bind(&job.payload)
-                .bind(job.priority)
-                .bind(job.max_attempts)
-                .bind(job.run_at.unwrap_or_else(Utc::now))
-                .bind(&job.unique_key)
-                .bind(&job.owner)
-                .fetch_optional(&self.pool)
-                .await?;
+            let row = coalesce::insert(&self.pool, &[Uuid::now_v7()], &[job])
+                .await?
+                .pop();
             if let Some(row) = row {
                 return Ok(row.into());
             }

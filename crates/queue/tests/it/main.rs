@@ -288,6 +288,67 @@ async fn unique_keys_allow_one_pending_job(pool: PgPool) {
     ));
 }
 
+/// Many enqueues at once share batch statements: every key still gets
+/// exactly one job, every caller of a key gets that job, and each job is
+/// reported created to exactly one caller. Concurrent batches holding the
+/// same keys in different orders do not deadlock.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn concurrent_enqueues_keep_one_job_per_key(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let mut calls = Vec::new();
+    for round in 0..20 {
+        for key in 0..25 {
+            // Keys in a different order each round.
+            let key = (key * 7 + round) % 25;
+            let mut j = NewJob::new("q", "k", json!({ "key": key }));
+            j.unique_key = Some(format!("sync:{key}"));
+            let queue = queue.clone();
+            calls.push(tokio::spawn(async move {
+                (key, queue.enqueue(j).await.unwrap())
+            }));
+        }
+        // Keyless jobs are never folded together.
+        let queue = queue.clone();
+        calls.push(tokio::spawn(async move {
+            (
+                -1,
+                queue
+                    .enqueue(NewJob::new("q", "k", json!({})))
+                    .await
+                    .unwrap(),
+            )
+        }));
+    }
+    let mut job_of_key: std::collections::HashMap<i64, Uuid> = Default::default();
+    let mut created = std::collections::HashMap::<Uuid, u32>::new();
+    for call in calls {
+        let (key, enqueued) = call.await.unwrap();
+        if key >= 0 {
+            let id = *job_of_key.entry(key).or_insert(enqueued.job().id);
+            assert_eq!(enqueued.job().id, id, "key {key}");
+            assert_eq!(
+                enqueued.job().unique_key.as_deref(),
+                Some(format!("sync:{key}").as_str())
+            );
+        }
+        if let Enqueued::Created(j) = &enqueued {
+            *created.entry(j.id).or_default() += 1;
+        }
+    }
+    assert_eq!(job_of_key.len(), 25);
+    assert_eq!(
+        created.len(),
+        25 + 20,
+        "one creation per key, plus the keyless jobs"
+    );
+    assert!(created.values().all(|&n| n == 1));
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 45);
+}
+
 #[sqlx::test(migrator = "MIGRATIONS")]
 async fn jobs_of_a_dead_worker_are_rescued_and_completed(pool: PgPool) {
     let queue = Queue::new(pool.clone());
