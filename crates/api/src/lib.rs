@@ -224,9 +224,8 @@ fn ops_routes<S: Clone + Send + Sync + 'static>(
         .with_state(OpsState { pool, rate_limiter })
 }
 
-/// The whole HTTP surface and its OpenAPI description (the same one
-/// `/api/v1/openapi.json` serves).
-pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+/// The whole HTTP surface, `/api/v1/openapi.json` describing it.
+pub fn router(state: AppState) -> Router {
     let body_limit = state.body_limit;
     let v1 = v1::router()
         .layer(middleware::from_fn_with_state(
@@ -250,18 +249,12 @@ pub fn router_and_spec(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         tracing::error!(error = %e, "the OpenAPI description does not serialize");
         String::from("{}")
     });
-    let router = router
+    router
         .layer(axum::Extension(openapi::SpecJson(json.into())))
         .route_layer(middleware::from_fn(http_metrics))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(error::problem_details))
         .layer(middleware::from_fn(request_context))
-        .with_state(state);
-    (router, spec)
-}
-
-/// The whole HTTP surface.
-pub fn router(state: AppState) -> Router {
-    router_and_spec(state).0
+        .with_state(state)
 }

@@ -8,7 +8,7 @@ WITH req AS (
     SELECT *
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::smallint[], $6::int[],
                 $7::timestamptz[], $8::text[], $9::text[])
-         AS u(id, queue, kind, payload, priority, max_attempts, run_at, unique_key, owner)
+         AS u(id, queue, kind, payload, priority, max_attempts, run_at, owner, unique_key)
 ),
 ins AS (
     INSERT INTO jobs (id, queue, kind, payload, state, priority, max_attempts, run_at, unique_key, owner)

@@ -30,9 +30,7 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
-use chrono::Utc;
-
-use crate::{Enqueued, EnqueuedRow, JobRecord, NOTIFY_CHANNEL, NewJob, QueueError};
+use crate::{Enqueued, EnqueuedRow, JobRecord, NOTIFY_CHANNEL, NewJob, QueueError, bind_jobs};
 
 /// Wake-ups for queues whose new jobs committed (see the module docs).
 #[derive(Debug, Default)]
@@ -192,24 +190,13 @@ pub(crate) async fn insert(
     ids: &[Uuid],
     jobs: &[&NewJob],
 ) -> Result<Vec<EnqueuedRow>, sqlx::Error> {
-    let now = Utc::now();
-    let col = |f: fn(&NewJob) -> Option<&str>| jobs.iter().map(|j| f(j)).collect::<Vec<_>>();
-    sqlx::query_as(include_str!("../queries/enqueue_batch.sql"))
-        .bind(ids)
-        .bind(col(|j| Some(j.queue.as_str())))
-        .bind(col(|j| Some(j.kind.as_str())))
-        .bind(jobs.iter().map(|j| &j.payload).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
-        .bind(
-            jobs.iter()
-                .map(|j| j.run_at.unwrap_or(now))
-                .collect::<Vec<_>>(),
-        )
-        .bind(col(|j| j.unique_key.as_deref()))
-        .bind(col(|j| j.owner.as_deref()))
-        .fetch_all(pool)
-        .await
+    bind_jobs(
+        sqlx::query_as(include_str!("../queries/enqueue_batch.sql")),
+        ids,
+        jobs,
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// What a batched enqueue answers: done, or the job back, to be enqueued on
@@ -255,12 +242,25 @@ pub(crate) async fn enqueue(pool: PgPool, batch: Batch<NewJob, EnqueueAnswer>) {
             answer.insert(i, row);
         }
     }
+    // Requests left per row: the last one takes the row, earlier ones a copy.
+    let mut left: HashMap<usize, usize> = HashMap::new();
+    for &l in &leader {
+        *left.entry(l).or_default() += 1;
+    }
     for (i, (job, reply)) in batch.into_iter().enumerate() {
-        let reply_with = match answer.get(&leader[i]) {
+        let l = leader[i];
+        let n = left.entry(l).or_default();
+        *n -= 1;
+        let row = if *n == 0 {
+            answer.remove(&l)
+        } else {
+            answer.get(&l).cloned()
+        };
+        let reply_with = match row {
             // The first request for a key gets what the row says; later
             // ones find the job the first one created or found.
-            Some(row) if leader[i] == i && row.created => Ok(Enqueued::Created(row.job.clone())),
-            Some(row) => Ok(Enqueued::Existing(row.job.clone())),
+            Some(row) if l == i => Ok(row.into()),
+            Some(row) => Ok(Enqueued::Existing(row.job)),
             None => Err(job),
         };
         let _ = reply.send(Ok(reply_with));

@@ -106,7 +106,7 @@ impl JobRecord {
 }
 
 /// A row of `enqueue_batch.sql`.
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 pub(crate) struct EnqueuedRow {
     #[sqlx(flatten)]
     job: JobRecord,
@@ -249,46 +249,47 @@ impl Queue {
     }
 }
 
+/// Binds the job columns both enqueue statements unnest, as `$1`–`$9`:
+/// id, queue, kind, payload, priority, max_attempts, run_at, owner,
+/// unique_key.
+pub(crate) fn bind_jobs<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ids: &'q [Uuid],
+    jobs: &[&'q NewJob],
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+    let now = Utc::now();
+    let text = |f: fn(&'q NewJob) -> Option<&'q str>| jobs.iter().map(|j| f(j)).collect::<Vec<_>>();
+    query
+        .bind(ids)
+        .bind(text(|j| Some(&j.queue)))
+        .bind(text(|j| Some(&j.kind)))
+        .bind(jobs.iter().map(|j| &j.payload).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.run_at.unwrap_or(now))
+                .collect::<Vec<_>>(),
+        )
+        .bind(text(|j| j.owner.as_deref()))
+        .bind(text(|j| j.unique_key.as_deref()))
+}
+
 /// [`Queue::enqueue_many`] on any executor: inside a caller's transaction,
 /// the jobs exist exactly when the caller's other writes do.
 pub async fn enqueue_many_in<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     jobs: &[NewJob],
 ) -> Result<u64, QueueError> {
-    let mut ids = Vec::with_capacity(jobs.len());
-    let mut queues = Vec::with_capacity(jobs.len());
-    let mut kinds = Vec::with_capacity(jobs.len());
-    let mut payloads = Vec::with_capacity(jobs.len());
-    let mut priorities = Vec::with_capacity(jobs.len());
-    let mut max_attempts = Vec::with_capacity(jobs.len());
-    let mut run_ats = Vec::with_capacity(jobs.len());
-    let mut owners = Vec::with_capacity(jobs.len());
-    let mut unique_keys = Vec::with_capacity(jobs.len());
-    let now = Utc::now();
-    for job in jobs {
-        ids.push(Uuid::now_v7());
-        queues.push(job.queue.as_str());
-        kinds.push(job.kind.as_str());
-        payloads.push(&job.payload);
-        priorities.push(job.priority);
-        max_attempts.push(job.max_attempts);
-        run_ats.push(job.run_at.unwrap_or(now));
-        owners.push(job.owner.as_deref());
-        unique_keys.push(job.unique_key.as_deref());
-    }
-    let inserted: Vec<(String, String, i64)> =
-        sqlx::query_as(include_str!("../queries/enqueue_many.sql"))
-            .bind(&ids)
-            .bind(&queues)
-            .bind(&kinds)
-            .bind(&payloads)
-            .bind(&priorities)
-            .bind(&max_attempts)
-            .bind(&run_ats)
-            .bind(&owners)
-            .bind(&unique_keys)
-            .fetch_all(executor)
-            .await?;
+    let ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
+    let jobs: Vec<&NewJob> = jobs.iter().collect();
+    let inserted: Vec<(String, String, i64)> = bind_jobs(
+        sqlx::query_as(include_str!("../queries/enqueue_many.sql")),
+        &ids,
+        &jobs,
+    )
+    .fetch_all(executor)
+    .await?;
     let mut total = 0;
     for (queue, kind, n) in &inserted {
         let n = u64::try_from(*n).unwrap_or(0);
