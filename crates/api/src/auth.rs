@@ -252,6 +252,16 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// The bearer token of `Authorization`, whatever the case of the scheme
+/// (RFC 9110 §11.1: authentication schemes are case-insensitive).
+pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -263,18 +273,12 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(caller) = parts.extensions.get::<Caller>() {
             return Ok(caller.clone());
         }
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("an Authorization: Bearer token is required"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Err(ApiError::unauthorized(
+                "an Authorization: Bearer token is required",
+            ));
+        }
+        let token = bearer_token(&parts.headers)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
                 ApiError::unauthorized("the Authorization header must be \"Bearer <token>\"")

@@ -38,7 +38,7 @@ pub struct Details {
     /// Internal cause of a 500, logged, never shown.
     internal: Option<String>,
     www_authenticate: Option<String>,
-    retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -150,15 +150,45 @@ impl std::ops::DerefMut for ApiError {
     }
 }
 
+impl ApiError {
+    /// A database error: 503 with `Retry-After` when the database is
+    /// unreachable or the connection died (clients should retry; logged at
+    /// warn), else an opaque, logged 500.
+    pub fn database(e: &sqlx::Error) -> Self {
+        if dashtam_store::health::note(e) {
+            tracing::warn!(error = %e, "database unavailable");
+            let mut err =
+                Self::unavailable("the database is unavailable; try again shortly", Some(2));
+            err.kind = "database-unavailable";
+            err
+        } else {
+            Self::internal(e)
+        }
+    }
+
+    /// Whether retrying the request may succeed (a lost database
+    /// connection).
+    pub fn database_unavailable(&self) -> bool {
+        self.kind == "database-unavailable"
+    }
+}
+
 impl From<dashtam_store::StoreError> for ApiError {
     fn from(e: dashtam_store::StoreError) -> Self {
-        Self::internal(e)
+        match &e {
+            dashtam_store::StoreError::Db(db) => Self::database(db),
+            _ => Self::internal(e),
+        }
     }
 }
 
 impl From<dashtam_queue::QueueError> for ApiError {
     fn from(e: dashtam_queue::QueueError) -> Self {
-        Self::internal(e)
+        match &e {
+            dashtam_queue::QueueError::Db(db) => Self::database(db),
+            dashtam_queue::QueueError::Shared(db) => Self::database(db),
+            dashtam_queue::QueueError::Stopped => Self::internal(e),
+        }
     }
 }
 
@@ -183,7 +213,7 @@ struct Problem<'a> {
     errors: &'a [FieldError],
 }
 
-fn render(e: &ApiError, instance: &str, request_id: &str) -> Response {
+pub(crate) fn render(e: &ApiError, instance: &str, request_id: &str) -> Response {
     let body = Problem {
         kind: format!("https://dashtam.dev/problems/{}", e.kind),
         title: e.title,
@@ -212,12 +242,35 @@ fn render(e: &ApiError, instance: &str, request_id: &str) -> Response {
     resp
 }
 
-/// Renders problems (see the module docs).
+/// Renders problems (see the module docs). A read (GET, HEAD) that failed
+/// only because its database connection was lost is run once more: by then
+/// the pools check connections before use, so a Postgres restart costs the
+/// client latency, not an error.
 pub async fn problem_details(req: Request, next: Next) -> Response {
     // Cheap to keep (shared bytes); read only if the response is a problem.
     let uri = req.uri().clone();
     let request_id = req.extensions().get::<RequestId>().cloned();
-    let resp = next.run(req).await;
+    let resp = if matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        let (parts, body) = req.into_parts();
+        let again = parts.clone();
+        let resp = next.clone().run(Request::from_parts(parts, body)).await;
+        if resp
+            .extensions()
+            .get::<ApiError>()
+            .is_some_and(ApiError::database_unavailable)
+        {
+            tracing::info!("retrying a read after a lost database connection");
+            next.run(Request::from_parts(again, axum::body::Body::empty()))
+                .await
+        } else {
+            resp
+        }
+    } else {
+        next.run(req).await
+    };
     let instance = uri.path();
     let request_id = request_id.as_ref().map_or("", |r| &r.0);
     if let Some(e) = resp.extensions().get::<ApiError>() {

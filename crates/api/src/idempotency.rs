@@ -1,5 +1,17 @@
-//! `Idempotency-Key` on POSTs: the same key and request get the first
-//! response again; the same key with a different request is a 422.
+//! Writes run to completion, and `Idempotency-Key` on POSTs.
+//!
+//! A write's handler runs in a task of its own: a client that times out or
+//! disconnects does not cancel it half-way (a provider exchange that
+//! succeeded is stored, a revocation is recorded). With an
+//! `Idempotency-Key`, the same key and request get the first response again
+//! (`Idempotent-Replayed: true`; error responses included, as the problem
+//! they were); the same key with a different request is a 422; a retry
+//! while the first request still runs is a 409 with `Retry-After`. Keys are
+//! leased: if the process handling the first request dies, a retry takes
+//! the key over once the lease lapses. Our own failures (5xx) release the
+//! key so the client may retry them.
+
+use std::future::Future;
 
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
@@ -7,18 +19,32 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dashtam_store::idempotency::{Claim, StoredResponse};
+use tracing::Instrument;
 
-use crate::AppState;
 use crate::error::ApiError;
+use crate::{AppState, RequestId};
 
 const HEADER: &str = "idempotency-key";
 
+/// Runs `work` in its own task, so it finishes even if the client goes
+/// away; a panic is a 500.
+async fn to_completion(work: impl Future<Output = Response> + Send + 'static) -> Response {
+    match tokio::spawn(work.in_current_span()).await {
+        Ok(resp) => resp,
+        Err(e) => ApiError::internal(format!("request handler failed: {e}")).into_response(),
+    }
+}
+
 pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if req.method() != Method::POST {
+    if !matches!(
+        *req.method(),
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
         return next.run(req).await;
     }
-    let Some(raw_key) = req.headers().get(HEADER).cloned() else {
-        return next.run(req).await;
+    let raw_key = match req.headers().get(HEADER) {
+        Some(k) if req.method() == Method::POST => k.clone(),
+        _ => return to_completion(next.run(req)).await,
     };
     let key = match raw_key.to_str() {
         Ok(k) if !k.is_empty() && k.len() <= 255 => k.to_owned(),
@@ -31,19 +57,14 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         }
     };
     // Keys are per subject; an unauthenticated request goes on to its 401.
-    let subject = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .and_then(|t| state.auth.verify(t.trim()).ok())
+    let subject = crate::auth::bearer_token(req.headers())
+        .and_then(|t| state.auth.verify(t).ok())
         .map(|c| c.sub);
     let Some(subject) = subject else {
-        return next.run(req).await;
+        return to_completion(next.run(req)).await;
     };
     let (parts, body) = req.into_parts();
-    let limit = state.body_limit;
-    let bytes = match to_bytes(body, limit).await {
+    let bytes = match to_bytes(body, state.body_limit).await {
         Ok(b) => b,
         Err(_) => {
             return ApiError::new(
@@ -65,10 +86,10 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
 
     match state
         .store
-        .idempotency_claim(&subject, &key, hash.as_ref())
+        .idempotency_claim(&subject, &key, hash.as_ref(), state.lease)
         .await
     {
-        Err(e) => return ApiError::internal(e).into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
         Ok(Claim::Mismatch) => {
             return ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -78,25 +99,70 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
             )
             .into_response();
         }
-        Ok(Claim::InProgress) => {
-            return ApiError::conflict("a request with this Idempotency-Key is still in progress")
-                .into_response();
+        Ok(Claim::InProgress { lease_left_secs }) => {
+            let mut e =
+                ApiError::conflict("a request with this Idempotency-Key is still in progress");
+            e.retry_after = Some(lease_left_secs.clamp(1, 5));
+            return e.into_response();
         }
         Ok(Claim::Done(stored)) => return replay(stored),
         Ok(Claim::Fresh) => {}
     }
 
-    let resp = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
-    let status = resp.status();
-    // Our own failures are not remembered: the client may retry them.
-    if status.is_server_error() {
+    let instance = parts.uri.path().to_owned();
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.0.to_string())
+        .unwrap_or_default();
+    let request = Request::from_parts(parts, Body::from(bytes));
+    let released = (state.clone(), subject.clone(), key.clone());
+    let work = async move {
+        let resp = next.run(request).await;
+        remember(&state, &subject, &key, &instance, &request_id, resp).await
+    };
+    let resp = to_completion(work).await;
+    if resp.status().is_server_error() {
+        // Covers a handler that panicked, which never reached `remember`.
+        let (state, subject, key) = released;
         if let Err(e) = state.store.idempotency_release(&subject, &key).await {
+            tracing::warn!(error = %e, "could not release an idempotency key");
+        }
+    }
+    resp
+}
+
+/// Stores the response under the key (a problem rendered as the client
+/// sees it), or releases the key after a failure of ours.
+async fn remember(
+    state: &AppState,
+    subject: &str,
+    key: &str,
+    instance: &str,
+    request_id: &str,
+    resp: Response,
+) -> Response {
+    if resp.status().is_server_error() {
+        if let Err(e) = state.store.idempotency_release(subject, key).await {
             tracing::warn!(error = %e, "could not release an idempotency key");
         }
         return resp;
     }
+    // A problem is rendered here, as the client gets it, so a replay says
+    // exactly the same thing.
+    let resp = match resp.extensions().get::<ApiError>() {
+        Some(e) => {
+            let mut out = crate::error::render(e, instance, request_id);
+            for (k, v) in resp.headers() {
+                if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+                    out.headers_mut().entry(k).or_insert(v.clone());
+                }
+            }
+            out
+        }
+        None => resp,
+    };
+    let status = resp.status();
     let (parts, body) = resp.into_parts();
     let body = match to_bytes(body, usize::MAX).await {
         Ok(b) => b,
@@ -115,11 +181,7 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         location: text(header::LOCATION),
         body: body.to_vec(),
     };
-    if let Err(e) = state
-        .store
-        .idempotency_finish(&subject, &key, &stored)
-        .await
-    {
+    if let Err(e) = state.store.idempotency_finish(subject, key, &stored).await {
         tracing::warn!(error = %e, "could not store an idempotent response");
     }
     Response::from_parts(parts, Body::from(body))

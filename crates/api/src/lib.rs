@@ -10,6 +10,7 @@ mod extract;
 mod idempotency;
 pub mod openapi;
 pub mod ratelimit;
+pub mod serve;
 mod v1;
 
 use std::sync::Arc;
@@ -65,15 +66,25 @@ pub struct Services {
     pub job_events: Option<dashtam_queue::events::JobEvents>,
     /// Per-user limits on writes; `None`: not enforced.
     pub rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
+    /// The daemon is stopping: long-lived responses (event streams) end.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// Leases on idempotency keys and connection tokens: longer than any
+    /// provider call a request makes.
+    pub lease: std::time::Duration,
+    /// A request body must arrive completely within this.
+    pub body_read_timeout: std::time::Duration,
+    /// Peers whose `X-Request-Id` is taken as the request's id (proxies
+    /// of ours); anyone else's is kept beside our own.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
-/// The request's id: echoed in `x-request-id`, in problem bodies and logs.
+/// The request's id: echoed in `x-request-id`, in problem bodies and logs,
+/// and the correlation id of the audit records it writes.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub Arc<str>);
 
-/// The caller's `X-Request-Id` if it is a sane one (a proxy's, say), else a
-/// new UUIDv7.
-fn request_id_of(req: &Request) -> String {
+/// The caller's `X-Request-Id`, if it sent a sane one.
+fn client_request_id(req: &Request) -> Option<&str> {
     req.headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -82,13 +93,33 @@ fn request_id_of(req: &Request) -> String {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
-        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned)
 }
 
-async fn request_context(mut req: Request, next: Next) -> Response {
-    let id: Arc<str> = request_id_of(&req).into();
+/// Gives every request an id: a trusted proxy's `X-Request-Id`, else a new
+/// UUIDv7 (a client's own id is logged beside it, never used as ours: it
+/// could be anything, including another request's id).
+async fn request_context(
+    State(trusted): State<Arc<[std::net::IpAddr]>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let from_proxy = req
+        .extensions()
+        .get::<serve::PeerAddr>()
+        .is_some_and(|p| trusted.contains(&p.0.ip()));
+    let client = client_request_id(&req).map(str::to_owned);
+    let id: Arc<str> = match (&client, from_proxy) {
+        (Some(c), true) => c.as_str().into(),
+        _ => uuid::Uuid::now_v7().to_string().into(),
+    };
     req.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        client_request_id = client.as_deref().filter(|_| !from_proxy),
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
     let mut resp = next.run(req).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
@@ -104,7 +135,18 @@ async fn http_metrics(req: Request, next: Next) -> Response {
         .get::<axum::extract::MatchedPath>()
         .cloned();
     let route = route.as_ref().map_or("unmatched", |p| p.as_str());
-    let method = req.method().clone();
+    // A closed set: any other method name is `other` (a label per invented
+    // method would let anyone grow the registry without bound).
+    let method = match *req.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
     tracing::debug!(
@@ -115,10 +157,10 @@ async fn http_metrics(req: Request, next: Next) -> Response {
     );
     let m = &dashtam_telemetry::metrics::METRICS;
     m.http_requests
-        .with_label_values(&[route, method.as_str(), resp.status().as_str()])
+        .with_label_values(&[route, method, resp.status().as_str()])
         .inc();
     m.http_request_seconds
-        .with_label_values(&[route, method.as_str()])
+        .with_label_values(&[route, method])
         .observe(started.elapsed().as_secs_f64());
     resp
 }
@@ -224,9 +266,44 @@ fn ops_routes<S: Clone + Send + Sync + 'static>(
         .with_state(OpsState { pool, rate_limiter })
 }
 
+/// Reads a request's whole body within the configured time (a client that
+/// trickles its body would otherwise hold a connection and a task for as
+/// long as it likes): 408 past it, 413 past the size limit.
+async fn read_body(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, state.body_limit);
+    match tokio::time::timeout(state.body_read_timeout, read).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            "Request body too large",
+            "the request body exceeds the configured limit",
+        )
+        .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            "the request body did not arrive in time",
+        )
+        .into_response(),
+    }
+}
+
 /// The whole HTTP surface, `/api/v1/openapi.json` describing it.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.body_limit;
+    let trusted: Arc<[std::net::IpAddr]> = state.trusted_proxies.clone().into();
     let v1 = v1::router()
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -254,7 +331,8 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn(http_metrics))
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn(error::problem_details))
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(trusted, request_context))
         .with_state(state)
 }

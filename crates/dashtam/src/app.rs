@@ -11,7 +11,9 @@ use dashtam_providers::{PlaidClient, PlaidConfig, Providers, SchwabClient, Schwa
 use dashtam_queue::{Queue, WorkerPool};
 use dashtam_store::migrate::SchemaStatus;
 use dashtam_store::{Cipher, Store};
-use dashtam_worker::{RefreshHandler, SyncHandler, SyncSettings, TokenKeeper, TokenSettings};
+use dashtam_worker::{
+    AuditAbandoned, RefreshHandler, SyncHandler, SyncSettings, TokenKeeper, TokenSettings,
+};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::net::TcpListener;
@@ -65,10 +67,12 @@ pub async fn connect(config: &Config, url: &str) -> anyhow::Result<PgPool> {
         .max_connections(config.database.max_connections)
         .acquire_timeout(Duration::from_secs(config.database.acquire_timeout_secs))
         // No ping before every statement (it was a second round trip on each
-        // API request, ~15 % of status-read throughput). A connection that
-        // broke (Postgres restarted) fails its next statement instead, and is
-        // then dropped from the pool.
+        // API request, ~15 % of status-read throughput), except for a while
+        // after a statement failed for a lost connection (Postgres
+        // restarted): then every connection is pinged before use and the
+        // dead ones are dropped (`store::health`).
         .test_before_acquire(false)
+        .before_acquire(dashtam_store::health::acquire_check)
         // Open before the first request needs them: an enqueue's batch and
         // the wake-up after it each take one, and opening one (TLS and
         // all) on demand made the first jobs wait ~90 ms.
@@ -81,10 +85,10 @@ pub async fn connect(config: &Config, url: &str) -> anyhow::Result<PgPool> {
 /// The pool the worker runtime uses for its own bookkeeping (claims,
 /// completions, heartbeats, progress): the same database, but with
 /// `synchronous_commit` as configured (off by default). Losing the last few
-/// hundred milliseconds of such commits to a Postgres crash only makes a job
-/// run again (a lost claim is available again, a lost completion is rescued
-/// as an orphan), which at-least-once delivery allows anyway; enqueues and
-/// handlers' data stay fully durable on the main pool.
+/// hundred milliseconds of such commits to a Postgres crash: a lost claim is
+/// fenced by its lease token, a lost completion is written again by the
+/// worker's ledger (`queue::ledger`); enqueues and handlers' data (with a
+/// sync's own completion) stay fully durable on the main pool.
 pub fn queue_pool(config: &Config, pool: &PgPool) -> PgPool {
     let sync = if config.worker.synchronous_commit {
         "on"
@@ -97,6 +101,8 @@ pub fn queue_pool(config: &Config, pool: &PgPool) -> PgPool {
     PgPoolOptions::new()
         .max_connections(config.worker.max_connections)
         .acquire_timeout(Duration::from_secs(config.database.acquire_timeout_secs))
+        .test_before_acquire(false)
+        .before_acquire(dashtam_store::health::acquire_check)
         .connect_lazy_with(options)
 }
 
@@ -260,6 +266,10 @@ impl Daemon {
                     .transpose()
                     .context("rate_limit.redis_url")?
                     .map(Arc::new),
+                shutdown: shutdown.clone(),
+                lease: Duration::from_secs(self.config.tokens.lease_secs),
+                body_read_timeout: Duration::from_secs(self.config.http.body_read_timeout_secs),
+                trusted_proxies: self.config.http.trusted_proxies.clone(),
             });
             info!(addr = %listener.local_addr()?, "api listening");
             dashtam_api::router(state)
@@ -268,11 +278,12 @@ impl Daemon {
             dashtam_api::ops_router(self.pool.clone(), None)
         };
         let stop = shutdown.clone();
+        let http = &self.config.http;
+        let header_timeout = Duration::from_secs(http.header_read_timeout_secs);
+        let drain = Duration::from_secs(http.shutdown_drain_secs);
         tasks.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-                .context("http server failed")
+            dashtam_api::serve::serve(listener, app, header_timeout, drain, stop).await;
+            Ok(())
         });
         let queue_pool = queue_pool(&self.config, &self.pool);
         tasks.spawn(refresh_gauges(
@@ -290,6 +301,7 @@ impl Daemon {
                 TokenSettings {
                     refresh_lead: Duration::from_secs(c.tokens.refresh_lead_secs),
                     expiry_margin: Duration::from_secs(c.tokens.expiry_margin_secs),
+                    lease: Duration::from_secs(c.tokens.lease_secs),
                 },
             );
             let sync = SyncHandler::new(
@@ -298,13 +310,13 @@ impl Daemon {
                 tokens.clone(),
                 SyncSettings {
                     page_size: c.sync.page_size,
-                    write_batch: c.sync.write_batch,
                     max_restarts: c.sync.max_restarts,
                     window_overlap: Duration::from_secs(c.sync.window_overlap_hours * 3600),
                     initial_history: Duration::from_secs(c.sync.initial_history_days * 86_400),
                 },
             );
             let pool = WorkerPool::new(queue_pool.clone(), c.worker_config(name))
+                .on_abandoned(Arc::new(AuditAbandoned))
                 .handle(dashtam_domain::jobs::KIND_SYNC, Arc::new(sync))
                 .handle(
                     dashtam_domain::jobs::KIND_TOKEN_REFRESH,
@@ -322,7 +334,8 @@ impl Daemon {
             let every = Duration::from_secs(w.rescue_interval_secs);
             let stop = shutdown.clone();
             tasks.spawn(async move {
-                dashtam_queue::maintain(pool, timeout, every, stop).await;
+                let hook: Arc<dyn dashtam_queue::AbandonHook> = Arc::new(AuditAbandoned);
+                dashtam_queue::maintain(pool, timeout, every, Some(hook), stop).await;
                 Ok(())
             });
             let scheduler = dashtam_scheduler::Scheduler::new(

@@ -49,6 +49,7 @@ pub struct MetricsConfig {
 pub struct TokensConfig {
     pub refresh_lead_secs: u64,
     pub expiry_margin_secs: u64,
+    pub lease_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -120,6 +121,10 @@ pub struct DatabaseConfig {
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub body_limit_bytes: usize,
+    pub header_read_timeout_secs: u64,
+    pub body_read_timeout_secs: u64,
+    pub shutdown_drain_secs: u64,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -203,7 +208,6 @@ pub struct JobsConfig {
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
     pub page_size: u32,
-    pub write_batch: usize,
     pub max_restarts: u32,
     pub window_overlap_hours: u64,
     pub initial_history_days: u64,
@@ -293,6 +297,26 @@ impl Config {
             "must be at least 2",
         );
         check(
+            self.tokens.lease_secs
+                > self
+                    .providers
+                    .plaid
+                    .timeout_secs
+                    .max(self.providers.schwab.timeout_secs),
+            "tokens.lease_secs",
+            "must be longer than every provider's timeout_secs",
+        );
+        check(
+            self.http.header_read_timeout_secs >= 1,
+            "http.header_read_timeout_secs",
+            "must be at least 1",
+        );
+        check(
+            self.http.body_read_timeout_secs >= 1,
+            "http.body_read_timeout_secs",
+            "must be at least 1",
+        );
+        check(
             self.http.body_limit_bytes >= 1024,
             "http.body_limit_bytes",
             "must be at least 1024",
@@ -360,11 +384,6 @@ impl Config {
             (1..=500).contains(&self.sync.page_size),
             "sync.page_size",
             "must be between 1 and 500",
-        );
-        check(
-            self.sync.write_batch >= 1,
-            "sync.write_batch",
-            "must be at least 1",
         );
         check(
             self.providers.plaid.base_url.starts_with("http://")

@@ -18,4 +18,4 @@ SET state = CASE WHEN j.attempt >= j.max_attempts THEN 'failed' ELSE 'available'
         'error', 'worker stopped heartbeating; job rescued'))
 FROM orphans
 WHERE j.id = orphans.id
-RETURNING j.queue, j.kind
+RETURNING j.id, j.queue, j.kind, j.attempt

@@ -13,6 +13,7 @@
 mod backoff;
 mod coalesce;
 pub mod events;
+mod ledger;
 pub mod ops;
 pub mod schedule;
 mod worker;
@@ -28,6 +29,31 @@ pub use worker::{
     Handler, JobContext, JobError, QueueConfig, Retention, WorkerConfig, WorkerPool, maintain,
     rescue_once,
 };
+
+/// An attempt taken from its worker without an outcome: rescued from a dead
+/// worker, handed back at shutdown, or released after a crash lost its
+/// claim or completion.
+#[derive(Clone, Debug)]
+pub struct AbandonedJob {
+    pub id: Uuid,
+    pub queue: String,
+    pub kind: String,
+    /// The attempt that was abandoned (1 for the first run).
+    pub attempt: i32,
+    pub reason: String,
+}
+
+/// Told about abandoned attempts inside the transaction that changes their
+/// jobs, so whatever it writes (the audit trail's OUTCOME for the attempt)
+/// commits exactly when the job changes hands.
+#[async_trait::async_trait]
+pub trait AbandonHook: Send + Sync + 'static {
+    async fn abandoned(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        jobs: &[AbandonedJob],
+    ) -> Result<(), sqlx::Error>;
+}
 
 /// Postgres `NOTIFY` channel that wakes idle workers.
 pub const NOTIFY_CHANNEL: &str = "dashtam_jobs";

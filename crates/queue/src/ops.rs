@@ -18,16 +18,42 @@ pub async fn cancel<'e>(
         .await?)
 }
 
-/// Makes a dead or cancelled job available again. `None` if the job does
-/// not exist or is not dead or cancelled.
-pub async fn retry<'e>(
-    exec: impl PgExecutor<'e>,
-    id: Uuid,
-) -> Result<Option<JobRecord>, QueueError> {
-    Ok(sqlx::query_as(include_str!("../queries/retry.sql"))
+/// What [`retry`] did.
+#[derive(Debug)]
+pub enum Retry {
+    /// Available again.
+    Retried(Box<JobRecord>),
+    /// The job does not exist or is not dead or cancelled.
+    NotRetryable,
+    /// Another pending or running job holds the job's unique key (the
+    /// scheduler enqueued a newer one, say); `None` if it appeared while
+    /// we retried.
+    KeyHeldBy(Option<Uuid>),
+}
+
+/// Makes a dead or cancelled job available again, unless another job holds
+/// its unique key.
+pub async fn retry(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Retry, QueueError> {
+    let holder: Option<Uuid> = sqlx::query_scalar(include_str!("../queries/retry_key_holder.sql"))
         .bind(id)
-        .fetch_optional(exec)
-        .await?)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if holder.is_some() {
+        return Ok(Retry::KeyHeldBy(holder));
+    }
+    match sqlx::query_as(include_str!("../queries/retry.sql"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+    {
+        Ok(Some(job)) => Ok(Retry::Retried(Box::new(job))),
+        Ok(None) => Ok(Retry::NotRetryable),
+        // A job holding the key was enqueued meanwhile.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+            Ok(Retry::KeyHeldBy(None))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Deletes a finished job. `None` if it does not exist or has not finished.

@@ -14,7 +14,8 @@ use uuid::Uuid;
 
 use dashtam_telemetry::metrics::METRICS;
 
-use crate::{Backoff, NOTIFY_CHANNEL, QueueError};
+use crate::ledger::Ledger;
+use crate::{AbandonHook, AbandonedJob, Backoff, NOTIFY_CHANNEL, QueueError};
 
 /// Per-queue settings.
 #[derive(Clone, Debug)]
@@ -108,6 +109,9 @@ pub struct JobContext {
     pub max_attempts: i32,
     pub owner: Option<String>,
     worker_id: Uuid,
+    /// The claim's lease token: the job row's `started_at` as this claim
+    /// set it. Every write about the job is fenced by it.
+    started_at: chrono::DateTime<chrono::Utc>,
     pool: PgPool,
 }
 
@@ -120,10 +124,32 @@ impl JobContext {
             .bind(self.id)
             .bind(progress)
             .bind(self.worker_id)
+            .bind(self.started_at)
             .fetch_optional(&self.pool)
             .await?;
-        // No row: the job is no longer ours (rescued while we stalled); stop.
+        // No row: the job is no longer ours (rescued while we stalled, or
+        // the claim was lost with a database crash); stop.
         Ok(cancel.unwrap_or(true))
+    }
+
+    /// Marks the job succeeded on `conn`, the handler's own transaction,
+    /// so its work and its success commit (or roll back) together. `false`:
+    /// this claim is no longer ours (rescued, or undone by a database
+    /// crash); the caller must roll its work back, another run owns the
+    /// job now.
+    pub async fn complete_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        progress: Option<&serde_json::Value>,
+    ) -> Result<bool, sqlx::Error> {
+        let row: Option<Uuid> = sqlx::query_scalar(include_str!("../queries/complete_fenced.sql"))
+            .bind(self.id)
+            .bind(self.worker_id)
+            .bind(self.started_at)
+            .bind(progress)
+            .fetch_optional(conn)
+            .await?;
+        Ok(row.is_some())
     }
 }
 
@@ -132,7 +158,8 @@ pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, job: &JobContext) -> Result<(), JobError>;
 }
 
-enum Outcome {
+#[derive(Clone, Debug)]
+pub(crate) enum Outcome {
     Succeeded,
     Failed {
         state: &'static str,
@@ -141,9 +168,10 @@ enum Outcome {
     },
 }
 
-struct Completion {
-    id: Uuid,
-    outcome: Outcome,
+pub(crate) struct Completion {
+    pub(crate) id: Uuid,
+    pub(crate) started_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) outcome: Outcome,
 }
 
 /// A pool of workers over one or more queues, in one process.
@@ -151,6 +179,7 @@ pub struct WorkerPool {
     pool: PgPool,
     config: WorkerConfig,
     handlers: HashMap<String, Arc<dyn Handler>>,
+    abandon_hook: Option<Arc<dyn AbandonHook>>,
     id: Uuid,
 }
 
@@ -160,6 +189,7 @@ impl WorkerPool {
             pool,
             config,
             handlers: HashMap::new(),
+            abandon_hook: None,
             id: Uuid::now_v7(),
         }
     }
@@ -167,6 +197,13 @@ impl WorkerPool {
     /// Registers the handler for jobs of `kind`.
     pub fn handle(mut self, kind: &str, handler: Arc<dyn Handler>) -> Self {
         self.handlers.insert(kind.to_owned(), handler);
+        self
+    }
+
+    /// Told, in the same transaction, about every attempt taken from a
+    /// worker without an outcome (rescued, handed back, released).
+    pub fn on_abandoned(mut self, hook: Arc<dyn AbandonHook>) -> Self {
+        self.abandon_hook = Some(hook);
         self
     }
 
@@ -198,6 +235,7 @@ impl WorkerPool {
             mpsc::channel::<Completion>(self.config.completion_batch.max(1) * 4);
         let fetch_stop = shutdown.child_token();
         let background_stop = CancellationToken::new();
+        let ledger = Ledger::default();
 
         let mut background = JoinSet::new();
         background.spawn(listen(
@@ -206,9 +244,13 @@ impl WorkerPool {
             background_stop.clone(),
         ));
         background.spawn(heartbeat(
-            self.pool.clone(),
-            self.id,
-            self.config.name.clone(),
+            Heartbeat {
+                pool: self.pool.clone(),
+                id: self.id,
+                name: self.config.name.clone(),
+                ledger: ledger.clone(),
+                hook: self.abandon_hook.clone(),
+            },
             self.config.heartbeat_interval,
             background_stop.clone(),
         ));
@@ -216,12 +258,14 @@ impl WorkerPool {
             self.pool.clone(),
             self.config.orphan_timeout,
             self.config.rescue_interval,
+            self.abandon_hook.clone(),
             background_stop.clone(),
         ));
         let completer = tokio::spawn(complete(
             self.pool.clone(),
             self.id,
             self.config.completion_batch,
+            ledger.clone(),
             done_rx,
         ));
 
@@ -236,6 +280,7 @@ impl WorkerPool {
                 poll_interval: self.config.poll_interval,
                 backoff: self.config.backoff,
                 done: done_tx.clone(),
+                ledger: ledger.clone(),
             };
             fetchers.spawn(fetcher.run(fetch_stop.clone(), self.config.shutdown_timeout));
         }
@@ -258,11 +303,23 @@ impl WorkerPool {
                 count = handed_back.len(),
                 "handing unfinished jobs back to the queue"
             );
-            sqlx::query(include_str!("../queries/hand_back.sql"))
+            let mut tx = self.pool.begin().await?;
+            let rows = sqlx::query_as(include_str!("../queries/hand_back.sql"))
                 .bind(&handed_back)
                 .bind(self.id)
-                .execute(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?;
+            let jobs = abandoned(
+                rows,
+                "the worker shut down before the job finished; handed back uncharged",
+                "handed_back",
+            );
+            if let Some(hook) = &self.abandon_hook {
+                hook.abandoned(&mut tx, &jobs).await?;
+            }
+            notify_queues(&mut tx, &jobs).await?;
+            tx.commit().await?;
+            ledger.released(&handed_back);
         }
         background_stop.cancel();
         while background.join_next().await.is_some() {}
@@ -279,19 +336,23 @@ type ClaimFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<(Vec<Claimed>, usize), sqlx::Error>> + Send>,
 >;
 
-/// Claims up to `n` due jobs of `queue` for `worker`; returns them and `n`.
+/// Claims up to `n` due jobs of `queue` for `worker` and books them in the
+/// ledger; returns them and `n`.
 async fn claim_jobs(
     pool: PgPool,
     queue: String,
     n: usize,
     worker: Uuid,
+    ledger: Ledger,
 ) -> Result<(Vec<Claimed>, usize), sqlx::Error> {
-    let jobs = sqlx::query_as(include_str!("../queries/fetch.sql"))
+    let _booking = ledger.claiming().await;
+    let jobs: Vec<Claimed> = sqlx::query_as(include_str!("../queries/fetch.sql"))
         .bind(&queue)
         .bind(i64::try_from(n).unwrap_or(i64::MAX))
         .bind(worker)
         .fetch_all(&pool)
         .await?;
+    ledger.claimed(jobs.iter().map(|j| (j.id, j.started_at)));
     Ok((jobs, n))
 }
 
@@ -304,6 +365,7 @@ struct Fetcher {
     poll_interval: Duration,
     backoff: Backoff,
     done: mpsc::Sender<Completion>,
+    ledger: Ledger,
 }
 
 #[derive(sqlx::FromRow)]
@@ -316,6 +378,7 @@ struct Claimed {
     max_attempts: i32,
     owner: Option<String>,
     run_at: chrono::DateTime<chrono::Utc>,
+    started_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Fetcher {
@@ -367,6 +430,7 @@ impl Fetcher {
                         self.queue.name.clone(),
                         room,
                         self.worker_id,
+                        self.ledger.clone(),
                     )));
                 }
             }
@@ -463,6 +527,7 @@ impl Fetcher {
             max_attempts: job.max_attempts,
             owner: job.owner,
             worker_id: self.worker_id,
+            started_at: job.started_at,
             pool: self.pool.clone(),
         };
         async move {
@@ -529,6 +594,7 @@ impl Fetcher {
             if done
                 .send(Completion {
                     id: ctx.id,
+                    started_at: ctx.started_at,
                     outcome,
                 })
                 .await
@@ -543,64 +609,78 @@ impl Fetcher {
 }
 
 /// Writes outcomes in batches; retries on database errors so no outcome is
-/// lost while the database is briefly away.
-async fn complete(pool: PgPool, worker_id: Uuid, batch: usize, mut rx: mpsc::Receiver<Completion>) {
+/// lost while the database is briefly away. Written outcomes go to the
+/// ledger, which writes them again should a crash undo them.
+async fn complete(
+    pool: PgPool,
+    worker_id: Uuid,
+    batch: usize,
+    ledger: Ledger,
+    mut rx: mpsc::Receiver<Completion>,
+) {
     let mut buf: Vec<Completion> = Vec::with_capacity(batch);
     while rx.recv_many(&mut buf, batch).await > 0 {
-        let mut succeeded = Vec::new();
-        let (mut f_ids, mut f_states, mut f_delays, mut f_msgs) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for c in buf.drain(..) {
-            match c.outcome {
-                Outcome::Succeeded => succeeded.push(c.id),
-                Outcome::Failed {
-                    state,
-                    delay,
-                    message,
-                } => {
-                    f_ids.push(c.id);
-                    f_states.push(state);
-                    f_delays.push(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
-                    f_msgs.push(message);
-                }
-            }
-        }
         let mut attempt = 0u32;
-        loop {
-            let res = async {
-                if !succeeded.is_empty() {
-                    sqlx::query(include_str!("../queries/complete_succeeded.sql"))
-                        .bind(&succeeded)
-                        .bind(worker_id)
-                        .execute(&pool)
-                        .await?;
-                    succeeded.clear();
-                }
-                if !f_ids.is_empty() {
-                    sqlx::query(include_str!("../queries/complete_failed.sql"))
-                        .bind(&f_ids)
-                        .bind(&f_states)
-                        .bind(&f_delays)
-                        .bind(&f_msgs)
-                        .bind(worker_id)
-                        .execute(&pool)
-                        .await?;
-                    f_ids.clear();
-                }
-                Ok::<(), sqlx::Error>(())
+        while let Err(e) = write_outcomes(&pool, worker_id, &buf).await {
+            attempt += 1;
+            let pause = Duration::from_millis(100 * u64::from(attempt.min(50)));
+            warn!(error = %e, ?pause, "recording job outcomes failed; retrying");
+            tokio::time::sleep(pause).await;
+        }
+        ledger.written(&buf);
+        buf.clear();
+    }
+}
+
+/// Writes outcomes, fenced by each claim's lease token: one statement for
+/// the successes, one for the rest.
+pub(crate) async fn write_outcomes(
+    pool: &PgPool,
+    worker_id: Uuid,
+    done: &[Completion],
+) -> Result<(), sqlx::Error> {
+    let (mut s_ids, mut s_starts) = (Vec::new(), Vec::new());
+    let (mut f_ids, mut f_states, mut f_delays, mut f_msgs, mut f_starts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for c in done {
+        match &c.outcome {
+            Outcome::Succeeded => {
+                s_ids.push(c.id);
+                s_starts.push(c.started_at);
             }
-            .await;
-            match res {
-                Ok(()) => break,
-                Err(e) => {
-                    attempt += 1;
-                    let pause = Duration::from_millis(100 * u64::from(attempt.min(50)));
-                    warn!(error = %e, ?pause, "recording job outcomes failed; retrying");
-                    tokio::time::sleep(pause).await;
-                }
+            Outcome::Failed {
+                state,
+                delay,
+                message,
+            } => {
+                f_ids.push(c.id);
+                f_states.push(*state);
+                f_delays.push(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                f_msgs.push(message.as_str());
+                f_starts.push(c.started_at);
             }
         }
     }
+    if !s_ids.is_empty() {
+        sqlx::query(include_str!("../queries/complete_succeeded.sql"))
+            .bind(&s_ids)
+            .bind(worker_id)
+            .bind(&s_starts)
+            .execute(pool)
+            .await?;
+    }
+    if !f_ids.is_empty() {
+        sqlx::query(include_str!("../queries/complete_failed.sql"))
+            .bind(&f_ids)
+            .bind(&f_states)
+            .bind(&f_delays)
+            .bind(&f_msgs)
+            .bind(worker_id)
+            .bind(&f_starts)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Wakes the fetcher of a queue when a job is inserted into it.
@@ -618,7 +698,17 @@ async fn listen(pool: PgPool, wakers: Arc<HashMap<String, Arc<Notify>>>, stop: C
     .await;
 }
 
-async fn heartbeat(pool: PgPool, id: Uuid, name: String, every: Duration, stop: CancellationToken) {
+struct Heartbeat {
+    pool: PgPool,
+    id: Uuid,
+    name: String,
+    ledger: Ledger,
+    hook: Option<Arc<dyn AbandonHook>>,
+}
+
+/// Every `every`: says this worker is alive, then reconciles the claims the
+/// database says it holds with the ones it really runs (see `ledger`).
+async fn heartbeat(hb: Heartbeat, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -627,12 +717,18 @@ async fn heartbeat(pool: PgPool, id: Uuid, name: String, every: Duration, stop: 
             _ = stop.cancelled() => return,
         }
         if let Err(e) = sqlx::query(include_str!("../queries/register_worker.sql"))
-            .bind(id)
-            .bind(&name)
-            .execute(&pool)
+            .bind(hb.id)
+            .bind(&hb.name)
+            .execute(&hb.pool)
             .await
         {
             warn!(error = %e, "heartbeat failed");
+            continue;
+        }
+        // Released claims are counted as `released` job events; outcomes
+        // written again are logged by the ledger.
+        if let Err(e) = hb.ledger.reconcile(&hb.pool, hb.id, hb.hook.as_ref()).await {
+            warn!(error = %e, "reconciling held jobs failed");
         }
     }
 }
@@ -640,7 +736,13 @@ async fn heartbeat(pool: PgPool, id: Uuid, name: String, every: Duration, stop: 
 /// Every `every` until `stop`: hands back the jobs of dead workers. Every
 /// worker pool runs this, and so does the scheduler role. (Pruning is the
 /// scheduler's prune cycle: once per tick for the cluster.)
-pub async fn maintain(pool: PgPool, timeout: Duration, every: Duration, stop: CancellationToken) {
+pub async fn maintain(
+    pool: PgPool,
+    timeout: Duration,
+    every: Duration,
+    hook: Option<Arc<dyn AbandonHook>>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -648,7 +750,7 @@ pub async fn maintain(pool: PgPool, timeout: Duration, every: Duration, stop: Ca
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        match rescue_once(&pool, timeout).await {
+        match rescue_once(&pool, timeout, hook.as_ref()).await {
             Ok(0) => {}
             Ok(n) => info!(
                 rescued = n,
@@ -659,36 +761,74 @@ pub async fn maintain(pool: PgPool, timeout: Duration, every: Duration, stop: Ca
     }
 }
 
-/// Hands back jobs held by workers silent for longer than `timeout`.
-/// Returns how many jobs were rescued.
-pub async fn rescue_once(pool: &PgPool, timeout: Duration) -> Result<usize, sqlx::Error> {
+/// Hands back jobs held by workers silent for longer than `timeout`, and
+/// tells `hook` in the same transaction. Returns how many were rescued.
+pub async fn rescue_once(
+    pool: &PgPool,
+    timeout: Duration,
+    hook: Option<&Arc<dyn AbandonHook>>,
+) -> Result<usize, QueueError> {
     let secs = timeout.as_secs_f64();
     let mut tx = pool.begin().await?;
-    let queues: Vec<(String, String)> =
-        sqlx::query_as(include_str!("../queries/rescue_orphans.sql"))
-            .bind(secs)
-            .fetch_all(&mut *tx)
-            .await?;
-    for (queue, kind) in &queues {
-        METRICS
-            .jobs
-            .with_label_values(&[queue, kind, "rescued"])
-            .inc();
+    let rows = sqlx::query_as(include_str!("../queries/rescue_orphans.sql"))
+        .bind(secs)
+        .fetch_all(&mut *tx)
+        .await?;
+    let jobs = abandoned(
+        rows,
+        "the worker running this job stopped heartbeating",
+        "rescued",
+    );
+    if let Some(hook) = hook {
+        hook.abandoned(&mut tx, &jobs).await?;
     }
-    let mut distinct: Vec<&str> = queues.iter().map(|(q, _)| q.as_str()).collect();
-    distinct.sort_unstable();
-    distinct.dedup();
-    for q in distinct {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(q)
-            .execute(&mut *tx)
-            .await?;
-    }
+    notify_queues(&mut tx, &jobs).await?;
     sqlx::query(include_str!("../queries/prune_workers.sql"))
         .bind(secs * 10.0)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(queues.len())
+    Ok(jobs.len())
+}
+
+/// Rows `(id, queue, kind, attempt)` of jobs taken from their worker, as
+/// [`AbandonedJob`]s, counted under `event`.
+pub(crate) fn abandoned(
+    rows: Vec<(Uuid, String, String, i32)>,
+    reason: &str,
+    event: &str,
+) -> Vec<AbandonedJob> {
+    rows.into_iter()
+        .map(|(id, queue, kind, attempt)| {
+            METRICS
+                .jobs
+                .with_label_values(&[&queue, &kind, event])
+                .inc();
+            AbandonedJob {
+                id,
+                queue,
+                kind,
+                attempt,
+                reason: reason.to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Wakes the workers of every queue a job went back to.
+pub(crate) async fn notify_queues(
+    conn: &mut sqlx::PgConnection,
+    jobs: &[AbandonedJob],
+) -> Result<(), sqlx::Error> {
+    let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    queues.sort_unstable();
+    queues.dedup();
+    for q in queues {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(q)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }

@@ -31,3 +31,34 @@ impl Store {
         Ok(())
     }
 }
+
+/// An attempt of a job that was taken from its worker without an outcome.
+pub struct Abandoned<'a> {
+    pub job_id: String,
+    pub attempt: i32,
+    pub reason: &'a str,
+}
+
+/// Closes the open ATTEMPT records of abandoned job attempts with an
+/// `abandoned` OUTCOME, on `conn`: the transaction that takes the jobs from
+/// their worker. Returns how many records were written.
+pub async fn close_abandoned(
+    conn: &mut sqlx::PgConnection,
+    attempts: &[Abandoned<'_>],
+) -> Result<u64, sqlx::Error> {
+    if attempts.is_empty() {
+        return Ok(0);
+    }
+    Ok(sqlx::query(include_str!("../queries/close_abandoned.sql"))
+        .bind(
+            attempts
+                .iter()
+                .map(|a| a.job_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.reason).collect::<Vec<_>>())
+        .execute(conn)
+        .await?
+        .rows_affected())
+}

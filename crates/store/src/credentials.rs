@@ -1,10 +1,17 @@
 //! Token material: single-flight refresh, revocation, key rotation.
 //!
-//! [`Store::lock_credentials`] opens a transaction holding the connection's
-//! row lock; whoever holds it is the only one in the whole cluster who may
-//! call the provider's token endpoint for that connection. The caller checks
-//! [`CredentialLease::version`] first: if a newer version than the one it
-//! found stale exists, someone else refreshed and it just uses the result.
+//! [`Store::lease_credentials`] takes the connection's token lease: a row
+//! lease (holder and expiry on the connection row), not a transaction, so
+//! nothing stays open in the database while the holder waits on the
+//! provider's token or revocation endpoint. Whoever holds an unexpired lease
+//! is the only one in the whole cluster who may call those endpoints for
+//! that connection. The holder checks [`CredentialLease::version`] first: if
+//! a newer version than the one it found stale exists, someone else
+//! refreshed and it just uses the result. Writes under the lease (new
+//! tokens, the wipe, `reauth_required`) give it up in the same short
+//! transaction, and refuse to write if it expired and was taken over.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashtam_domain::ConnectionId;
@@ -16,10 +23,13 @@ use uuid::Uuid;
 
 use crate::{Store, StoreError, audit};
 
-/// An open transaction holding one connection's refresh lock. Dropping it
-/// releases the lock and changes nothing.
+/// One connection's token lease. Dropping it gives the lease up (in the
+/// background) and changes nothing else.
 pub struct CredentialLease {
-    tx: Transaction<'static, Postgres>,
+    store: Store,
+    holder: Uuid,
+    /// Given up already (by a write, or explicitly).
+    done: bool,
     connection: ConnectionId,
     pub provider: ProviderKind,
     pub status: ConnectionStatus,
@@ -50,11 +60,13 @@ impl Store {
             .map_err(|_| StoreError::Corrupt("credentials do not parse".into()))
     }
 
-    /// Takes the connection's refresh lock (waiting for another holder);
-    /// `None` if the connection does not exist.
-    pub async fn lock_credentials(
+    /// Takes the connection's token lease for `ttl` (longer than any
+    /// provider call the holder makes), waiting while someone else holds
+    /// it; `None` if the connection does not exist.
+    pub async fn lease_credentials(
         &self,
         connection: ConnectionId,
+        ttl: Duration,
     ) -> Result<Option<CredentialLease>, StoreError> {
         #[derive(sqlx::FromRow)]
         struct Row {
@@ -65,28 +77,57 @@ impl Store {
             access_token_expires_at: Option<DateTime<Utc>>,
             refresh_token_expires_at: Option<DateTime<Utc>>,
         }
-        let mut tx = self.pool.begin().await?;
-        let row: Option<Row> = sqlx::query_as(include_str!("../queries/lock_credentials.sql"))
-            .bind(connection.0)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let (provider, status) = crate::connections::kind_and_status(&row.provider, &row.status)?;
-        Ok(Some(CredentialLease {
-            connection,
-            provider,
-            status,
-            credentials: row
-                .credentials
-                .map(|b| self.open(connection, &b))
-                .transpose()?,
-            version: row.credentials_version,
-            access_token_expires_at: row.access_token_expires_at,
-            refresh_token_expires_at: row.refresh_token_expires_at,
-            tx,
-        }))
+        let holder = Uuid::now_v7();
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        // A holder gives the lease up when it is done, or it lapses after
+        // `ttl`: waiting longer than that means something is wrong.
+        let give_up = tokio::time::Instant::now() + ttl + Duration::from_secs(5);
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let row: Option<Row> = sqlx::query_as(include_str!("../queries/lease_credentials.sql"))
+                .bind(connection.0)
+                .bind(holder)
+                .bind(ttl_ms)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = row {
+                let (provider, status) =
+                    crate::connections::kind_and_status(&row.provider, &row.status)?;
+                let mut lease = CredentialLease {
+                    store: self.clone(),
+                    holder,
+                    done: false,
+                    connection,
+                    provider,
+                    status,
+                    credentials: None,
+                    version: row.credentials_version,
+                    access_token_expires_at: row.access_token_expires_at,
+                    refresh_token_expires_at: row.refresh_token_expires_at,
+                };
+                // On a decryption error the lease is dropped (and given up).
+                lease.credentials = row
+                    .credentials
+                    .map(|b| self.open(connection, &b))
+                    .transpose()?;
+                return Ok(Some(lease));
+            }
+            let exists: bool = sqlx::query_scalar(include_str!("../queries/connection_exists.sql"))
+                .bind(connection.0)
+                .fetch_one(&self.pool)
+                .await?;
+            if !exists {
+                return Ok(None);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(StoreError::Conflict(
+                    "the connection's token lease stayed taken; try again later".into(),
+                ));
+            }
+            let jitter = Duration::from_millis(fastrand::u64(0..=pause.as_millis() as u64 / 2));
+            tokio::time::sleep(pause + jitter).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
     }
 
     /// Re-encrypts up to `batch` blobs written under another key than the
@@ -122,49 +163,109 @@ impl CredentialLease {
         self.connection
     }
 
+    /// Opens the transaction a write under the lease commits in, giving the
+    /// lease up in it; [`StoreError::Conflict`] if the lease lapsed and was
+    /// taken over (then nothing may be written).
+    async fn write_tx(&mut self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut tx = self.store.pool.begin().await?;
+        let released = sqlx::query(include_str!("../queries/release_token_lease.sql"))
+            .bind(self.connection.0)
+            .bind(self.holder)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if released != 1 {
+            return Err(StoreError::Conflict(
+                "the token lease lapsed and was taken over; not writing".into(),
+            ));
+        }
+        Ok(tx)
+    }
+
     /// Stores refreshed credentials (version + 1) with the audit OUTCOME,
-    /// and releases the lock; returns the new version.
+    /// and gives the lease up; returns the new version.
     pub async fn store(
         mut self,
-        store: &Store,
         credentials: &ProviderCredentials,
         access_token_expires_at: Option<DateTime<Utc>>,
         outcome: &AuditEntry,
     ) -> Result<i64, StoreError> {
-        let blob = store.seal(self.connection, credentials)?;
+        let blob = self.store.seal(self.connection, credentials)?;
+        let mut tx = self.write_tx().await?;
         let version: i64 = sqlx::query_scalar(include_str!("../queries/store_credentials.sql"))
             .bind(self.connection.0)
             .bind(&blob)
             .bind(access_token_expires_at)
             .bind(self.refresh_token_expires_at)
-            .fetch_one(&mut *self.tx)
+            .fetch_one(&mut *tx)
             .await?;
-        audit::append(&mut *self.tx, outcome).await?;
-        self.tx.commit().await?;
+        audit::append(&mut *tx, outcome).await?;
+        tx.commit().await?;
+        self.done = true;
         Ok(version)
     }
 
     /// Forgets the tokens for good (after they were revoked at the
     /// provider) with the audit OUTCOME; the connection becomes `revoked`.
     pub async fn wipe(mut self, outcome: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(include_str!("../queries/wipe_credentials.sql"))
             .bind(self.connection.0)
-            .execute(&mut *self.tx)
+            .execute(&mut *tx)
             .await?;
-        audit::append(&mut *self.tx, outcome).await?;
-        self.tx.commit().await?;
+        audit::append(&mut *tx, outcome).await?;
+        tx.commit().await?;
+        self.done = true;
         Ok(())
     }
 
     /// The refresh token is dead: the connection needs the user again.
     pub async fn require_reauth(mut self, outcome: &AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
         sqlx::query(include_str!("../queries/set_connection_status.sql"))
             .bind(self.connection.0)
             .bind(ConnectionStatus::ReauthRequired.as_str())
-            .execute(&mut *self.tx)
+            .execute(&mut *tx)
             .await?;
-        audit::append(&mut *self.tx, outcome).await?;
-        self.tx.commit().await?;
+        audit::append(&mut *tx, outcome).await?;
+        tx.commit().await?;
+        self.done = true;
         Ok(())
+    }
+
+    /// Gives the lease up without writing anything.
+    pub async fn release(mut self) -> Result<(), StoreError> {
+        self.done = true;
+        sqlx::query(include_str!("../queries/release_token_lease.sql"))
+            .bind(self.connection.0)
+            .bind(self.holder)
+            .execute(&self.store.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+impl Drop for CredentialLease {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Dropped without a word (an error path, a cancelled task): give the
+        // lease up in the background rather than make others wait for it to
+        // lapse.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let pool = self.store.pool.clone();
+            let (connection, holder) = (self.connection.0, self.holder);
+            rt.spawn(async move {
+                if let Err(e) = sqlx::query(include_str!("../queries/release_token_lease.sql"))
+                    .bind(connection)
+                    .bind(holder)
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::warn!(error = %e, "could not give a token lease up; it lapses by itself");
+                }
+            });
+        }
     }
 }

@@ -7,8 +7,9 @@ use crate::{Store, StoreError};
 pub enum Claim {
     /// New key: handle the request, then [`Store::idempotency_finish`].
     Fresh,
-    /// The same request is still being handled.
-    InProgress,
+    /// The same request is still being handled (for about this many more
+    /// seconds at most, if its process died).
+    InProgress { lease_left_secs: u64 },
     /// The same key was used for a different request.
     Mismatch,
     /// The stored response of the first request.
@@ -24,23 +25,25 @@ pub struct StoredResponse {
 }
 
 impl Store {
+    /// Claims a key for a request (see `queries/idempotency_claim.sql`),
+    /// leased for `lease`: a request whose process dies lets a retry take
+    /// the key over once the lease lapses.
     pub async fn idempotency_claim(
         &self,
         subject: &str,
         key: &str,
         request_hash: &[u8],
+        lease: std::time::Duration,
     ) -> Result<Claim, StoreError> {
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (subject, key, request_hash) VALUES ($1, $2, $3)
-             ON CONFLICT (subject, key) DO NOTHING",
-        )
-        .bind(subject)
-        .bind(key)
-        .bind(request_hash)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
+        let claimed: Option<bool> =
+            sqlx::query_scalar(include_str!("../queries/idempotency_claim.sql"))
+                .bind(subject)
+                .bind(key)
+                .bind(request_hash)
+                .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+                .fetch_optional(&self.pool)
+                .await?;
+        if claimed.is_some() {
             return Ok(Claim::Fresh);
         }
         #[derive(sqlx::FromRow)]
@@ -50,20 +53,24 @@ impl Store {
             content_type: Option<String>,
             location: Option<String>,
             body: Option<Vec<u8>>,
+            lease_left_secs: Option<f64>,
         }
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT request_hash, status, content_type, location, body FROM idempotency_keys
-             WHERE subject = $1 AND key = $2",
-        )
-        .bind(subject)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<Row> = sqlx::query_as(include_str!("../queries/idempotency_lookup.sql"))
+            .bind(subject)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(match row {
-            // Released between our insert and select: treat as in progress.
-            None => Claim::InProgress,
+            // Released between our insert and select: let the client retry.
+            None => Claim::InProgress { lease_left_secs: 1 },
             Some(r) if r.request_hash != request_hash => Claim::Mismatch,
-            Some(Row { status: None, .. }) => Claim::InProgress,
+            Some(Row {
+                status: None,
+                lease_left_secs,
+                ..
+            }) => Claim::InProgress {
+                lease_left_secs: lease_left_secs.unwrap_or(1.0).ceil().max(1.0) as u64,
+            },
             Some(Row {
                 status: Some(status),
                 content_type,
@@ -79,52 +86,47 @@ impl Store {
         })
     }
 
-    /// Stores the response for replay.
+    /// Stores the response for replay (and ends the lease).
     pub async fn idempotency_finish(
         &self,
         subject: &str,
         key: &str,
         response: &StoredResponse,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE idempotency_keys SET status = $3, content_type = $4, location = $5, body = $6
-             WHERE subject = $1 AND key = $2",
-        )
-        .bind(subject)
-        .bind(key)
-        .bind(response.status)
-        .bind(&response.content_type)
-        .bind(&response.location)
-        .bind(&response.body)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(include_str!("../queries/idempotency_finish.sql"))
+            .bind(subject)
+            .bind(key)
+            .bind(response.status)
+            .bind(&response.content_type)
+            .bind(&response.location)
+            .bind(&response.body)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     /// Forgets a key whose request failed on our side, so a retry can run.
     pub async fn idempotency_release(&self, subject: &str, key: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE subject = $1 AND key = $2")
+        sqlx::query(include_str!("../queries/idempotency_release.sql"))
             .bind(subject)
             .bind(key)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
-}
 
-impl Store {
     /// Forgets keys older than `age` (clients retry within minutes; a day
     /// is generous). Returns how many went.
     pub async fn prune_idempotency_keys(
         &self,
         age: std::time::Duration,
     ) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "DELETE FROM idempotency_keys WHERE created_at < now() - $1 * interval '1 second'",
+        Ok(
+            sqlx::query(include_str!("../queries/idempotency_prune.sql"))
+                .bind(age.as_secs_f64())
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
         )
-        .bind(age.as_secs_f64())
-        .execute(&self.pool)
-        .await?
-        .rows_affected())
     }
 }

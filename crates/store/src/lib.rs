@@ -8,6 +8,7 @@ pub mod audit;
 pub mod connections;
 pub mod credentials;
 pub mod crypto;
+pub mod health;
 pub mod idempotency;
 pub mod migrate;
 pub mod reads;

@@ -1,19 +1,25 @@
-//! Writing a sync: one transaction from the first page to the new cursor.
+//! Writing a sync: everything in one short transaction at the end.
 //!
-//! [`Store::begin_sync`] checks the connection's cursor is still the one the
-//! sync started from (and keeps the row from being deleted); [`SyncTx::write`] bulk-writes the
-//! pages collected so far; [`SyncTx::commit`] moves the cursor and appends the
-//! audit OUTCOME in the same transaction. Dropping a `SyncTx` rolls all of it
-//! back, so a sync that fails or restarts mid-way leaves nothing behind.
+//! A sync collects every page from the provider first, with no transaction
+//! open (a slow provider must not hold a pool connection, row locks or the
+//! database's xmin horizon, which would stop autovacuum cleaning the
+//! constantly churning `jobs` table). [`Store::commit_sync`] then opens one
+//! transaction that checks the connection's cursor is still the one the
+//! sync started from, bulk-writes accounts, transactions and removals, moves
+//! the cursor, appends the audit OUTCOME and, last, lets the job's
+//! [`Fence`] mark the job succeeded if its claim is still valid: rows,
+//! cursor, OUTCOME and the job's success become visible together, or not at
+//! all.
 
 use std::collections::HashMap;
 
+use async_trait::async_trait;
 use dashtam_domain::ConnectionId;
 use dashtam_domain::audit::AuditEntry;
 use dashtam_domain::model::{NormalizedAccount, SyncBatch};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use sqlx::{Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::{Store, StoreError, audit};
@@ -32,22 +38,49 @@ pub struct SyncStats {
     pub removed: u64,
 }
 
-/// An open sync transaction (see the module docs).
-pub struct SyncTx {
+/// The last statement of a sync's transaction: the job that ran the sync
+/// marks itself succeeded there, provided its claim is still valid.
+#[async_trait]
+pub trait Fence: Send + Sync {
+    /// `Ok(false)`: the claim is gone (rescued, or undone by a database
+    /// crash); the sync's transaction is rolled back.
+    async fn complete_in(
+        &self,
+        conn: &mut PgConnection,
+        stats: &SyncStats,
+    ) -> Result<bool, sqlx::Error>;
+}
+
+/// The open transaction of [`Store::commit_sync`].
+struct SyncTx {
     tx: Transaction<'static, Postgres>,
     connection: ConnectionId,
     /// provider account id → our account id.
     accounts: HashMap<String, Uuid>,
-    /// What was last written for each account, to skip unchanged rewrites.
-    written: Vec<NormalizedAccount>,
     stats: SyncStats,
     started_from: Option<String>,
 }
 
 impl Store {
-    /// Opens the transaction a sync writes in, provided the connection's
-    /// cursor is still `started_from` (else [`StoreError::Conflict`]).
-    pub async fn begin_sync(
+    /// Commits a whole sync (see the module docs): `batch` holds every page
+    /// the provider returned since `started_from`, and its `next_cursor`.
+    /// [`StoreError::Conflict`] if another sync moved the cursor first or
+    /// the job's claim is gone; nothing is written then.
+    pub async fn commit_sync(
+        &self,
+        connection: ConnectionId,
+        started_from: Option<&str>,
+        batch: &mut SyncBatch,
+        outcome: &AuditEntry,
+        fence: &dyn Fence,
+    ) -> Result<SyncStats, StoreError> {
+        let mut tx = self.begin_sync(connection, started_from).await?;
+        tx.write(batch).await?;
+        tx.commit(batch.next_cursor.as_deref(), outcome, fence)
+            .await
+    }
+
+    async fn begin_sync(
         &self,
         connection: ConnectionId,
         started_from: Option<&str>,
@@ -83,7 +116,6 @@ impl Store {
             tx,
             connection,
             accounts,
-            written: Vec::new(),
             stats: SyncStats::default(),
             started_from: started_from.map(str::to_owned),
         })
@@ -91,17 +123,9 @@ impl Store {
 }
 
 impl SyncTx {
-    pub fn stats(&self) -> SyncStats {
-        self.stats
-    }
-
-    /// Writes (and drains) the batch's transactions and removals, and its
-    /// accounts if they changed since the last write.
-    pub async fn write(&mut self, batch: &mut SyncBatch) -> Result<(), StoreError> {
-        if batch.accounts != self.written {
-            self.write_accounts(&batch.accounts).await?;
-            self.written = batch.accounts.clone();
-        }
+    /// Writes (and drains) the batch's accounts, transactions and removals.
+    async fn write(&mut self, batch: &mut SyncBatch) -> Result<(), StoreError> {
+        self.write_accounts(&batch.accounts).await?;
         batch.dedupe_upserts();
         self.stats.received += batch.upserts.len() as u64;
         for chunk in batch.upserts.chunks(CHUNK) {
@@ -200,11 +224,13 @@ impl SyncTx {
         Ok(())
     }
 
-    /// Moves the cursor, appends `outcome` (with the counts) and commits.
-    pub async fn commit(
+    /// Moves the cursor, appends `outcome` (with the counts), completes the
+    /// job through `fence` and commits.
+    async fn commit(
         mut self,
         next_cursor: Option<&str>,
         outcome: &AuditEntry,
+        fence: &dyn Fence,
     ) -> Result<SyncStats, StoreError> {
         let moved = sqlx::query(include_str!("../queries/advance_cursor.sql"))
             .bind(self.connection.0)
@@ -226,6 +252,13 @@ impl SyncTx {
             );
         }
         audit::append(&mut *self.tx, &outcome).await?;
+        if !fence.complete_in(&mut self.tx, &self.stats).await? {
+            return Err(StoreError::Conflict(
+                "this run's claim on the job was lost (rescued or undone by a crash); \
+                 another run owns the job"
+                    .into(),
+            ));
+        }
         self.tx.commit().await?;
         Ok(self.stats)
     }

@@ -53,6 +53,9 @@ impl Failure {
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
+        if let StoreError::Db(db) = &e {
+            dashtam_store::health::note(db);
+        }
         let reason = e.to_string();
         let error = match e {
             StoreError::Db(_) | StoreError::Conflict(_) => JobError::retry(reason.clone()),

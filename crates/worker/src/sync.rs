@@ -1,5 +1,6 @@
-//! The sync job: page through the provider, normalize, commit everything
-//! (rows, new cursor, audit OUTCOME) in one transaction.
+//! The sync job: page through the provider with no database transaction
+//! open, normalize, then commit everything (rows, new cursor, audit OUTCOME
+//! and the job's own success) in one short transaction.
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use dashtam_providers::{Providers, Source};
 use dashtam_queue::{Handler, JobContext, JobError};
 use dashtam_store::Store;
 use dashtam_store::connections::SyncState;
-use dashtam_store::sync::SyncTx;
+use dashtam_store::sync::{Fence, SyncStats};
 use dashtam_telemetry::metrics::METRICS;
 use secrecy::SecretString;
 use tracing::{info, warn};
@@ -29,9 +30,6 @@ use crate::tokens::TokenKeeper;
 pub struct SyncSettings {
     /// Transactions per provider page (Plaid allows 1–500).
     pub page_size: u32,
-    /// Collected rows written per bulk statement round (inside the sync's
-    /// transaction, so nothing is visible before the cursor moves).
-    pub write_batch: usize,
     /// How often one attempt restarts after the provider reports a mutation
     /// during pagination before it gives up and retries later.
     pub max_restarts: u32,
@@ -103,13 +101,41 @@ impl Handler for SyncHandler {
     }
 }
 
-/// Where a pass stands: the open transaction, rows not yet written, and
+/// Where a pass stands: every row the provider returned so far (held in
+/// memory: no transaction is open while the provider is called), and
 /// counters for progress.
 struct Pass {
-    tx: SyncTx,
     batch: SyncBatch,
     pages: u64,
     restarts: u32,
+}
+
+/// The job's own success, written last in the sync's transaction.
+struct JobFence<'a> {
+    ctx: &'a JobContext,
+    pages: u64,
+    restarts: u32,
+    accounts: usize,
+}
+
+#[async_trait]
+impl Fence for JobFence<'_> {
+    async fn complete_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        stats: &SyncStats,
+    ) -> Result<bool, sqlx::Error> {
+        let progress = serde_json::json!({
+            "pages": self.pages,
+            "transactions": stats.received,
+            "upserted": stats.upserted,
+            "removed": stats.removed,
+            "accounts": self.accounts,
+            "restarts": self.restarts,
+            "committed": true,
+        });
+        self.ctx.complete_in(conn, Some(&progress)).await
+    }
 }
 
 impl SyncHandler {
@@ -128,8 +154,9 @@ impl SyncHandler {
         })?;
         let started = std::time::Instant::now();
         let provider = state.provider.as_str();
+        let state_cursor = state.cursor.clone();
         let pass = match source {
-            Source::Cursor(source) => self.cursor_pass(ctx, connection, &state, &*source).await,
+            Source::Cursor(source) => self.cursor_pass(ctx, &state, &*source).await,
             Source::Window(source) => self.window_pass(ctx, connection, state, &*source).await,
         };
         let pass = match pass {
@@ -144,8 +171,7 @@ impl SyncHandler {
         };
 
         let Pass {
-            tx,
-            batch,
+            mut batch,
             pages,
             restarts,
         } = pass;
@@ -156,23 +182,26 @@ impl SyncHandler {
             connection,
             ctx,
         );
-        let stats = tx.commit(batch.next_cursor.as_deref(), &outcome).await?;
+        let fence = JobFence {
+            ctx,
+            pages,
+            restarts,
+            accounts: batch.accounts.len(),
+        };
+        let stats = self
+            .store
+            .commit_sync(
+                connection,
+                state_cursor.as_deref(),
+                &mut batch,
+                &outcome,
+                &fence,
+            )
+            .await?;
         METRICS
             .transactions_ingested
             .with_label_values(&[provider])
             .inc_by(stats.received);
-        let progress = serde_json::json!({
-            "pages": pages,
-            "transactions": stats.received,
-            "upserted": stats.upserted,
-            "removed": stats.removed,
-            "accounts": batch.accounts.len(),
-            "restarts": restarts,
-            "committed": true,
-        });
-        if let Err(e) = ctx.set_progress(&progress).await {
-            warn!(error = %e, "could not record progress");
-        }
         info!(
             pages,
             received = stats.received,
@@ -187,11 +216,10 @@ impl SyncHandler {
     /// Records progress after a page; stops (dropping everything
     /// uncommitted) if cancellation was requested.
     async fn page_done(&self, ctx: &JobContext, pass: &Pass) -> Result<(), Failure> {
-        let stats = pass.tx.stats();
         let progress = serde_json::json!({
             "pages": pass.pages,
-            "transactions": stats.received as usize + pass.batch.upserts.len(),
-            "removed": stats.removed as usize + pass.batch.removed.len(),
+            "transactions": pass.batch.upserts.len(),
+            "removed": pass.batch.removed.len(),
             "restarts": pass.restarts,
         });
         match ctx.set_progress(&progress).await {
@@ -209,17 +237,15 @@ impl SyncHandler {
     async fn cursor_pass(
         &self,
         ctx: &JobContext,
-        connection: ConnectionId,
         state: &SyncState,
         source: &dyn TransactionSyncSource,
     ) -> Result<Pass, Failure> {
         let started_from = state.cursor.as_deref();
         let mut restarts = 0;
         'restart: loop {
-            // Everything this pass writes lives in one transaction; a restart
-            // or a failure drops it, which rolls it all back.
+            // Everything this pass collects is written at the end; a restart
+            // or a failure drops it.
             let mut pass = Pass {
-                tx: self.store.begin_sync(connection, started_from).await?,
                 batch: SyncBatch::default(),
                 pages: 0,
                 restarts,
@@ -251,9 +277,6 @@ impl SyncHandler {
                 let has_more = page.has_more;
                 cursor = Some(page.next_cursor.clone());
                 pass.batch.absorb(page);
-                if pass.batch.pending_rows() >= self.settings.write_batch || !has_more {
-                    pass.tx.write(&mut pass.batch).await?;
-                }
                 self.page_done(ctx, &pass).await?;
                 if !has_more {
                     return Ok(pass);
@@ -308,10 +331,6 @@ impl SyncHandler {
             .call(|t| async move { source.accounts(&t).await })
             .await?;
         let mut pass = Pass {
-            tx: self
-                .store
-                .begin_sync(connection, state.cursor.as_deref())
-                .await?,
             batch: SyncBatch {
                 accounts: accounts.clone(),
                 ..SyncBatch::default()
@@ -329,15 +348,11 @@ impl SyncHandler {
                     .await?;
                 pass.pages += 1;
                 pass.batch.upserts.extend(rows);
-                if pass.batch.pending_rows() >= self.settings.write_batch {
-                    pass.tx.write(&mut pass.batch).await?;
-                }
                 self.page_done(ctx, &pass).await?;
                 from = to + chrono::Duration::milliseconds(1);
             }
         }
         pass.batch.next_cursor = Some(end.to_rfc3339());
-        pass.tx.write(&mut pass.batch).await?;
         Ok(pass)
     }
 }

@@ -2,11 +2,13 @@
 //! (the `token_refresh` job, a sync about to start with an expiring token, a
 //! sync that got a 401 mid-run).
 //!
-//! The row lock taken by [`Store::lock_credentials`] makes the refresh
+//! The token lease taken by [`Store::lease_credentials`] makes the refresh
 //! single-flight across every daemon: a trigger says which credentials
-//! version it found stale, and once it holds the lock it calls the provider
-//! only if that is still the newest version. With rotating refresh tokens
-//! this is what keeps two refreshers from burning the grant.
+//! version it found stale, and once it holds the lease it calls the
+//! provider only if that is still the newest version. With rotating refresh
+//! tokens this is what keeps two refreshers from burning the grant. The
+//! lease is a row lease, not a transaction: nothing stays open in the
+//! database while the provider answers.
 
 use std::time::Duration;
 
@@ -33,6 +35,9 @@ pub struct TokenSettings {
     pub refresh_lead: Duration,
     /// A sync refreshes first if its token expires within this.
     pub expiry_margin: Duration,
+    /// How long a token lease lasts if its holder vanishes (longer than
+    /// any provider call).
+    pub lease: Duration,
 }
 
 /// Fresh credentials and their version.
@@ -72,7 +77,7 @@ impl TokenKeeper {
     ) -> Result<Fresh, Failure> {
         let lease = self
             .store
-            .lock_credentials(connection)
+            .lease_credentials(connection, self.settings.lease)
             .await?
             .ok_or_else(|| Failure::permanent("the connection no longer exists"))?;
         Failure::unless_active(lease.status)?;
@@ -91,13 +96,15 @@ impl TokenKeeper {
         let Some(Source::Window(source)) = source.filter(|_| needed) else {
             // Fresh already (someone else refreshed), or a provider whose
             // tokens do not expire.
+            let version = lease.version;
+            lease.release().await?;
             METRICS
                 .token_refreshes
                 .with_label_values(&[provider, "skipped"])
                 .inc();
             return Ok(Fresh {
                 credentials,
-                version: lease.version,
+                version,
             });
         };
         let Some(refresh_token) = credentials.refresh_token.clone() else {
@@ -137,7 +144,7 @@ impl TokenKeeper {
                 outcome.context["refresh_token"] = rotation.into();
                 outcome.context["access_token_expires_at"] = expires_at.to_rfc3339().into();
                 let version = lease
-                    .store(&self.store, &credentials, Some(expires_at), &outcome)
+                    .store(&credentials, Some(expires_at), &outcome)
                     .await?;
                 METRICS
                     .token_refreshes
@@ -151,7 +158,7 @@ impl TokenKeeper {
             }
             Err(ProviderError::Unauthorized(reason)) => Err(self.reauth(ctx, lease, reason).await),
             Err(e) => {
-                drop(lease);
+                lease.release().await?;
                 let failure = Failure::from(e);
                 let mut outcome = audit_entry(
                     AuditAction::TokenRefreshFailed,

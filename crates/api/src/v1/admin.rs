@@ -160,7 +160,12 @@ async fn set_paused(
 pub async fn begin(
     state: &AppState,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
-    state.queue.pool().begin().await.map_err(ApiError::internal)
+    state
+        .queue
+        .pool()
+        .begin()
+        .await
+        .map_err(|e| ApiError::database(&e))
 }
 
 /// Appends the audit record for the action done in `tx`, and commits both.
@@ -170,8 +175,8 @@ pub async fn commit_audited(
 ) -> Result<(), ApiError> {
     dashtam_store::audit::append(&mut *tx, &entry)
         .await
-        .map_err(ApiError::internal)?;
-    tx.commit().await.map_err(ApiError::internal)
+        .map_err(|e| ApiError::database(&e))?;
+    tx.commit().await.map_err(|e| ApiError::database(&e))
 }
 
 /// Why a job action did not apply: the job is gone, or in the wrong state.
@@ -197,8 +202,18 @@ async fn retry(
     require_operator(&caller)?;
     let id: JobId = parse_id("job_id", &id)?;
     let mut tx = begin(&state).await?;
-    let Some(job) = ops::retry(&mut *tx, id.0).await? else {
-        return Err(refusal(&state, id, "only failed or cancelled jobs can be retried").await);
+    let job = match ops::retry(&mut tx, id.0).await? {
+        ops::Retry::Retried(job) => *job,
+        ops::Retry::NotRetryable => {
+            return Err(refusal(&state, id, "only failed or cancelled jobs can be retried").await);
+        }
+        ops::Retry::KeyHeldBy(holder) => {
+            let who = holder.map_or_else(|| "another job".to_owned(), |h| format!("job {h}"));
+            return Err(ApiError::conflict(format!(
+                "{who} already holds this job's unique key (it is pending or running); \
+                 that job does the same work, so follow it instead"
+            )));
+        }
     };
     let entry = action(
         AuditAction::JobRetried,

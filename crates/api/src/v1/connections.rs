@@ -205,7 +205,7 @@ async fn create(
             )
         }
     };
-    let conn = state
+    let created = state
         .store
         .create_connection(NewConnection {
             user: &caller.user,
@@ -215,7 +215,21 @@ async fn create(
             refresh_token_expires_at: refresh_expires,
             correlation_id: Some(request_id.0.to_string()),
         })
-        .await?;
+        .await;
+    let conn = match created {
+        Ok(conn) => conn,
+        Err(e) => {
+            // The provider granted access we could not store: give the
+            // grant back rather than leave it live and unknown to us (the
+            // one-time token is spent either way; the client links again).
+            if let Some(source) = state.providers.source(body.provider)
+                && let Err(revoke) = source.revoke(&credentials).await
+            {
+                tracing::warn!(error = %revoke, "could not revoke a grant whose connection was not stored");
+            }
+            return Err(e.into());
+        }
+    };
     let loc = location(format!("/api/v1/connections/{}", conn.id));
     Ok((StatusCode::CREATED, loc, Json(conn)).into_response())
 }
@@ -272,16 +286,20 @@ async fn remove(
 ) -> Result<StatusCode, ApiError> {
     let conn = owned(&state, &caller, &id).await?;
     let id = ConnectionId(conn.id);
+    // The token lease (not a transaction: nothing stays open in the
+    // database while the provider answers) keeps a refresh from racing the
+    // revocation.
     let lease = state
         .store
-        .lock_credentials(id)
+        .lease_credentials(id, state.lease)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("connection {id} not found")))?;
-    let Some(credentials) = lease.credentials.as_ref() else {
+    let Some(credentials) = lease.credentials.clone() else {
+        lease.release().await?;
         return Ok(StatusCode::NO_CONTENT);
     };
     let provider_revoked = match state.providers.source(lease.provider) {
-        Some(source) => match source.revoke(credentials).await {
+        Some(source) => match source.revoke(&credentials).await {
             Ok(()) => true,
             Err(e) => {
                 // Our copy goes regardless: what we no longer hold cannot leak.

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use dashtam_domain::{AccountId, ConnectionId};
 use dashtam_store::reads::{Account, Transaction, TransactionFilter};
 use rust_decimal::Decimal;
@@ -156,6 +156,24 @@ fn range<T: PartialOrd>(
     }
 }
 
+/// Dates a user may send: years 1 to 9999. chrono parses signed and
+/// five-digit years, which Postgres (or any sane client) does not take.
+pub(super) fn storable_year(year: i32) -> bool {
+    (1..=9999).contains(&year)
+}
+
+/// A `YYYY-MM-DD` query parameter.
+fn parse_date(field: &str, raw: Option<&str>) -> Result<Option<NaiveDate>, ApiError> {
+    let date = parse_field::<NaiveDate>(field, raw, "a date (YYYY-MM-DD)")?;
+    match date {
+        Some(d) if !storable_year(d.year()) => Err(ApiError::invalid_field(
+            field,
+            format!("{d} is out of range (years 1 to 9999)"),
+        )),
+        other => Ok(other),
+    }
+}
+
 fn encode_cursor(t: &Transaction) -> String {
     URL_SAFE_NO_PAD.encode(format!("{}|{}", t.transaction_date, t.id))
 }
@@ -165,10 +183,11 @@ fn decode_cursor(raw: &str) -> Result<(NaiveDate, Uuid), ApiError> {
     let text =
         String::from_utf8(URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?).map_err(|_| bad())?;
     let (date, id) = text.split_once('|').ok_or_else(bad)?;
-    Ok((
-        date.parse().map_err(|_| bad())?,
-        id.parse().map_err(|_| bad())?,
-    ))
+    let date: NaiveDate = date.parse().map_err(|_| bad())?;
+    if !storable_year(date.year()) {
+        return Err(bad());
+    }
+    Ok((date, id.parse().map_err(|_| bad())?))
 }
 
 /// The caller's live transactions, newest first (by transaction date),
@@ -189,14 +208,10 @@ async fn transactions(
         .as_deref()
         .map(|a| parse_id("account_id", a))
         .transpose()?;
-    let date = "a date (YYYY-MM-DD)";
     let (from, to) = range(
-        (
-            "from",
-            parse_field::<NaiveDate>("from", q.from.as_deref(), date)?,
-        ),
+        ("from", parse_date("from", q.from.as_deref())?),
         "to",
-        parse_field("to", q.to.as_deref(), date)?,
+        parse_date("to", q.to.as_deref())?,
     )?;
     let amount = "a decimal amount";
     let (min_amount, max_amount) = range(

@@ -303,6 +303,7 @@ async fn events(
         last: Option<JobRecord>,
         pending: Option<JobRecord>,
         done: bool,
+        shutdown: tokio_util::sync::CancellationToken,
     }
     fn changed(a: &JobRecord, b: &JobRecord) -> bool {
         (
@@ -325,6 +326,7 @@ async fn events(
         last: None,
         pending: Some(first),
         done: false,
+        shutdown: state.shutdown.clone(),
     };
     let stream = futures::stream::unfold(stream, |mut s| async move {
         loop {
@@ -350,6 +352,16 @@ async fn events(
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 },
                 _ = tokio::time::sleep(EVENTS_FALLBACK) => true,
+                // The daemon is stopping: say so and end, so the client
+                // reconnects (to another daemon) instead of holding the
+                // shutdown up.
+                _ = s.shutdown.cancelled() => {
+                    s.done = true;
+                    let event = Event::default()
+                        .event("shutdown")
+                        .data(r#"{"reason":"the server is shutting down; reconnect to keep following the job"}"#);
+                    return Some((Ok(event), s));
+                }
             };
             if !look {
                 continue;

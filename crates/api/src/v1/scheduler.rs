@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use dashtam_queue::schedule::{self, Lease, TickRecord};
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +81,7 @@ async fn cycles(
         Some(c) => Some(
             c.split_once('/')
                 .and_then(|(t, cycle)| Some((t.parse::<DateTime<Utc>>().ok()?, cycle)))
+                .filter(|(t, cycle)| super::data::storable_year(t.year()) && CYCLES.contains(cycle))
                 .ok_or_else(|| {
                     ApiError::invalid_field("cursor", "is not a cursor this API issued")
                 })?,

@@ -406,6 +406,16 @@ pub struct DaemonProcess {
 
 impl DaemonProcess {
     pub async fn start(database_url: &str, sandbox_url: &str, log_filter: &str) -> Self {
+        Self::start_with(database_url, sandbox_url, log_filter, &[]).await
+    }
+
+    /// [`DaemonProcess::start`] with more environment (configuration).
+    pub async fn start_with(
+        database_url: &str,
+        sandbox_url: &str,
+        log_filter: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let key = Cipher::generate_key().unwrap();
         let jwt = Cipher::generate_key().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -432,6 +442,7 @@ impl DaemonProcess {
                 "DASHTAM__RATE_LIMIT__KEY_PREFIX",
                 format!("test-{}", uuid::Uuid::new_v4()),
             )
+            .envs(env.iter().copied())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
             .spawn()

@@ -119,14 +119,20 @@ async fn a_worker_only_daemon_serves_health_and_metrics(pool: PgPool) {
 }
 
 /// JSON log lines carry their context through spans: a request's lines its
-/// request id (the caller's X-Request-Id, when sane), a job's lines its job
-/// id, connection id and attempt.
+/// request id (a trusted proxy's X-Request-Id), a job's lines its job id,
+/// connection id and attempt.
 #[sqlx::test(migrator = "MIGRATIONS")]
 async fn log_lines_carry_request_and_job_context(pool: PgPool) {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let sandbox = dashtam_sandbox::Sandbox::new(dashtam_sandbox::SandboxConfig::default());
     let sandbox_url = serve_sandbox(&sandbox, &shutdown).await;
-    let daemon = DaemonProcess::start(&url_of(&pool), &sandbox_url, "info,dashtam_api=debug").await;
+    let daemon = DaemonProcess::start_with(
+        &url_of(&pool),
+        &sandbox_url,
+        "info,dashtam_api=debug",
+        &[("DASHTAM__HTTP__TRUSTED_PROXIES", r#"["127.0.0.1"]"#)],
+    )
+    .await;
     let http = reqwest::Client::new();
     let token = daemon.token("alice");
     let linked: serde_json::Value = http

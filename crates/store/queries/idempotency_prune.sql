@@ -1,0 +1,1 @@
+DELETE FROM idempotency_keys WHERE created_at < now() - $1 * interval '1 second'
