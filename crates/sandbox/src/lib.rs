@@ -59,6 +59,10 @@ impl Default for SandboxConfig {
 pub struct Faults {
     /// Added to every data response.
     pub latency_ms: u64,
+    /// Added to token, public-token exchange and revocation responses (a
+    /// slow authorization server).
+    #[serde(default)]
+    pub auth_latency_ms: u64,
     /// Probability (0–1) of a 500.
     pub error_rate: f64,
     /// Probability (0–1) of a 429.
@@ -169,6 +173,32 @@ impl Sandbox {
         items.into_iter().map(|(t, _)| t.clone()).collect()
     }
 
+    /// What a perfect sync of every item would hold now: each live
+    /// transaction by (account id, transaction id), with its amount in
+    /// Plaid's sign (positive = money out) and whether it is pending. The
+    /// ground truth chaos runs check a daemon's database against.
+    pub fn ground_truth(&self) -> HashMap<(String, String), (rust_decimal::Decimal, bool)> {
+        let inner = self.lock();
+        let seed = inner.config.seed;
+        let mut truth = HashMap::new();
+        for item in inner.items.values() {
+            for event in item.events(seed, 0, item.len()) {
+                match event {
+                    data::Event::Added(t) | data::Event::Modified(t) => {
+                        truth.insert((t.account_id, t.transaction_id), (t.amount, t.pending));
+                    }
+                    data::Event::Removed {
+                        transaction_id,
+                        account_id,
+                    } => {
+                        truth.remove(&(account_id, transaction_id));
+                    }
+                }
+            }
+        }
+        truth
+    }
+
     /// Moves an item's data forward in time; see [`data::Advance`].
     pub fn advance(&self, access_token: &str, advance: data::Advance) -> Option<data::Advanced> {
         data::advance(&mut self.lock(), access_token, advance)
@@ -264,6 +294,16 @@ pub(crate) fn draw_fault(
 
 pub(crate) fn latency(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+impl Sandbox {
+    /// Waits the configured authorization-server latency.
+    pub(crate) async fn auth_latency(&self) {
+        let ms = self.lock().faults.auth_latency_ms;
+        if let Some(d) = latency(ms) {
+            tokio::time::sleep(d).await;
+        }
+    }
 }
 
 pub use data::{Advance, Advanced};

@@ -169,6 +169,7 @@ async fn public_token_exchange(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    sandbox.auth_latency().await;
     let req: Exchange = match authenticate(&sandbox, &headers, &body) {
         Ok(r) => r,
         Err(e) => return *e,
@@ -203,6 +204,7 @@ has_keys!(ItemRemove);
 
 /// Ends the item: its access token is refused from now on.
 async fn item_remove(State(sandbox): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
+    sandbox.auth_latency().await;
     let req: ItemRemove = match authenticate(&sandbox, &headers, &body) {
         Ok(r) => r,
         Err(e) => return *e,

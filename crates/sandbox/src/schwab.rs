@@ -483,6 +483,7 @@ async fn token_endpoint(
     headers: HeaderMap,
     Form(form): Form<TokenForm>,
 ) -> Response {
+    sandbox.auth_latency().await;
     if let Some(r) = faults(&sandbox).await {
         return r;
     }
@@ -611,6 +612,7 @@ async fn revoke(
     headers: HeaderMap,
     Form(form): Form<RevokeForm>,
 ) -> Response {
+    sandbox.auth_latency().await;
     let mut inner = sandbox.lock();
     if !client_ok(&inner, &headers) {
         return oauth_error(

@@ -1,4 +1,6 @@
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use dashtam_testkit::wait_for;
 
 use dashtam::app::{Daemon, Role, Running};
 use dashtam::config::Config;
@@ -102,6 +104,13 @@ pub fn test_config() -> Config {
     config
 }
 
+/// Starts the sandbox and the daemon (`roles`) on the database at `url`,
+/// through the daemon's own pool (with its connection checks).
+pub async fn spawn_app_on(url: &str, roles: &[Role], config: Config) -> TestApp {
+    let pool = dashtam::app::connect(&config, url).await.unwrap();
+    spawn_app_with(pool, roles, config).await
+}
+
 /// Starts the sandbox and the daemon (`roles`) against `pool`'s database.
 pub async fn spawn_app_with(pool: PgPool, roles: &[Role], mut config: Config) -> TestApp {
     let shutdown = CancellationToken::new();
@@ -198,23 +207,24 @@ impl TestApp {
 
     /// Polls the job through the API until it has fetched `pages` pages.
     pub async fn wait_pages(&self, user: &str, job: &str, pages: u64) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let j: Value = self
-                .get(user, &format!("/api/v1/jobs/{job}"))
-                .await
-                .json()
-                .await
-                .unwrap();
-            if j["progress"]["pages"].as_u64().unwrap_or(0) >= pages {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the sync never got to page {pages}: {j}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_for(
+            &format!("the sync to get to page {pages}"),
+            Duration::from_secs(30),
+            || async {
+                let j: Value = self
+                    .get(user, &format!("/api/v1/jobs/{job}"))
+                    .await
+                    .json()
+                    .await
+                    .unwrap();
+                if j["progress"]["pages"].as_u64().unwrap_or(0) >= pages {
+                    Ok(())
+                } else {
+                    Err(j)
+                }
+            },
+        )
+        .await
     }
 
     /// Runs the provider's link flow and creates a connection through the API.
@@ -339,8 +349,7 @@ impl TestApp {
 
     /// Polls the job through the API until it finishes.
     pub async fn wait_job(&self, user: &str, job: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        wait_for("the job to finish", Duration::from_secs(60), || async {
             let j: Value = self
                 .get(user, &format!("/api/v1/jobs/{job}"))
                 .await
@@ -351,11 +360,12 @@ impl TestApp {
                 j["state"].as_str(),
                 Some("succeeded" | "failed" | "cancelled")
             ) {
-                return j;
+                Ok(j)
+            } else {
+                Err(j)
             }
-            assert!(Instant::now() < deadline, "job did not finish: {j}");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        })
+        .await
     }
 
     /// Enqueues a sync and waits for it; returns the finished job.
@@ -448,11 +458,10 @@ impl DaemonProcess {
             .spawn()
             .unwrap();
         let api = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while reqwest::get(format!("{api}/readyz")).await.is_err() {
-            assert!(Instant::now() < deadline, "daemon did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for("the daemon to start", Duration::from_secs(30), || {
+            reqwest::get(format!("{api}/readyz"))
+        })
+        .await;
         Self {
             child,
             api,
@@ -464,16 +473,54 @@ impl DaemonProcess {
 
     /// A client token for `sub`, signed with this daemon's secret.
     pub fn token(&self, sub: &str) -> String {
+        self.token_as(sub, dashtam_api::Role::Client)
+    }
+
+    /// An operator token for `sub`.
+    pub fn operator_token(&self, sub: &str) -> String {
+        self.token_as(sub, dashtam_api::Role::Operator)
+    }
+
+    fn token_as(&self, sub: &str, role: dashtam_api::Role) -> String {
         let config = test_config();
         dashtam_api::issue_token(
             &self.jwt,
             &config.auth.issuer,
             &config.auth.audience,
             sub,
-            dashtam_api::Role::Client,
+            role,
             Duration::from_secs(600),
         )
         .unwrap()
+    }
+
+    /// Links a new sandbox item (Plaid style) as `token`'s user; returns
+    /// the connection id.
+    pub async fn connect(&self, token: &str, sandbox_url: &str) -> String {
+        let http = reqwest::Client::new();
+        let linked: Value = http
+            .post(format!("{sandbox_url}/sandbox/public_token/create"))
+            .json(&json!({
+                "client_id": "dashtam-sandbox-client", "secret": "dashtam-sandbox-secret",
+                "institution_id": "ins_1", "initial_products": ["transactions"],
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let conn: Value = http
+            .post(format!("{}/api/v1/connections", self.api))
+            .bearer_auth(token)
+            .json(&json!({ "provider": "plaid", "public_token": linked["public_token"] }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        conn["id"].as_str().unwrap().to_owned()
     }
 
     /// Enqueues a sync of `connection` as `token`'s user and waits for it to
@@ -493,8 +540,7 @@ impl DaemonProcess {
             .await
             .unwrap();
         let url = format!("{}/api/v1/jobs/{}", self.api, job["id"].as_str().unwrap());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let body = wait_for("the sync to finish", Duration::from_secs(60), || async {
             let body = http
                 .get(&url)
                 .bearer_auth(token)
@@ -506,12 +552,15 @@ impl DaemonProcess {
                 .unwrap();
             let j: Value = serde_json::from_str(&body).unwrap();
             if j["state"] != "running" && j["state"] != "available" {
-                assert_eq!(j["state"], "succeeded", "{j}");
-                return body;
+                Ok(body)
+            } else {
+                Err(j)
             }
-            assert!(Instant::now() < deadline, "sync did not finish: {j}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
+        let j: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(j["state"], "succeeded", "{j}");
+        body
     }
 
     /// SIGTERM, a clean exit, and everything it logged.

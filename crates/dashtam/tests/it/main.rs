@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod cli;
 mod crash;
+mod field;
 mod helpers;
 mod metrics;
 mod openapi;
