@@ -208,6 +208,7 @@ pub struct JobsConfig {
 #[serde(deny_unknown_fields)]
 pub struct SyncConfig {
     pub page_size: u32,
+    pub page_retries: u32,
     pub max_restarts: u32,
     pub window_overlap_hours: u64,
     pub initial_history_days: u64,

@@ -12,7 +12,7 @@ use prometheus::{
 pub struct Metrics {
     pub registry: Registry,
     /// Jobs by queue, kind and event: enqueued, started, succeeded, failed,
-    /// retried, cancelled, rescued.
+    /// retried, cancelled, rescued, handed_back, released.
     pub jobs: IntCounterVec,
     pub job_duration_seconds: HistogramVec,
     pub job_pickup_seconds: HistogramVec,

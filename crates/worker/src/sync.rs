@@ -38,6 +38,49 @@ pub struct SyncSettings {
     pub window_overlap: Duration,
     /// Window-style providers: how far back the first sync reaches.
     pub initial_history: Duration,
+    /// How often one provider call (a page) is retried in place after a
+    /// transient error or a short rate limit before the attempt fails.
+    pub page_retries: u32,
+}
+
+/// The longest `Retry-After` a page waits out in place; a longer one ends
+/// the attempt (the job is retried after it, without holding a slot).
+const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// Runs one provider call, retrying it in place (up to `retries` times) on
+/// a transient error or a short rate limit: exponential backoff with full
+/// jitter from 250 ms (at most 5 s), or the provider's `Retry-After`. One
+/// flaky page then costs a page, not the sync attempt and every page
+/// fetched before it.
+async fn retry_in_place<T, F, Fut>(retries: u32, mut call: F) -> Result<T, ProviderError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ProviderError>>,
+{
+    let mut tries = 0u32;
+    loop {
+        let delay = match call().await {
+            Err(ProviderError::Transient(e)) if tries < retries => {
+                let cap = (250u64 << tries.min(5)).min(5_000);
+                let delay = Duration::from_millis(fastrand::u64(cap / 4..=cap));
+                info!(error = %e, ?delay, "provider call failed; retrying it in place");
+                delay
+            }
+            Err(ProviderError::RateLimited { retry_after })
+                if tries < retries && retry_after.is_none_or(|d| d <= MAX_INLINE_RETRY_AFTER) =>
+            {
+                let delay = retry_after.unwrap_or(Duration::from_secs(1));
+                info!(
+                    ?delay,
+                    "provider rate limited a call; waiting it out in place"
+                );
+                delay
+            }
+            other => return other,
+        };
+        tries += 1;
+        tokio::time::sleep(delay).await;
+    }
 }
 
 pub struct SyncHandler {
@@ -252,13 +295,14 @@ impl SyncHandler {
             };
             let mut cursor = started_from.map(str::to_owned);
             loop {
-                let page = match source
-                    .sync_page(
+                let page = match retry_in_place(self.settings.page_retries, || {
+                    source.sync_page(
                         &state.credentials,
                         cursor.as_deref(),
                         self.settings.page_size,
                     )
-                    .await
+                })
+                .await
                 {
                     Ok(p) => p,
                     Err(ProviderError::MutationDuringPagination)
@@ -297,6 +341,7 @@ impl SyncHandler {
         source: &dyn WindowSyncSource,
     ) -> Result<Pass, Failure> {
         let mut token = Tokens {
+            retries: self.settings.page_retries,
             keeper: &self.tokens,
             ctx,
             connection,
@@ -360,6 +405,7 @@ impl SyncHandler {
 /// The access token a window-style sync uses, refreshed through the
 /// single-flight path when it expires mid-run.
 struct Tokens<'a> {
+    retries: u32,
     keeper: &'a TokenKeeper,
     ctx: &'a JobContext,
     connection: ConnectionId,
@@ -378,17 +424,20 @@ impl Tokens<'_> {
         Ok(())
     }
 
-    /// Runs `f` with the access token; on a 401 refreshes once and retries.
+    /// Runs `f` with the access token (retrying it in place on transient
+    /// errors); on a 401 refreshes once and runs it again.
     async fn call<T, F, Fut>(&mut self, f: F) -> Result<T, Failure>
     where
         F: Fn(SecretString) -> Fut,
         Fut: std::future::Future<Output = Result<T, ProviderError>>,
     {
-        match f(self.credentials.access_token.clone()).await {
+        let token = self.credentials.access_token.clone();
+        match retry_in_place(self.retries, || f(token.clone())).await {
             Err(ProviderError::AccessTokenExpired) => {
                 info!("access token expired mid-sync; refreshing");
                 self.refresh().await?;
-                f(self.credentials.access_token.clone())
+                let token = self.credentials.access_token.clone();
+                retry_in_place(self.retries, || f(token.clone()))
                     .await
                     .map_err(Failure::from)
             }

@@ -4,6 +4,7 @@
 mod api;
 mod audit;
 mod auth;
+mod chaos;
 mod cli;
 mod crash;
 mod field;

@@ -1,5 +1,6 @@
 //! `/metrics` after a sync: the counters moved as the work did.
 
+use dashtam_testkit::wait_for;
 use sqlx::PgPool;
 
 use dashtam::app::Role;
@@ -18,9 +19,21 @@ async fn metrics_follow_a_sync(pool: PgPool) {
     let conn = app.connect("alice", 2, 150).await;
     let job = app.sync("alice", &conn).await;
     assert_eq!(job["state"], "succeeded");
-    // Completion is batched: give the completer a moment, then scrape.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let after = app.scrape().await;
+    // Completion is batched: wait for the completer's count.
+    let succeeded = r#"dashtam_jobs_total{event="succeeded",kind="sync",queue="sync"}"#;
+    let after = wait_for(
+        "the success to be counted",
+        std::time::Duration::from_secs(30),
+        || async {
+            let after = app.scrape().await;
+            if sample(&after, succeeded) > sample(&before, succeeded) {
+                Ok(after)
+            } else {
+                Err("not yet")
+            }
+        },
+    )
+    .await;
     let delta = |series: &str| sample(&after, series) - sample(&before, series);
 
     assert!(
@@ -62,22 +75,23 @@ async fn gauges_show_the_queue_and_the_connections(pool: PgPool) {
     let app = spawn_app_with(pool, &[Role::Api], test_config()).await;
     let conn = app.connect("alice", 1, 1).await;
     assert_eq!(app.enqueue_sync("alice", &conn).await.status(), 202);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let text = loop {
-        let text = app.scrape().await;
-        if sample(
-            &text,
-            r#"dashtam_queue_jobs{queue="sync",state="available"}"#,
-        ) == 1.0
-        {
-            break text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gauges never moved: {text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let text = wait_for(
+        "the gauges to move",
+        std::time::Duration::from_secs(30),
+        || async {
+            let text = app.scrape().await;
+            if sample(
+                &text,
+                r#"dashtam_queue_jobs{queue="sync",state="available"}"#,
+            ) == 1.0
+            {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        },
+    )
+    .await;
     assert_eq!(
         sample(
             &text,

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use dashtam_testkit::wait_for;
+
 use dashtam::app::Role;
 use dashtam_sandbox::Faults;
 use serde_json::{Value, json};
@@ -136,7 +138,27 @@ async fn operators_retry_discard_and_pause(pool: PgPool) {
     );
     let job: Value = app.enqueue_sync("alice", &conn).await.json().await.unwrap();
     let jid = job["id"].as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The worker is alive and claiming (it heartbeats after the enqueue,
+    // and its fetchers poll every 50 ms), yet the paused queue's job waits.
+    let enqueued: chrono::DateTime<chrono::Utc> =
+        job["created_at"].as_str().unwrap().parse().unwrap();
+    wait_for(
+        "a heartbeat after the enqueue",
+        Duration::from_secs(30),
+        || async {
+            let beat: chrono::DateTime<chrono::Utc> =
+                sqlx::query_scalar("SELECT max(heartbeat_at) FROM queue_workers")
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+            if beat > enqueued + chrono::Duration::milliseconds(200) {
+                Ok(())
+            } else {
+                Err(beat)
+            }
+        },
+    )
+    .await;
     let waiting: Value = app
         .get("alice", &format!("/api/v1/jobs/{jid}"))
         .await

@@ -2,8 +2,9 @@
 //! past the burst, and fail-open when Redis is down (a private Redis server
 //! that the test stops and starts again).
 
+use dashtam_testkit::wait_for;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dashtam::app::Role;
 use serde_json::Value;
@@ -25,11 +26,11 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        dashtam_testkit::wait_for_blocking(
+            "redis-server to listen",
+            Duration::from_secs(10),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).map(drop),
+        );
         Self { child, port }
     }
 
@@ -141,10 +142,16 @@ async fn with_redis_down_the_api_keeps_serving_and_counts_it(pool: PgPool) {
 
     // Redis is back (empty): limits apply again after a reconnect.
     let _redis = Redis::start(port);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while enqueue().await != 429 {
-        assert!(Instant::now() < deadline, "limits never came back");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for(
+        "the limits to apply again",
+        Duration::from_secs(30),
+        || async {
+            match enqueue().await {
+                429 => Ok(()),
+                other => Err(other),
+            }
+        },
+    )
+    .await;
     app.stop().await;
 }

@@ -1,6 +1,7 @@
 //! The scheduler: sweeps that enqueue once per tick, and a cluster of real
 //! daemons that processes every tick exactly once across a leader's death.
 
+use dashtam_testkit::wait_for;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -233,11 +234,11 @@ async fn three_daemons_process_every_tick_exactly_once_across_a_leader_kill(pool
             .await
             .unwrap()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ticks().await < 3 {
-        assert!(Instant::now() < deadline, "no ticks processed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("3 ticks", Duration::from_secs(30), || async {
+        let n = ticks().await;
+        if n >= 3 { Ok(()) } else { Err(n) }
+    })
+    .await;
     let holder: String = sqlx::query_scalar("SELECT holder FROM scheduler_leases")
         .fetch_one(&pool)
         .await
@@ -251,38 +252,37 @@ async fn three_daemons_process_every_tick_exactly_once_across_a_leader_kill(pool
     killed.0.kill().unwrap();
     killed.0.wait().unwrap();
     let killed_at = Instant::now();
-    let takeover = loop {
-        let now: Option<String> = sqlx::query_scalar(
-            "SELECT holder FROM scheduler_leases WHERE expires_at > now() AND holder <> $1",
-        )
-        .bind(&holder)
-        .fetch_optional(&pool)
-        .await
-        .unwrap();
-        if now.is_some() {
-            break killed_at.elapsed();
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(15),
-            "nobody took over"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    // Lease TTL 3 s + renewal every 0.5 s (+ slack for a loaded machine).
-    assert!(
-        takeover < Duration::from_secs(6),
-        "takeover took {takeover:?}"
+    wait_for(
+        "another daemon to take over",
+        Duration::from_secs(30),
+        || async {
+            let now: Option<String> = sqlx::query_scalar(
+                "SELECT holder FROM scheduler_leases WHERE expires_at > now() AND holder <> $1",
+            )
+            .bind(&holder)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+            now.ok_or("the dead leader's lease")
+        },
+    )
+    .await;
+    // A figure, not an assertion (lease TTL 3 s + renewal every 0.5 s).
+    println!(
+        "{}",
+        serde_json::json!({ "scheduler_takeover_s": killed_at.elapsed().as_secs_f64() })
     );
     // Let the new leader catch up and run a few more ticks.
     let after = ticks().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ticks().await < after + 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the new leader processes no ticks"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the new leader's ticks",
+        Duration::from_secs(30),
+        || async {
+            let n = ticks().await;
+            if n >= after + 3 { Ok(()) } else { Err(n) }
+        },
+    )
+    .await;
     for d in &daemons {
         Command::new("kill")
             .args(["-TERM", &d.0.id().to_string()])

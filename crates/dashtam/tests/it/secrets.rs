@@ -1,9 +1,10 @@
 //! The AWS Secrets Manager adapter and the daemon's secrets tier, against a
 //! real local moto server (`pip install 'moto[server]'`).
 
+use dashtam_testkit::wait_for;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use dashtam_domain::ports::{SecretError, SecretSource};
@@ -72,11 +73,10 @@ async fn moto() -> Moto {
         .spawn()
         .expect("cannot start moto's server");
     let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("{url}/moto-api/")).await.is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("moto_server to start", Duration::from_secs(30), || {
+        reqwest::get(format!("{url}/moto-api/"))
+    })
+    .await;
     Moto { child, url }
 }
 
@@ -131,14 +131,18 @@ async fn aws_secrets_are_found_missing_ones_named_and_rotations_picked_up() {
     let stop = tokio_util::sync::CancellationToken::new();
     cache.clone().spawn_refresher(stop.clone());
     put(&aws, "dashtam/signing", "second-value").await;
-    let rotated = Instant::now();
-    while live.current().expose_secret() != "second-value" {
-        assert!(
-            rotated.elapsed() < Duration::from_secs(10),
-            "rotation not picked up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "the rotation to be picked up",
+        Duration::from_secs(30),
+        || async {
+            if live.current().expose_secret() == "second-value" {
+                Ok(())
+            } else {
+                Err("the old value")
+            }
+        },
+    )
+    .await;
     stop.cancel();
 }
 

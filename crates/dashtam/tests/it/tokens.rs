@@ -2,8 +2,9 @@
 //! sync by date window, expiry, single-flight refresh, rotation, dead
 //! refresh tokens, revocation, key rotation, and secrets that never leak.
 
+use dashtam_testkit::wait_for;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashtam_domain::jobs::{KIND_TOKEN_REFRESH, QUEUE_TOKEN_REFRESH, TokenRefreshJob};
@@ -346,23 +347,20 @@ async fn fifty_concurrent_refresh_triggers_in_two_daemons_make_one_provider_call
         .collect();
     queue.enqueue_many(&jobs).await.unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs WHERE kind = 'token_refresh' AND state = 'succeeded'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if done == 50 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{done} of 50 refresh jobs succeeded"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "50 refresh jobs to succeed",
+        Duration::from_secs(60),
+        || async {
+            let done: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE kind = 'token_refresh' AND state = 'succeeded'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if done == 50 { Ok(()) } else { Err(done) }
+        },
+    )
+    .await;
     let grants = sandbox.oauth_grants();
     assert_eq!(grants[0].refresh_calls, 1, "single flight across daemons");
     assert!(!grants[0].revoked);
@@ -557,20 +555,24 @@ async fn a_refresh_that_meets_a_provider_outage_retries_and_succeeds(pool: PgPoo
     );
     job.max_attempts = 5;
     let job = Queue::new(pool).enqueue(job).await.unwrap().job().id;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (state, attempt) = loop {
-        let (state, attempt): (String, i32) =
-            sqlx::query_as("SELECT state, attempt FROM jobs WHERE id = $1")
-                .bind(job)
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-        if state == "succeeded" || state == "failed" {
-            break (state, attempt);
-        }
-        assert!(Instant::now() < deadline, "refresh job stuck in {state}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (state, attempt) = wait_for(
+        "the refresh job to finish",
+        Duration::from_secs(30),
+        || async {
+            let (state, attempt): (String, i32) =
+                sqlx::query_as("SELECT state, attempt FROM jobs WHERE id = $1")
+                    .bind(job)
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+            if state == "succeeded" || state == "failed" {
+                Ok((state, attempt))
+            } else {
+                Err(state)
+            }
+        },
+    )
+    .await;
     assert_eq!((state.as_str(), attempt), ("succeeded", 3));
     let g = &app.sandbox.oauth_grants()[grant as usize];
     assert_eq!(

@@ -386,11 +386,9 @@ async fn jobs_of_a_dead_worker_are_rescued_and_completed(pool: PgPool) {
         .await
         .unwrap();
     let h = Scripted::new(Duration::ZERO, |_, _| Ok(()));
-    let t0 = Instant::now();
     let w = start(&pool, config(&[("q", 1)]), "k", h.clone());
     let job = wait_state(&queue, id, "succeeded").await;
     w.stop().await;
-    assert!(t0.elapsed() < Duration::from_secs(5));
     assert_eq!(h.calls().len(), 1, "ran exactly once more");
     assert_eq!(job.attempt, 2);
     assert!(job.errors[0]["error"].as_str().unwrap().contains("rescued"));
@@ -428,9 +426,8 @@ async fn shutdown_finishes_short_jobs_and_hands_back_long_ones(pool: PgPool) {
     let w = start(&pool, cfg, "k", long.clone());
     let b = enqueue(&queue, NewJob::new("q", "k", json!({}))).await;
     wait_state(&queue, b, "running").await;
-    let t0 = Instant::now();
     w.stop().await;
-    assert!(t0.elapsed() < Duration::from_secs(3));
+    // Handed back, not waited for (it would have run for 30 s).
     let job = queue.get(b).await.unwrap().unwrap();
     assert_eq!(job.state, "available");
     assert_eq!(job.attempt, 0);
