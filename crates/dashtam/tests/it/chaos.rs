@@ -577,7 +577,22 @@ async fn chaos_rotating_oauth_tokens() {
     let mut round = 0;
     while Instant::now() < deadline {
         round += 1;
-        c.sync_all(&conns).await;
+        // Connections a kill left needing re-authorization (see below) no
+        // longer sync: their enqueue is refused with a 409.
+        for (user, conn) in &conns {
+            let resp = c
+                .http
+                .post(format!("{}/api/v1/connections/{conn}/syncs", c.api()))
+                .bearer_auth(c.token(user))
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                resp.status().is_success() || resp.status() == 409,
+                "{}",
+                resp.status()
+            );
+        }
         if round % 2 == 0 {
             c.signal(1, "-KILL");
             c.spawn(1);
@@ -587,22 +602,35 @@ async fn chaos_rotating_oauth_tokens() {
     }
     let states = c.wait_settled().await;
     let jobs: i64 = states.values().sum();
-    assert_eq!(
-        states.get("succeeded").copied().unwrap_or(0),
-        jobs,
-        "{states:?}"
-    );
-    let (reauth, refreshes, dead): (i64, i64, i64) = sqlx::query_as(
+    // A refresh token can only be lost one way: the process holding the
+    // token lease is killed after the provider rotated the token and before
+    // the new one was stored (no provider lets us recover from that). Such a
+    // connection has an `abandoned` refresh attempt. Anything else that
+    // needs re-authorization, or any other failed job, is our own race.
+    let unexplained: Vec<(String, String, Value)> = sqlx::query_as(
+        "SELECT j.kind, j.state, j.errors FROM jobs j
+         WHERE j.state <> 'succeeded' AND NOT EXISTS (
+             SELECT 1 FROM audit_records a
+             WHERE a.action = 'token_refresh_abandoned'
+               AND a.resource_id = j.payload->>'connection_id')",
+    )
+    .fetch_all(&c.db)
+    .await
+    .unwrap();
+    assert!(unexplained.is_empty(), "{states:?}: {unexplained:?}");
+    let (reauth, unexplained_reauth, refreshes): (i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM provider_connections WHERE status <> 'active'),
-                (SELECT count(*) FROM audit_records WHERE action = 'token_refresh_succeeded'),
-                (SELECT count(*) FROM audit_records WHERE action = 'reauth_required')",
+                (SELECT count(*) FROM provider_connections p WHERE status <> 'active'
+                   AND NOT EXISTS (SELECT 1 FROM audit_records a
+                                   WHERE a.action = 'token_refresh_abandoned'
+                                     AND a.resource_id = p.id::text)),
+                (SELECT count(*) FROM audit_records WHERE action = 'token_refresh_succeeded')",
     )
     .fetch_one(&c.db)
     .await
     .unwrap();
     assert_eq!(
-        (reauth, dead),
-        (0, 0),
+        unexplained_reauth, 0,
         "refresh tokens burnt by our own races"
     );
     assert!(refreshes > 0, "the access tokens were meant to expire");
@@ -610,7 +638,8 @@ async fn chaos_rotating_oauth_tokens() {
         "{}",
         json!({
             "chaos": "rotating_oauth_tokens", "connections": conns.len(), "jobs": jobs,
-            "refreshes": refreshes, "reauth_required": reauth,
+            "succeeded": states.get("succeeded"), "refreshes": refreshes,
+            "reauth_required_by_a_kill_mid_refresh": reauth, "reauth_required_by_a_race": 0,
             "run_s": (c.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
         })
     );

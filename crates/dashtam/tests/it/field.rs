@@ -559,3 +559,35 @@ async fn sigterm_ends_open_event_streams(pool: PgPool) {
     stopped.await.unwrap();
     shutdown.cancel();
 }
+
+/// A grant the provider gave but we could not store is given back: the
+/// provider's item is removed, not left live and unknown to us.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn a_grant_we_could_not_store_is_revoked(pool: PgPool) {
+    let app = spawn_app_with(pool.clone(), &[Role::Api], test_config()).await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'disk full'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON provider_connections
+           FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let public_token = app.public_token(1, 1).await;
+    let resp = app
+        .http
+        .post(format!("{}/api/v1/connections", app.api))
+        .bearer_auth(app.token("alice"))
+        .json(&json!({ "provider": "plaid", "public_token": public_token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    assert_eq!(app.sandbox.stats().exchange_calls, 1);
+    assert!(
+        app.sandbox.access_tokens().is_empty(),
+        "the exchanged item is still live at the provider"
+    );
+    app.stop().await;
+}
