@@ -295,9 +295,15 @@ impl Daemon {
         if roles.contains(&Role::Worker) {
             let name = process_name();
             let c = &self.config;
+            let gate = Arc::new(dashtam_worker::gate::ProviderGate::new(
+                self.store(),
+                queue_pool.clone(),
+                c.breaker.settings(),
+            ));
             let tokens = TokenKeeper::new(
                 self.store(),
                 self.providers.clone(),
+                gate.clone(),
                 TokenSettings {
                     refresh_lead: Duration::from_secs(c.tokens.refresh_lead_secs),
                     expiry_margin: Duration::from_secs(c.tokens.expiry_margin_secs),
@@ -308,6 +314,7 @@ impl Daemon {
                 self.store(),
                 self.providers.clone(),
                 tokens.clone(),
+                gate,
                 SyncSettings {
                     page_size: c.sync.page_size,
                     page_retries: c.sync.page_retries,
@@ -396,6 +403,26 @@ async fn refresh_gauges(
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not read the queue depth"),
+        }
+        match store.provider_health().await {
+            Ok(rows) => {
+                // Every provider from the first scrape, open or not.
+                for provider in dashtam_domain::model::ProviderKind::ALL {
+                    let open = rows
+                        .iter()
+                        .any(|h| h.provider == provider.as_str() && h.breaker != "closed");
+                    m.provider_breaker_open
+                        .with_label_values(&[provider.as_str()])
+                        .set(i64::from(open));
+                    // Known from the first scrape, so rate() works at once.
+                    for to in ["open", "half_open", "closed", "paused"] {
+                        m.provider_breaker_transitions
+                            .with_label_values(&[provider.as_str(), to])
+                            .inc_by(0);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read provider health"),
         }
         match store.connection_counts().await {
             Ok(counts) => {

@@ -32,6 +32,7 @@ pub struct Config {
     pub providers: ProvidersConfig,
     pub sandbox: SandboxSection,
     pub tokens: TokensConfig,
+    pub breaker: BreakerConfig,
     pub scheduler: SchedulerConfig,
     pub secrets: SecretsConfig,
     pub metrics: MetricsConfig,
@@ -42,6 +43,30 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     pub refresh_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    pub window_secs: u64,
+    pub min_calls: u32,
+    pub failure_ratio: f64,
+    pub cooldown_secs: u64,
+    pub max_cooldown_secs: u64,
+    pub probes: u32,
+}
+
+impl BreakerConfig {
+    pub fn settings(&self) -> dashtam_worker::gate::BreakerSettings {
+        dashtam_worker::gate::BreakerSettings {
+            window: Duration::from_secs(self.window_secs),
+            min_calls: self.min_calls,
+            failure_ratio: self.failure_ratio,
+            cooldown: Duration::from_secs(self.cooldown_secs),
+            max_cooldown: Duration::from_secs(self.max_cooldown_secs),
+            probes: self.probes,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -306,6 +331,22 @@ impl Config {
                     .max(self.providers.schwab.timeout_secs),
             "tokens.lease_secs",
             "must be longer than every provider's timeout_secs",
+        );
+        check(
+            self.breaker.failure_ratio > 0.0 && self.breaker.failure_ratio <= 1.0,
+            "breaker.failure_ratio",
+            "must be above 0 and at most 1",
+        );
+        check(
+            self.breaker.min_calls >= 1 && self.breaker.probes >= 1,
+            "breaker.min_calls",
+            "min_calls and probes must be at least 1",
+        );
+        check(
+            self.breaker.cooldown_secs >= 1
+                && self.breaker.max_cooldown_secs >= self.breaker.cooldown_secs,
+            "breaker.cooldown_secs",
+            "must be at least 1, and max_cooldown_secs at least as long",
         );
         check(
             self.http.header_read_timeout_secs >= 1,

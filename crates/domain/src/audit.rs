@@ -16,6 +16,10 @@ pub enum AuditAction {
     SyncAttempted,
     SyncSucceeded,
     SyncFailed,
+    /// A provider's breaker or pause put the sync off (no attempt spent).
+    SyncDeferred,
+    ProviderBreakerOpened,
+    ProviderBreakerClosed,
     AuthFailed,
     JobCancelled,
     JobRetried,
@@ -37,6 +41,9 @@ impl AuditAction {
             Self::SyncAttempted => "sync_attempted",
             Self::SyncSucceeded => "sync_succeeded",
             Self::SyncFailed => "sync_failed",
+            Self::SyncDeferred => "sync_deferred",
+            Self::ProviderBreakerOpened => "provider_breaker_opened",
+            Self::ProviderBreakerClosed => "provider_breaker_closed",
             Self::AuthFailed => "auth_failed",
             Self::JobCancelled => "job_cancelled",
             Self::JobRetried => "job_retried",
@@ -58,6 +65,8 @@ pub enum AuditOutcome {
     Attempted,
     Succeeded,
     Failed,
+    /// Put off: something the work depends on is unavailable for a while.
+    Deferred,
 }
 
 /// One row of the audit trail, ready to be appended.
@@ -91,6 +100,7 @@ impl AuditOutcome {
             Self::Attempted => "attempted",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
+            Self::Deferred => "deferred",
         }
     }
 }

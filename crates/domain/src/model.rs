@@ -19,6 +19,8 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    pub const ALL: [Self; 2] = [Self::Plaid, Self::Schwab];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Plaid => "plaid",

@@ -33,7 +33,7 @@ next AS (
     LIMIT $2
 )
 UPDATE jobs AS j
-SET state = 'running', attempt = j.attempt + 1, locked_by = $3, started_at = now()
+SET state = 'running', attempt = j.attempt + 1, locked_by = $3, started_at = now(), waiting = NULL
 FROM next
 WHERE j.id = next.id
-RETURNING j.id, j.queue, j.kind, j.payload, j.attempt, j.max_attempts, j.owner, j.run_at, j.started_at
+RETURNING j.id, j.queue, j.kind, j.payload, j.attempt, j.max_attempts, j.owner, j.throttle_key, j.run_at, j.started_at

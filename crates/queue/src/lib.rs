@@ -84,6 +84,9 @@ pub struct NewJob {
     pub unique_key: Option<String>,
     /// The tenant the job belongs to, for access checks.
     pub owner: Option<String>,
+    /// The key whose breaker and pauses apply to the job (its provider),
+    /// so its pending jobs can be snoozed and woken together.
+    pub throttle_key: Option<String>,
 }
 
 impl NewJob {
@@ -97,6 +100,7 @@ impl NewJob {
             run_at: None,
             unique_key: None,
             owner: None,
+            throttle_key: None,
         }
     }
 }
@@ -115,6 +119,9 @@ pub struct JobRecord {
     pub run_at: DateTime<Utc>,
     pub unique_key: Option<String>,
     pub owner: Option<String>,
+    pub throttle_key: Option<String>,
+    /// Why a snoozed job waits: `{"reason": …, "until": …}`.
+    pub waiting: Option<serde_json::Value>,
     pub locked_by: Option<Uuid>,
     pub cancel_requested: bool,
     pub progress: Option<serde_json::Value>,
@@ -275,9 +282,9 @@ impl Queue {
     }
 }
 
-/// Binds the job columns both enqueue statements unnest, as `$1`–`$9`:
+/// Binds the job columns both enqueue statements unnest, as `$1`–`$10`:
 /// id, queue, kind, payload, priority, max_attempts, run_at, owner,
-/// unique_key.
+/// unique_key, throttle_key.
 pub(crate) fn bind_jobs<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
     ids: &'q [Uuid],
@@ -299,6 +306,7 @@ pub(crate) fn bind_jobs<'q, O>(
         )
         .bind(text(|j| j.owner.as_deref()))
         .bind(text(|j| j.unique_key.as_deref()))
+        .bind(text(|j| j.throttle_key.as_deref()))
 }
 
 /// [`Queue::enqueue_many`] on any executor: inside a caller's transaction,

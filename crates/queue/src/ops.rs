@@ -67,6 +67,54 @@ pub async fn discard<'e>(
         .await?)
 }
 
+/// Snoozes every pending job of `throttle_key` due before `until` until
+/// then, with `waiting` saying why (no attempt spent). Returns how many.
+pub async fn snooze_pending<'e>(
+    exec: impl PgExecutor<'e>,
+    throttle_key: &str,
+    until: chrono::DateTime<chrono::Utc>,
+    waiting: &serde_json::Value,
+) -> Result<u64, QueueError> {
+    Ok(sqlx::query(include_str!("../queries/snooze_pending.sql"))
+        .bind(throttle_key)
+        .bind(until)
+        .bind(waiting)
+        .execute(exec)
+        .await?
+        .rows_affected())
+}
+
+/// Makes the jobs snoozed for `throttle_key` due now, and wakes their
+/// workers. Returns how many.
+pub async fn wake_snoozed(pool: &PgPool, throttle_key: &str) -> Result<u64, QueueError> {
+    let mut tx = pool.begin().await?;
+    let queues: Vec<String> = sqlx::query_scalar(include_str!("../queries/wake_snoozed.sql"))
+        .bind(throttle_key)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut distinct = queues.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    for q in &distinct {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(crate::NOTIFY_CHANNEL)
+            .bind(q)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(queues.len() as u64)
+}
+
+/// Pending jobs snoozed for each throttle key.
+pub async fn snoozed_counts(pool: &PgPool) -> Result<Vec<(String, i64)>, QueueError> {
+    Ok(
+        sqlx::query_as(include_str!("../queries/snoozed_counts.sql"))
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
 /// Stops workers claiming from `queue` (running jobs carry on).
 pub async fn pause<'e>(exec: impl PgExecutor<'e>, queue: &str, by: &str) -> Result<(), QueueError> {
     sqlx::query(include_str!("../queries/pause.sql"))

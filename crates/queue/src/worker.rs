@@ -80,6 +80,13 @@ pub enum JobError {
     /// The job saw a cancellation request and stopped.
     #[error("cancelled")]
     Cancelled,
+    /// Not now, and not the job's fault: something it depends on (a
+    /// provider whose breaker is open, or that asked everyone to wait) is
+    /// unavailable until `after` from now. The job waits that long without
+    /// spending an attempt or recording an error; `reason` (a stable word,
+    /// e.g. `provider_unavailable`) is shown with the time in its `waiting`.
+    #[error("waiting: {reason}")]
+    Snooze { after: Duration, reason: String },
 }
 
 impl JobError {
@@ -108,6 +115,7 @@ pub struct JobContext {
     pub attempt: i32,
     pub max_attempts: i32,
     pub owner: Option<String>,
+    pub throttle_key: Option<String>,
     worker_id: Uuid,
     /// The claim's lease token: the job row's `started_at` as this claim
     /// set it. Every write about the job is fenced by it.
@@ -165,6 +173,10 @@ pub(crate) enum Outcome {
         state: &'static str,
         delay: Duration,
         message: String,
+    },
+    Snoozed {
+        delay: Duration,
+        waiting: serde_json::Value,
     },
 }
 
@@ -377,6 +389,7 @@ struct Claimed {
     attempt: i32,
     max_attempts: i32,
     owner: Option<String>,
+    throttle_key: Option<String>,
     run_at: chrono::DateTime<chrono::Utc>,
     started_at: chrono::DateTime<chrono::Utc>,
 }
@@ -526,6 +539,7 @@ impl Fetcher {
             attempt: job.attempt,
             max_attempts: job.max_attempts,
             owner: job.owner,
+            throttle_key: job.throttle_key,
             worker_id: self.worker_id,
             started_at: job.started_at,
             pool: self.pool.clone(),
@@ -541,6 +555,15 @@ impl Fetcher {
             };
             let outcome = match result {
                 Ok(()) => Outcome::Succeeded,
+                Err(JobError::Snooze { after, reason }) => {
+                    debug!(reason = %reason, ?after, "job snoozed");
+                    let until =
+                        chrono::Utc::now() + chrono::Duration::from_std(after).unwrap_or_default();
+                    Outcome::Snoozed {
+                        delay: after,
+                        waiting: serde_json::json!({ "reason": reason, "until": until }),
+                    }
+                }
                 Err(JobError::Cancelled) => Outcome::Failed {
                     state: "cancelled",
                     delay: Duration::ZERO,
@@ -575,6 +598,7 @@ impl Fetcher {
             };
             let event = match &outcome {
                 Outcome::Succeeded => "succeeded",
+                Outcome::Snoozed { .. } => "snoozed",
                 Outcome::Failed {
                     state: "retryable", ..
                 } => "retried",
@@ -642,6 +666,8 @@ pub(crate) async fn write_outcomes(
     let (mut s_ids, mut s_starts) = (Vec::new(), Vec::new());
     let (mut f_ids, mut f_states, mut f_delays, mut f_msgs, mut f_starts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut z_ids, mut z_delays, mut z_waiting, mut z_starts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for c in done {
         match &c.outcome {
             Outcome::Succeeded => {
@@ -659,7 +685,23 @@ pub(crate) async fn write_outcomes(
                 f_msgs.push(message.as_str());
                 f_starts.push(c.started_at);
             }
+            Outcome::Snoozed { delay, waiting } => {
+                z_ids.push(c.id);
+                z_delays.push(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                z_waiting.push(waiting.clone());
+                z_starts.push(c.started_at);
+            }
         }
+    }
+    if !z_ids.is_empty() {
+        sqlx::query(include_str!("../queries/complete_snoozed.sql"))
+            .bind(&z_ids)
+            .bind(&z_delays)
+            .bind(&z_waiting)
+            .bind(worker_id)
+            .bind(&z_starts)
+            .execute(pool)
+            .await?;
     }
     if !s_ids.is_empty() {
         sqlx::query(include_str!("../queries/complete_succeeded.sql"))

@@ -262,7 +262,7 @@ impl Scheduler {
         let due = sweeps::refresh_due(&mut *tx, now + span(s.refresh_lead)).await?;
         let jobs: Vec<NewJob> = due
             .into_iter()
-            .map(|(id, user)| {
+            .map(|(id, user, provider)| {
                 let job = TokenRefreshJob::new(id, None);
                 let mut new = NewJob::new(
                     QUEUE_TOKEN_REFRESH,
@@ -273,6 +273,7 @@ impl Scheduler {
                 new.max_attempts = s.token_refresh_max_attempts;
                 // The user the work is for sees the job in the API.
                 new.owner = Some(user);
+                new.throttle_key = Some(provider);
                 new
             })
             .collect();
@@ -304,6 +305,7 @@ impl Scheduler {
                 new.unique_key = Some(job.unique_key());
                 new.max_attempts = s.sync_max_attempts;
                 new.owner = Some(user);
+                new.throttle_key = Some(provider.as_str().to_owned());
                 // Jitter: 100,000 due connections become a steady trickle.
                 let delay = fastrand::u64(..=spread_ms);
                 new.run_at = Some(now + chrono::Duration::milliseconds(delay as i64));

@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod health;
 pub mod idempotency;
 pub mod migrate;
+pub mod providers;
 pub mod reads;
 pub mod sweeps;
 pub mod sync;

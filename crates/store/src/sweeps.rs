@@ -19,17 +19,21 @@ fn due(rows: Vec<(Uuid, String)>) -> Vec<Due> {
         .collect()
 }
 
-/// Active connections whose access token expires before `before`.
+/// Active connections whose access token expires before `before`, with
+/// their user and provider.
 pub async fn refresh_due<'e>(
     executor: impl PgExecutor<'e>,
     before: DateTime<Utc>,
-) -> Result<Vec<Due>, StoreError> {
-    Ok(due(sqlx::query_as(include_str!(
-        "../queries/refresh_due.sql"
-    ))
-    .bind(before)
-    .fetch_all(executor)
-    .await?))
+) -> Result<Vec<(ConnectionId, String, String)>, StoreError> {
+    let rows: Vec<(Uuid, String, String)> =
+        sqlx::query_as(include_str!("../queries/refresh_due.sql"))
+            .bind(before)
+            .fetch_all(executor)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, user, provider)| (ConnectionId(id), user, provider))
+        .collect())
 }
 
 /// Flags (once each) active connections whose refresh token expires before

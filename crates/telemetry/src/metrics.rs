@@ -18,6 +18,8 @@ pub struct Metrics {
     pub job_pickup_seconds: HistogramVec,
     pub provider_requests: IntCounterVec,
     pub provider_request_seconds: HistogramVec,
+    pub provider_breaker_transitions: IntCounterVec,
+    pub provider_breaker_open: IntGaugeVec,
     pub transactions_ingested: IntCounterVec,
     pub token_refreshes: IntCounterVec,
     pub scheduler_leader: IntGauge,
@@ -111,6 +113,20 @@ impl Metrics {
                 "Provider HTTP request latency.",
                 &["provider", "endpoint"],
                 LATENCY.to_vec(),
+            ),
+            provider_breaker_transitions: counter(
+                &r,
+                "dashtam_provider_breaker_transitions_total",
+                "Provider breaker transitions made by this process, by provider and new \
+                 state (open, half_open, closed; paused: a 429 paused the provider).",
+                &["provider", "to"],
+            ),
+            provider_breaker_open: int_gauge(
+                &r,
+                "dashtam_provider_breaker_open",
+                "1 while the provider's breaker is open or half-open (cluster-wide, \
+                 read from the database), else 0.",
+                &["provider"],
             ),
             transactions_ingested: counter(
                 &r,

@@ -13,6 +13,31 @@ pub(crate) struct Failure {
     /// The provider refused the credentials: the connection needs the user
     /// to authorize again.
     pub reauth: bool,
+    /// The provider's data changed during pagination (restart the pass).
+    pub mutation: bool,
+    /// The access token expired (refresh, then call again).
+    pub token_expired: bool,
+}
+
+impl From<crate::gate::Wait> for Failure {
+    /// The provider is down or paused for everyone: the job waits, without
+    /// spending its attempt.
+    fn from(w: crate::gate::Wait) -> Self {
+        Self {
+            reason: format!(
+                "waiting for the provider ({}) until {}",
+                w.reason,
+                w.until.to_rfc3339()
+            ),
+            error: JobError::Snooze {
+                after: w.delay(),
+                reason: w.reason.to_owned(),
+            },
+            reauth: false,
+            mutation: false,
+            token_expired: false,
+        }
+    }
 }
 
 impl Failure {
@@ -22,6 +47,8 @@ impl Failure {
             error: JobError::permanent(reason.clone()),
             reason,
             reauth: false,
+            mutation: false,
+            token_expired: false,
         }
     }
 
@@ -31,6 +58,8 @@ impl Failure {
             error: JobError::Cancelled,
             reason: "cancelled on request".into(),
             reauth: false,
+            mutation: false,
+            token_expired: false,
         }
     }
 
@@ -65,6 +94,8 @@ impl From<StoreError> for Failure {
             error,
             reason,
             reauth: false,
+            mutation: false,
+            token_expired: false,
         }
     }
 }
@@ -73,6 +104,8 @@ impl From<ProviderError> for Failure {
     fn from(e: ProviderError) -> Self {
         let reason = e.to_string();
         let reauth = matches!(e, ProviderError::Unauthorized(_));
+        let mutation = matches!(e, ProviderError::MutationDuringPagination);
+        let token_expired = matches!(e, ProviderError::AccessTokenExpired);
         let error = match e {
             ProviderError::Transient(_)
             | ProviderError::MutationDuringPagination
@@ -89,6 +122,8 @@ impl From<ProviderError> for Failure {
             error,
             reason,
             reauth,
+            mutation,
+            token_expired,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! [`TokenKeeper`] and nowhere else.
 
 mod failure;
+pub mod gate;
 mod sync;
 mod tokens;
 

@@ -2,6 +2,7 @@
 //! open, normalize, then commit everything (rows, new cursor, audit OUTCOME
 //! and the job's own success) in one short transaction.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +25,7 @@ use tracing::{info, warn};
 
 use crate::audit_entry as entry;
 use crate::failure::Failure;
+use crate::gate::ProviderGate;
 use crate::tokens::TokenKeeper;
 
 #[derive(Clone, Debug)]
@@ -47,19 +49,36 @@ pub struct SyncSettings {
 /// the attempt (the job is retried after it, without holding a slot).
 const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(10);
 
-/// Runs one provider call, retrying it in place (up to `retries` times) on
-/// a transient error or a short rate limit: exponential backoff with full
-/// jitter from 250 ms (at most 5 s), or the provider's `Retry-After`. One
-/// flaky page then costs a page, not the sync attempt and every page
-/// fetched before it.
-async fn retry_in_place<T, F, Fut>(retries: u32, mut call: F) -> Result<T, ProviderError>
+/// Runs one provider call through the provider's gate (see `gate`),
+/// retrying it in place (up to `retries` times) on a transient error or a
+/// short rate limit: exponential backoff with full jitter from 250 ms (at
+/// most 5 s), or the provider's `Retry-After`. One flaky page then costs a
+/// page, not the sync attempt and every page fetched before it. While the
+/// provider's breaker is open or it asked everyone to wait, the call does
+/// not go out: the caller is told to wait ([`Failure`] snoozes the job
+/// without spending its attempt); so is a caller whose retries ran out
+/// while the breaker opened.
+pub(crate) async fn call_provider<T, F, Fut>(
+    gate: &ProviderGate,
+    provider: &str,
+    retries: u32,
+    mut call: F,
+) -> Result<T, Failure>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ProviderError>>,
 {
     let mut tries = 0u32;
+    // After waiting out a provider's pause this job received itself, the
+    // next call goes straight out (the pause was this job's to wait out).
+    let mut waited_out = false;
     loop {
-        let delay = match call().await {
+        if !std::mem::take(&mut waited_out) {
+            gate.admit(provider).await?;
+        }
+        let result = call().await;
+        gate.record(provider, &result).await;
+        let delay = match result {
             Err(ProviderError::Transient(e)) if tries < retries => {
                 let cap = (250u64 << tries.min(5)).min(5_000);
                 let delay = Duration::from_millis(fastrand::u64(cap / 4..=cap));
@@ -74,9 +93,16 @@ where
                     ?delay,
                     "provider rate limited a call; waiting it out in place"
                 );
+                waited_out = true;
                 delay
             }
-            other => return other,
+            Err(e @ (ProviderError::Transient(_) | ProviderError::RateLimited { .. })) => {
+                // Out of retries, or a long pause: if the provider is down or
+                // paused for everyone now, wait for it instead of failing.
+                gate.admit(provider).await?;
+                return Err(e.into());
+            }
+            other => return other.map_err(Failure::from),
         };
         tries += 1;
         tokio::time::sleep(delay).await;
@@ -87,6 +113,7 @@ pub struct SyncHandler {
     store: Store,
     providers: Providers,
     tokens: TokenKeeper,
+    gate: Arc<ProviderGate>,
     settings: SyncSettings,
 }
 
@@ -95,12 +122,14 @@ impl SyncHandler {
         store: Store,
         providers: Providers,
         tokens: TokenKeeper,
+        gate: Arc<ProviderGate>,
         settings: SyncSettings,
     ) -> Self {
         Self {
             store,
             providers,
             tokens,
+            gate,
             settings,
         }
     }
@@ -113,6 +142,13 @@ impl Handler for SyncHandler {
             .map_err(|e| JobError::permanent(format!("sync job payload does not parse: {e}")))?;
         let connection = job.connection_id();
         tracing::Span::current().record("connection_id", tracing::field::display(connection));
+        // A provider that is down or paused for everyone: wait, without an
+        // attempt or an audit record.
+        if let Some(provider) = &ctx.throttle_key
+            && let Err(wait) = self.gate.admit(provider).await
+        {
+            return Err(Failure::from(wait).error);
+        }
         self.store
             .audit(&entry(
                 AuditAction::SyncAttempted,
@@ -126,13 +162,11 @@ impl Handler for SyncHandler {
         match self.sync(ctx, connection).await {
             Ok(()) => Ok(()),
             Err(Failure { error, reason, .. }) => {
-                let mut outcome = entry(
-                    AuditAction::SyncFailed,
-                    AuditPhase::Outcome,
-                    AuditOutcome::Failed,
-                    connection,
-                    ctx,
-                );
+                let (action, result) = match &error {
+                    JobError::Snooze { .. } => (AuditAction::SyncDeferred, AuditOutcome::Deferred),
+                    _ => (AuditAction::SyncFailed, AuditOutcome::Failed),
+                };
+                let mut outcome = entry(action, AuditPhase::Outcome, result, connection, ctx);
                 outcome.reason = Some(reason);
                 outcome.context["will_retry"] = matches!(error, JobError::Retry { .. }).into();
                 if let Err(e) = self.store.audit(&outcome).await {
@@ -295,19 +329,22 @@ impl SyncHandler {
             };
             let mut cursor = started_from.map(str::to_owned);
             loop {
-                let page = match retry_in_place(self.settings.page_retries, || {
-                    source.sync_page(
-                        &state.credentials,
-                        cursor.as_deref(),
-                        self.settings.page_size,
-                    )
-                })
-                .await
-                {
+                let page = call_provider(
+                    &self.gate,
+                    state.provider.as_str(),
+                    self.settings.page_retries,
+                    || {
+                        source.sync_page(
+                            &state.credentials,
+                            cursor.as_deref(),
+                            self.settings.page_size,
+                        )
+                    },
+                )
+                .await;
+                let page = match page {
                     Ok(p) => p,
-                    Err(ProviderError::MutationDuringPagination)
-                        if restarts < self.settings.max_restarts =>
-                    {
+                    Err(f) if f.mutation && restarts < self.settings.max_restarts => {
                         restarts += 1;
                         info!(
                             restarts,
@@ -315,7 +352,7 @@ impl SyncHandler {
                         );
                         continue 'restart;
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(f) => return Err(f),
                 };
                 pass.pages += 1;
                 let has_more = page.has_more;
@@ -341,6 +378,8 @@ impl SyncHandler {
         source: &dyn WindowSyncSource,
     ) -> Result<Pass, Failure> {
         let mut token = Tokens {
+            gate: &self.gate,
+            provider: state.provider.as_str(),
             retries: self.settings.page_retries,
             keeper: &self.tokens,
             ctx,
@@ -405,6 +444,8 @@ impl SyncHandler {
 /// The access token a window-style sync uses, refreshed through the
 /// single-flight path when it expires mid-run.
 struct Tokens<'a> {
+    gate: &'a ProviderGate,
+    provider: &'a str,
     retries: u32,
     keeper: &'a TokenKeeper,
     ctx: &'a JobContext,
@@ -432,16 +473,14 @@ impl Tokens<'_> {
         Fut: std::future::Future<Output = Result<T, ProviderError>>,
     {
         let token = self.credentials.access_token.clone();
-        match retry_in_place(self.retries, || f(token.clone())).await {
-            Err(ProviderError::AccessTokenExpired) => {
+        match call_provider(self.gate, self.provider, self.retries, || f(token.clone())).await {
+            Err(failure) if failure.token_expired => {
                 info!("access token expired mid-sync; refreshing");
                 self.refresh().await?;
                 let token = self.credentials.access_token.clone();
-                retry_in_place(self.retries, || f(token.clone()))
-                    .await
-                    .map_err(Failure::from)
+                call_provider(self.gate, self.provider, self.retries, || f(token.clone())).await
             }
-            other => other.map_err(Failure::from),
+            other => other,
         }
     }
 }

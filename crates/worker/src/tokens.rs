@@ -10,6 +10,7 @@
 //! lease is a row lease, not a transaction: nothing stays open in the
 //! database while the provider answers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::audit_entry;
 use crate::failure::Failure;
+use crate::gate::ProviderGate;
 
 #[derive(Clone, Debug)]
 pub struct TokenSettings {
@@ -50,14 +52,21 @@ pub(crate) struct Fresh {
 pub struct TokenKeeper {
     store: Store,
     providers: Providers,
+    gate: Arc<ProviderGate>,
     settings: TokenSettings,
 }
 
 impl TokenKeeper {
-    pub fn new(store: Store, providers: Providers, settings: TokenSettings) -> Self {
+    pub fn new(
+        store: Store,
+        providers: Providers,
+        gate: Arc<ProviderGate>,
+        settings: TokenSettings,
+    ) -> Self {
         Self {
             store,
             providers,
+            gate,
             settings,
         }
     }
@@ -107,6 +116,11 @@ impl TokenKeeper {
                 version,
             });
         };
+        // The provider is down or paused for everyone: wait, without a call.
+        if let Err(wait) = self.gate.admit(provider).await {
+            lease.release().await?;
+            return Err(wait.into());
+        }
         let Some(refresh_token) = credentials.refresh_token.clone() else {
             return Err(self
                 .reauth(ctx, lease, "the connection has no refresh token".into())
@@ -121,7 +135,9 @@ impl TokenKeeper {
                 ctx,
             ))
             .await?;
-        match source.refresh(&refresh_token).await {
+        let refreshed = source.refresh(&refresh_token).await;
+        self.gate.record(provider, &refreshed).await;
+        match refreshed {
             Ok(grant) => {
                 let rotation = match &grant.refresh_token {
                     None => "kept",

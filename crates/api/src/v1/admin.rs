@@ -22,6 +22,7 @@ use utoipa_axum::routes;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(queues))
+        .routes(routes!(providers))
         .routes(routes!(pause))
         .routes(routes!(resume))
         .routes(routes!(retry))
@@ -95,6 +96,66 @@ async fn queues(
     Ok(Json(QueueList {
         data: ops::stats(state.queue.pool()).await?,
     }))
+}
+
+/// One provider as the workers see it.
+#[derive(serde::Serialize, ToSchema)]
+struct ProviderView {
+    provider: &'static str,
+    /// An adapter is configured for it.
+    configured: bool,
+    /// `closed` (calls go through), `open` (none do until `probe_at`) or
+    /// `half_open` (a few probe calls decide).
+    breaker: String,
+    changed_at: Option<chrono::DateTime<chrono::Utc>>,
+    probe_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Consecutive openings (each doubles the cool-down).
+    trips: i32,
+    /// The provider asked every caller to wait until then (a 429).
+    paused_until: Option<chrono::DateTime<chrono::Utc>>,
+    reason: Option<String>,
+    /// Pending jobs snoozed until the provider is back.
+    snoozed_jobs: i64,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct ProviderList {
+    data: Vec<ProviderView>,
+}
+
+/// Each provider's circuit breaker, pause and snoozed jobs.
+#[utoipa::path(
+    get, path = "/admin/providers", tag = "admin",
+    responses((status = 200, body = ProviderList), Problems),
+)]
+async fn providers(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<ProviderList>, ApiError> {
+    require_operator(&caller)?;
+    let health = state.store.provider_health().await?;
+    let snoozed = ops::snoozed_counts(state.queue.pool()).await?;
+    let data = dashtam_domain::model::ProviderKind::ALL
+        .into_iter()
+        .map(|p| {
+            let h = health.iter().find(|h| h.provider == p.as_str());
+            ProviderView {
+                provider: p.as_str(),
+                configured: state.providers.source(p).is_some(),
+                breaker: h.map_or_else(|| "closed".to_owned(), |h| h.breaker.clone()),
+                changed_at: h.map(|h| h.changed_at),
+                probe_at: h.and_then(|h| h.probe_at),
+                trips: h.map_or(0, |h| h.trips),
+                paused_until: h.and_then(|h| h.paused_until),
+                reason: h.and_then(|h| h.reason.clone()),
+                snoozed_jobs: snoozed
+                    .iter()
+                    .find(|(k, _)| k == p.as_str())
+                    .map_or(0, |(_, n)| *n),
+            }
+        })
+        .collect();
+    Ok(Json(ProviderList { data }))
 }
 
 /// `{queue}` in a path.

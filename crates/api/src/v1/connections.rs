@@ -355,6 +355,7 @@ async fn enqueue_sync(
     );
     new.unique_key = Some(job.unique_key());
     new.owner = Some(caller.user.to_string());
+    new.throttle_key = Some(conn.provider.clone());
     new.max_attempts = state.jobs.sync_max_attempts;
     let enqueued = state.queue.enqueue(new).await?;
     let status = match enqueued {

@@ -205,6 +205,9 @@ pub struct JobView {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub progress: Option<serde_json::Value>,
+    /// Why the job waits, when something it depends on asked it to:
+    /// `{"reason": "provider_unavailable" | "provider_rate_limited", "until": …}`.
+    pub waiting: Option<serde_json::Value>,
     pub last_error: Option<serde_json::Value>,
     pub errors: serde_json::Value,
 }
@@ -232,6 +235,7 @@ impl From<JobRecord> for JobView {
             started_at: j.started_at,
             finished_at: j.finished_at,
             progress: j.progress,
+            waiting: j.waiting,
             last_error,
             errors: j.errors,
         }
@@ -312,12 +316,14 @@ async fn events(
             a.attempt,
             a.cancel_requested,
             &a.errors,
+            &a.waiting,
         ) != (
             &b.state,
             &b.progress,
             b.attempt,
             b.cancel_requested,
             &b.errors,
+            &b.waiting,
         )
     }
     let stream = Stream {

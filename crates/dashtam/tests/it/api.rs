@@ -438,6 +438,7 @@ async fn every_endpoint_by_role_and_tenant(pool: PgPool) {
         ("GET", format!("/api/v1/jobs/{j}/events"), 200, 404, 200),
         ("POST", format!("/api/v1/jobs/{j}/cancel"), 409, 404, 409),
         ("GET", "/api/v1/admin/queues".into(), 403, 403, 200),
+        ("GET", "/api/v1/admin/providers".into(), 403, 403, 200),
         (
             "POST",
             "/api/v1/admin/queues/sync/pause".into(),

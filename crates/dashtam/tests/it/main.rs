@@ -13,6 +13,7 @@ mod metrics;
 mod openapi;
 mod operations;
 mod ops;
+mod providers;
 mod ratelimit;
 mod scheduler;
 mod secrets;

@@ -22,6 +22,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/jobs/{job_id}/events"),
     ("post", "/api/v1/jobs/{job_id}/cancel"),
     ("get", "/api/v1/admin/queues"),
+    ("get", "/api/v1/admin/providers"),
     ("post", "/api/v1/admin/queues/{queue}/pause"),
     ("post", "/api/v1/admin/queues/{queue}/resume"),
     ("post", "/api/v1/admin/jobs/{job_id}/retry"),

@@ -1,0 +1,185 @@
+//! Protecting providers: a breaker that opens in an outage and snoozes the
+//! provider's jobs without spending their attempts, and a 429 that pauses
+//! the provider for every job.
+
+use std::time::Duration;
+
+use dashtam::app::Role;
+use dashtam_sandbox::Faults;
+use dashtam_testkit::wait_for;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::helpers::{TestApp, spawn_app_with, test_config};
+
+const MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+async fn app(pool: PgPool) -> TestApp {
+    let mut config = test_config();
+    config.breaker.min_calls = 5;
+    config.breaker.cooldown_secs = 2;
+    config.breaker.max_cooldown_secs = 4;
+    config.breaker.probes = 2;
+    config.sync.page_retries = 1;
+    config.jobs.sync_max_attempts = 3;
+    config.metrics.refresh_secs = 1;
+    spawn_app_with(pool, &[Role::Api, Role::Worker], config).await
+}
+
+async fn enqueue_all(app: &TestApp, conns: &[String]) -> Vec<String> {
+    let mut jobs = Vec::new();
+    for c in conns {
+        let job: Value = app.enqueue_sync("alice", c).await.json().await.unwrap();
+        jobs.push(job["id"].as_str().unwrap().to_owned());
+    }
+    jobs
+}
+
+/// Every job ends succeeded on its first attempt, with no error recorded.
+async fn assert_no_attempt_spent(app: &TestApp, jobs: &[String]) {
+    for id in jobs {
+        let job = app.wait_job("alice", id).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        assert_eq!(job["attempt"], 1, "an attempt was spent: {job}");
+        assert_eq!(job["errors"].as_array().unwrap().len(), 0, "{job}");
+    }
+}
+
+/// A provider outage opens the breaker: the provider's jobs wait
+/// (`provider_unavailable`, with the time they will try again) without
+/// spending attempts; probes close it when the provider is back, and every
+/// job succeeds on its first attempt. Before: every due job burnt its
+/// attempts and died.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn an_outage_opens_the_breaker_and_costs_no_attempt(pool: PgPool) {
+    let app = app(pool.clone()).await;
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(app.connect("alice", 1, 30).await);
+    }
+    app.sandbox.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    let jobs = enqueue_all(&app, &conns).await;
+    let op = app.operator_token("ops");
+    let providers: Value = wait_for("the breaker to open", Duration::from_secs(30), || async {
+        let v: Value = app
+            .http
+            .get(format!("{}/api/v1/admin/providers", app.api))
+            .bearer_auth(&op)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let plaid = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["provider"] == "plaid")
+            .cloned();
+        match plaid {
+            Some(p) if p["breaker"] == "open" && p["snoozed_jobs"].as_i64() > Some(0) => Ok(p),
+            other => Err(other),
+        }
+    })
+    .await;
+    assert!(providers["probe_at"].is_string(), "{providers}");
+    // A waiting job says why, and until when.
+    let waiting = wait_for(
+        "a job to say why it waits",
+        Duration::from_secs(30),
+        || async {
+            for id in &jobs {
+                let j: Value = app
+                    .get("alice", &format!("/api/v1/jobs/{id}"))
+                    .await
+                    .json()
+                    .await
+                    .unwrap();
+                if j["waiting"]["reason"] == "provider_unavailable" {
+                    return Ok(j);
+                }
+            }
+            Err("no job waiting")
+        },
+    )
+    .await;
+    assert!(waiting["waiting"]["until"].is_string(), "{waiting}");
+    assert_eq!(waiting["errors"].as_array().unwrap().len(), 0, "{waiting}");
+    // The provider comes back: probes close the breaker, everything runs.
+    app.sandbox.set_faults(Faults::default());
+    assert_no_attempt_spent(&app, &jobs).await;
+    let transitions: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM audit_records WHERE resource_type = 'provider' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        transitions.first().map(String::as_str),
+        Some("provider_breaker_opened")
+    );
+    assert_eq!(
+        transitions.last().map(String::as_str),
+        Some("provider_breaker_closed")
+    );
+    let metrics = app.scrape().await;
+    assert!(
+        metrics
+            .contains(r#"dashtam_provider_breaker_transitions_total{provider="plaid",to="open"}"#),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+/// A 429 with `Retry-After` pauses the provider for every job (they wait,
+/// `provider_rate_limited`), and no job spends an attempt on it.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn a_429_pauses_the_provider_for_every_job(pool: PgPool) {
+    let app = app(pool.clone()).await;
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        conns.push(app.connect("alice", 1, 30).await);
+    }
+    app.sandbox.set_faults(Faults {
+        rate_limit_rate: 1.0,
+        retry_after_secs: 2,
+        ..Faults::default()
+    });
+    let jobs = enqueue_all(&app, &conns).await;
+    wait_for(
+        "the provider to be paused",
+        Duration::from_secs(30),
+        || async {
+            let paused: Option<bool> = sqlx::query_scalar(
+                "SELECT paused_until > now() FROM provider_health WHERE provider = 'plaid'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+            .flatten();
+            if paused == Some(true) {
+                Ok(())
+            } else {
+                Err(paused)
+            }
+        },
+    )
+    .await;
+    app.sandbox.set_faults(Faults::default());
+    assert_no_attempt_spent(&app, &jobs).await;
+    let waited: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_records WHERE action = 'sync_deferred'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let snoozed = app.scrape().await;
+    assert!(
+        waited > 0 || snoozed.contains(r#"event="snoozed""#),
+        "no job waited for the pause"
+    );
+    app.stop().await;
+}
