@@ -18,7 +18,7 @@ use dashtam_providers::{Providers, Source};
 use dashtam_queue::{Handler, JobContext, JobError};
 use dashtam_store::Store;
 use dashtam_store::connections::SyncState;
-use dashtam_store::sync::{Fence, SyncStats};
+use dashtam_store::sync::{Fence, STAGE_AT, Stage, SyncStats};
 use dashtam_telemetry::metrics::METRICS;
 use secrecy::SecretString;
 use tracing::{info, warn};
@@ -178,13 +178,27 @@ impl Handler for SyncHandler {
     }
 }
 
-/// Where a pass stands: every row the provider returned so far (held in
-/// memory: no transaction is open while the provider is called), and
-/// counters for progress.
+/// Where a pass stands: the rows the provider returned so far (no
+/// transaction is open while the provider is called): up to a chunk in
+/// memory, the rest staged; and counters for progress.
 struct Pass {
+    stage: Stage,
     batch: SyncBatch,
+    /// Rows staged so far.
+    staged: usize,
     pages: u64,
     restarts: u32,
+}
+
+impl Pass {
+    /// Stages the rows in memory once they make a chunk.
+    async fn spill(&mut self) -> Result<(), Failure> {
+        if self.batch.pending_rows() >= STAGE_AT {
+            self.staged += self.batch.pending_rows();
+            self.stage.put(&mut self.batch).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The job's own success, written last in the sync's transaction.
@@ -248,9 +262,11 @@ impl SyncHandler {
         };
 
         let Pass {
+            mut stage,
             mut batch,
             pages,
             restarts,
+            ..
         } = pass;
         let outcome = entry(
             AuditAction::SyncSucceeded,
@@ -270,6 +286,7 @@ impl SyncHandler {
             .commit_sync(
                 connection,
                 state_cursor.as_deref(),
+                &mut stage,
                 &mut batch,
                 &outcome,
                 &fence,
@@ -295,7 +312,7 @@ impl SyncHandler {
     async fn page_done(&self, ctx: &JobContext, pass: &Pass) -> Result<(), Failure> {
         let progress = serde_json::json!({
             "pages": pass.pages,
-            "transactions": pass.batch.upserts.len(),
+            "transactions": pass.staged + pass.batch.upserts.len(),
             "removed": pass.batch.removed.len(),
             "restarts": pass.restarts,
         });
@@ -323,7 +340,9 @@ impl SyncHandler {
             // Everything this pass collects is written at the end; a restart
             // or a failure drops it.
             let mut pass = Pass {
+                stage: self.store.stage(),
                 batch: SyncBatch::default(),
+                staged: 0,
                 pages: 0,
                 restarts,
             };
@@ -358,6 +377,7 @@ impl SyncHandler {
                 let has_more = page.has_more;
                 cursor = Some(page.next_cursor.clone());
                 pass.batch.absorb(page);
+                pass.spill().await?;
                 self.page_done(ctx, &pass).await?;
                 if !has_more {
                     return Ok(pass);
@@ -415,6 +435,8 @@ impl SyncHandler {
             .call(|t| async move { source.accounts(&t).await })
             .await?;
         let mut pass = Pass {
+            stage: self.store.stage(),
+            staged: 0,
             batch: SyncBatch {
                 accounts: accounts.clone(),
                 ..SyncBatch::default()
@@ -432,6 +454,7 @@ impl SyncHandler {
                     .await?;
                 pass.pages += 1;
                 pass.batch.upserts.extend(rows);
+                pass.spill().await?;
                 self.page_done(ctx, &pass).await?;
                 from = to + chrono::Duration::milliseconds(1);
             }

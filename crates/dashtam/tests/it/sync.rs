@@ -268,8 +268,9 @@ async fn a_flaky_page_is_retried_in_place(pool: PgPool) {
     app.stop().await;
 }
 
-/// Past its in-place retries a page fails the attempt; the job is retried
-/// later (after the provider's `Retry-After`), every attempt audited.
+/// Past its in-place retries a transient error fails the attempt, retried
+/// later; a 429 past its in-place retries pauses the provider and the job
+/// waits without spending an attempt. Every attempt is audited.
 #[sqlx::test(migrator = "MIGRATIONS")]
 async fn server_errors_and_rate_limits_are_retried_with_delay(pool: PgPool) {
     let mut config = test_config();
@@ -282,19 +283,16 @@ async fn server_errors_and_rate_limits_are_retried_with_delay(pool: PgPool) {
     });
     let job = app.sync("alice", &conn).await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    assert_eq!(job["attempt"], 3);
+    // The 500 cost an attempt; the 429 did not.
+    assert_eq!(job["attempt"], 2, "{job}");
     let errors = job["errors"].as_array().unwrap();
-    assert_eq!(errors.len(), 2);
+    assert_eq!(errors.len(), 1, "{job}");
     assert!(
         errors[0]["error"].as_str().unwrap().contains("HTTP 500"),
         "{job}"
     );
-    assert!(
-        errors[1]["error"].as_str().unwrap().contains("rate limit"),
-        "{job}"
-    );
     assert_eq!(app.count("SELECT count(*) FROM transactions").await, 50);
-    // Every attempt is audited: 3 attempts, 2 failed outcomes, 1 success.
+    // Every attempt is audited: 3 runs, 1 failed, 1 deferred, 1 success.
     assert_eq!(
         app.count("SELECT count(*) FROM audit_records WHERE phase = 'attempt'")
             .await,
@@ -303,14 +301,22 @@ async fn server_errors_and_rate_limits_are_retried_with_delay(pool: PgPool) {
     assert_eq!(
         app.count("SELECT count(*) FROM audit_records WHERE outcome = 'failed'")
             .await,
-        2
+        1
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM audit_records WHERE outcome = 'deferred'")
+            .await,
+        1
     );
     app.stop().await;
 }
 
 #[sqlx::test(migrator = "MIGRATIONS")]
 async fn persistent_server_errors_exhaust_attempts_and_write_nothing(pool: PgPool) {
-    let app = spawn_app(pool).await;
+    // One connection's errors, not a provider outage: the breaker stays shut.
+    let mut config = test_config();
+    config.breaker.min_calls = 1000;
+    let app = spawn_app_with(pool, &[Role::Api, Role::Worker], config).await;
     let conn = app.connect("alice", 1, 50).await;
     app.sandbox.set_faults(Faults {
         error_rate: 1.0,

@@ -1,0 +1,1 @@
+DELETE FROM sync_staging WHERE stage_id = $1

@@ -1,0 +1,1 @@
+INSERT INTO sync_staging (stage_id, chunk, body) VALUES ($1, $2, $3)
