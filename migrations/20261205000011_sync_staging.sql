@@ -11,3 +11,6 @@ CREATE UNLOGGED TABLE sync_staging (
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (stage_id, chunk)
 );
+-- Chunks are read once, soon: compressing them (pglz) costs more CPU than
+-- the disk it saves.
+ALTER TABLE sync_staging ALTER COLUMN body SET STORAGE EXTERNAL;

@@ -3,6 +3,7 @@
 //! and the job's own success) in one short transaction.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -43,6 +44,9 @@ pub struct SyncSettings {
     /// How often one provider call (a page) is retried in place after a
     /// transient error or a short rate limit before the attempt fails.
     pub page_retries: u32,
+    /// Rows the process's syncs may hold in memory together before they
+    /// stage further pages in the database (about 2 KB a row).
+    pub memory_budget_rows: usize,
 }
 
 /// The longest `Retry-After` a page waits out in place; a longer one ends
@@ -178,26 +182,62 @@ impl Handler for SyncHandler {
     }
 }
 
+/// Rows every sync pass of this process holds in memory together.
+static HELD_ROWS: AtomicUsize = AtomicUsize::new(0);
+
 /// Where a pass stands: the rows the provider returned so far (no
-/// transaction is open while the provider is called): up to a chunk in
-/// memory, the rest staged; and counters for progress.
+/// transaction is open while the provider is called), in memory while the
+/// process's passes together hold fewer than the memory budget, staged in
+/// chunks past it; and counters for progress.
 struct Pass {
     stage: Stage,
     batch: SyncBatch,
     /// Rows staged so far.
     staged: usize,
+    /// Rows of `batch` counted in `HELD_ROWS`.
+    held: usize,
+    /// `sync.memory_budget_rows`.
+    budget: usize,
     pages: u64,
     restarts: u32,
 }
 
 impl Pass {
-    /// Stages the rows in memory once they make a chunk.
+    fn new(store: &Store, budget: usize, batch: SyncBatch, restarts: u32) -> Self {
+        Self {
+            stage: store.stage(),
+            batch,
+            staged: 0,
+            held: 0,
+            budget,
+            pages: 0,
+            restarts,
+        }
+    }
+
+    /// Counts the rows now in memory; stages a chunk of them once the
+    /// process holds more than its budget (a big first sync among many).
     async fn spill(&mut self) -> Result<(), Failure> {
-        if self.batch.pending_rows() >= STAGE_AT {
-            self.staged += self.batch.pending_rows();
+        let now = self.batch.pending_rows();
+        if now > self.held {
+            HELD_ROWS.fetch_add(now - self.held, Ordering::Relaxed);
+        } else {
+            HELD_ROWS.fetch_sub(self.held - now, Ordering::Relaxed);
+        }
+        self.held = now;
+        if now >= STAGE_AT && HELD_ROWS.load(Ordering::Relaxed) > self.budget {
+            self.staged += now;
             self.stage.put(&mut self.batch).await?;
+            HELD_ROWS.fetch_sub(self.held, Ordering::Relaxed);
+            self.held = 0;
         }
         Ok(())
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        HELD_ROWS.fetch_sub(self.held, Ordering::Relaxed);
     }
 }
 
@@ -261,13 +301,10 @@ impl SyncHandler {
             other => other?,
         };
 
-        let Pass {
-            mut stage,
-            mut batch,
-            pages,
-            restarts,
-            ..
-        } = pass;
+        let mut pass = pass;
+        let (pages, restarts) = (pass.pages, pass.restarts);
+        let mut batch = std::mem::take(&mut pass.batch);
+        let stage = &mut pass.stage;
         let outcome = entry(
             AuditAction::SyncSucceeded,
             AuditPhase::Outcome,
@@ -286,7 +323,7 @@ impl SyncHandler {
             .commit_sync(
                 connection,
                 state_cursor.as_deref(),
-                &mut stage,
+                stage,
                 &mut batch,
                 &outcome,
                 &fence,
@@ -339,13 +376,12 @@ impl SyncHandler {
         'restart: loop {
             // Everything this pass collects is written at the end; a restart
             // or a failure drops it.
-            let mut pass = Pass {
-                stage: self.store.stage(),
-                batch: SyncBatch::default(),
-                staged: 0,
-                pages: 0,
+            let mut pass = Pass::new(
+                &self.store,
+                self.settings.memory_budget_rows,
+                SyncBatch::default(),
                 restarts,
-            };
+            );
             let mut cursor = started_from.map(str::to_owned);
             loop {
                 let page = call_provider(
@@ -434,16 +470,15 @@ impl SyncHandler {
         let accounts = token
             .call(|t| async move { source.accounts(&t).await })
             .await?;
-        let mut pass = Pass {
-            stage: self.store.stage(),
-            staged: 0,
-            batch: SyncBatch {
+        let mut pass = Pass::new(
+            &self.store,
+            self.settings.memory_budget_rows,
+            SyncBatch {
                 accounts: accounts.clone(),
                 ..SyncBatch::default()
             },
-            pages: 0,
-            restarts: 0,
-        };
+            0,
+        );
         for account in &accounts {
             let mut from = start;
             while from < end {
