@@ -318,7 +318,6 @@ impl Daemon {
                 SyncSettings {
                     page_size: c.sync.page_size,
                     page_retries: c.sync.page_retries,
-                    memory_budget_rows: c.sync.memory_budget_rows,
                     max_restarts: c.sync.max_restarts,
                     window_overlap: Duration::from_secs(c.sync.window_overlap_hours * 3600),
                     initial_history: Duration::from_secs(c.sync.initial_history_days * 86_400),

@@ -234,7 +234,6 @@ pub struct JobsConfig {
 pub struct SyncConfig {
     pub page_size: u32,
     pub page_retries: u32,
-    pub memory_budget_rows: usize,
     pub max_restarts: u32,
     pub window_overlap_hours: u64,
     pub initial_history_days: u64,

@@ -114,7 +114,7 @@ pub struct NormalizedAccount {
 }
 
 /// A transaction as the provider reports it, normalized.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct NormalizedTransaction {
     pub provider_account_id: String,
     pub provider_transaction_id: String,
@@ -140,7 +140,7 @@ pub struct NormalizedTransaction {
 }
 
 /// A transaction the provider says is gone.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemovedTransaction {
     pub provider_account_id: String,
     pub provider_transaction_id: String,

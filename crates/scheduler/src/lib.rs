@@ -319,18 +319,13 @@ impl Scheduler {
         })
     }
 
-    /// Returns how many rows went (finished jobs, idempotency keys and
-    /// stages of syncs whose process died).
+    /// Returns how many rows went (finished jobs and idempotency keys).
     async fn prune(&self) -> Result<u64, ScheduleError> {
         let jobs = dashtam_queue::ops::prune(&self.pool, self.settings.retention).await?;
         let keys = self
             .store
             .prune_idempotency_keys(self.settings.idempotency_ttl)
             .await?;
-        let stages = self
-            .store
-            .prune_stages(std::time::Duration::from_secs(86_400))
-            .await?;
-        Ok(jobs + keys + stages)
+        Ok(jobs + keys)
     }
 }

@@ -3,16 +3,13 @@
 //! A sync collects every page from the provider first, with no transaction
 //! open (a slow provider must not hold a pool connection, row locks or the
 //! database's xmin horizon, which would stop autovacuum cleaning the
-//! constantly churning `jobs` table). Rows wait in memory up to a chunk; a
-//! full chunk is *staged* ([`Stage::put`]: one short insert into the
-//! unlogged `sync_staging` table), so a first sync of a large history holds
-//! at most one chunk in memory. [`Store::commit_sync`] then opens one
+//! constantly churning `jobs` table). [`Store::commit_sync`] then opens one
 //! transaction that checks the connection's cursor is still the one the
-//! sync started from, replays the staged chunks in order and writes the
-//! rest (accounts, transactions, removals), moves the cursor, appends the
-//! audit OUTCOME and, last, lets the job's [`Fence`] mark the job succeeded
-//! if its claim is still valid: rows, cursor, OUTCOME and the job's success
-//! become visible together, or not at all.
+//! sync started from, bulk-writes accounts, transactions and removals, moves
+//! the cursor, appends the audit OUTCOME and, last, lets the job's
+//! [`Fence`] mark the job succeeded if its claim is still valid: rows,
+//! cursor, OUTCOME and the job's success become visible together, or not at
+//! all.
 
 use std::collections::HashMap;
 
@@ -30,97 +27,6 @@ use crate::{Store, StoreError, audit};
 /// Rows per bulk statement: large enough to amortize round trips, small
 /// enough to keep each statement's memory modest.
 const CHUNK: usize = 5_000;
-
-/// Rows a sync holds in memory before it stages them.
-pub const STAGE_AT: usize = CHUNK;
-
-/// What one staged chunk holds: transactions then removals, already folded
-/// (no id is both upserted and removed in one chunk), so replaying chunks in
-/// order gives the provider's order.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Chunk {
-    upserts: Vec<dashtam_domain::model::NormalizedTransaction>,
-    removed: Vec<dashtam_domain::model::RemovedTransaction>,
-}
-
-/// The chunks one sync pass staged. Dropped without a commit, it deletes
-/// them (in the background); a crash empties the unlogged table, and the
-/// scheduler's prune cycle removes what is left of a dead process's pass.
-pub struct Stage {
-    store: Store,
-    id: Uuid,
-    chunks: i32,
-    committed: bool,
-}
-
-impl Store {
-    /// A new, empty stage for one sync pass.
-    pub fn stage(&self) -> Stage {
-        Stage {
-            store: self.clone(),
-            id: Uuid::now_v7(),
-            chunks: 0,
-            committed: false,
-        }
-    }
-
-    /// Deletes stages older than `age` (their process died mid-sync).
-    pub async fn prune_stages(&self, age: std::time::Duration) -> Result<u64, StoreError> {
-        Ok(sqlx::query(include_str!("../queries/prune_stages.sql"))
-            .bind(age.as_secs_f64())
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
-    }
-}
-
-impl Stage {
-    /// Stages (and drains) the batch's transactions and removals: one
-    /// short insert, no transaction held.
-    pub async fn put(&mut self, batch: &mut SyncBatch) -> Result<(), StoreError> {
-        if batch.pending_rows() == 0 {
-            return Ok(());
-        }
-        batch.dedupe_upserts();
-        let chunk = Chunk {
-            upserts: std::mem::take(&mut batch.upserts),
-            removed: std::mem::take(&mut batch.removed),
-        };
-        let body = serde_json::to_vec(&chunk)
-            .map_err(|e| StoreError::Corrupt(format!("a chunk does not serialize: {e}")))?;
-        sqlx::query(include_str!("../queries/stage_chunk.sql"))
-            .bind(self.id)
-            .bind(self.chunks)
-            .bind(body)
-            .execute(&self.store.pool)
-            .await?;
-        self.chunks += 1;
-        Ok(())
-    }
-
-    /// Chunks staged so far.
-    pub fn chunks(&self) -> i32 {
-        self.chunks
-    }
-}
-
-impl Drop for Stage {
-    fn drop(&mut self) {
-        if self.committed || self.chunks == 0 {
-            return;
-        }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let pool = self.store.pool.clone();
-            let id = self.id;
-            rt.spawn(async move {
-                let _ = sqlx::query(include_str!("../queries/drop_stage.sql"))
-                    .bind(id)
-                    .execute(&pool)
-                    .await;
-            });
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct SyncStats {
@@ -156,56 +62,22 @@ struct SyncTx {
 }
 
 impl Store {
-    /// Commits a whole sync (see the module docs): `stage` and then `batch`
-    /// hold every page the provider returned since `started_from`; `batch`
-    /// the accounts and the `next_cursor`. [`StoreError::Conflict`] if
-    /// another sync moved the cursor first, a staged chunk is missing (a
-    /// crash emptied the stage) or the job's claim is gone; nothing is
-    /// written then.
+    /// Commits a whole sync (see the module docs): `batch` holds every page
+    /// the provider returned since `started_from`, and its `next_cursor`.
+    /// [`StoreError::Conflict`] if another sync moved the cursor first or
+    /// the job's claim is gone; nothing is written then.
     pub async fn commit_sync(
         &self,
         connection: ConnectionId,
         started_from: Option<&str>,
-        stage: &mut Stage,
         batch: &mut SyncBatch,
         outcome: &AuditEntry,
         fence: &dyn Fence,
     ) -> Result<SyncStats, StoreError> {
         let mut tx = self.begin_sync(connection, started_from).await?;
-        tx.write_accounts(&batch.accounts).await?;
-        for n in 0..stage.chunks {
-            let body: Option<Vec<u8>> =
-                sqlx::query_scalar(include_str!("../queries/staged_chunk.sql"))
-                    .bind(stage.id)
-                    .bind(n)
-                    .fetch_optional(&mut *tx.tx)
-                    .await?;
-            let body = body.ok_or_else(|| {
-                StoreError::Conflict(format!(
-                    "staged chunk {n} of this sync is gone (the database restarted); syncing again"
-                ))
-            })?;
-            let chunk: Chunk = serde_json::from_slice(&body)
-                .map_err(|e| StoreError::Corrupt(format!("a staged chunk does not parse: {e}")))?;
-            let mut staged = SyncBatch {
-                upserts: chunk.upserts,
-                removed: chunk.removed,
-                ..SyncBatch::default()
-            };
-            tx.write(&mut staged).await?;
-        }
         tx.write(batch).await?;
-        if stage.chunks > 0 {
-            sqlx::query(include_str!("../queries/drop_stage.sql"))
-                .bind(stage.id)
-                .execute(&mut *tx.tx)
-                .await?;
-        }
-        let stats = tx
-            .commit(batch.next_cursor.as_deref(), outcome, fence)
-            .await?;
-        stage.committed = true;
-        Ok(stats)
+        tx.commit(batch.next_cursor.as_deref(), outcome, fence)
+            .await
     }
 
     async fn begin_sync(
@@ -251,8 +123,9 @@ impl Store {
 }
 
 impl SyncTx {
-    /// Writes (and drains) the batch's transactions and removals.
+    /// Writes (and drains) the batch's accounts, transactions and removals.
     async fn write(&mut self, batch: &mut SyncBatch) -> Result<(), StoreError> {
+        self.write_accounts(&batch.accounts).await?;
         batch.dedupe_upserts();
         self.stats.received += batch.upserts.len() as u64;
         for chunk in batch.upserts.chunks(CHUNK) {

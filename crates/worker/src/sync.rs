@@ -3,7 +3,6 @@
 //! and the job's own success) in one short transaction.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,7 +18,7 @@ use dashtam_providers::{Providers, Source};
 use dashtam_queue::{Handler, JobContext, JobError};
 use dashtam_store::Store;
 use dashtam_store::connections::SyncState;
-use dashtam_store::sync::{Fence, STAGE_AT, Stage, SyncStats};
+use dashtam_store::sync::{Fence, SyncStats};
 use dashtam_telemetry::metrics::METRICS;
 use secrecy::SecretString;
 use tracing::{info, warn};
@@ -44,9 +43,6 @@ pub struct SyncSettings {
     /// How often one provider call (a page) is retried in place after a
     /// transient error or a short rate limit before the attempt fails.
     pub page_retries: u32,
-    /// Rows the process's syncs may hold in memory together before they
-    /// stage further pages in the database (about 2 KB a row).
-    pub memory_budget_rows: usize,
 }
 
 /// The longest `Retry-After` a page waits out in place; a longer one ends
@@ -182,63 +178,13 @@ impl Handler for SyncHandler {
     }
 }
 
-/// Rows every sync pass of this process holds in memory together.
-static HELD_ROWS: AtomicUsize = AtomicUsize::new(0);
-
-/// Where a pass stands: the rows the provider returned so far (no
-/// transaction is open while the provider is called), in memory while the
-/// process's passes together hold fewer than the memory budget, staged in
-/// chunks past it; and counters for progress.
+/// Where a pass stands: every row the provider returned so far (held in
+/// memory: no transaction is open while the provider is called), and
+/// counters for progress.
 struct Pass {
-    stage: Stage,
     batch: SyncBatch,
-    /// Rows staged so far.
-    staged: usize,
-    /// Rows of `batch` counted in `HELD_ROWS`.
-    held: usize,
-    /// `sync.memory_budget_rows`.
-    budget: usize,
     pages: u64,
     restarts: u32,
-}
-
-impl Pass {
-    fn new(store: &Store, budget: usize, batch: SyncBatch, restarts: u32) -> Self {
-        Self {
-            stage: store.stage(),
-            batch,
-            staged: 0,
-            held: 0,
-            budget,
-            pages: 0,
-            restarts,
-        }
-    }
-
-    /// Counts the rows now in memory; stages a chunk of them once the
-    /// process holds more than its budget (a big first sync among many).
-    async fn spill(&mut self) -> Result<(), Failure> {
-        let now = self.batch.pending_rows();
-        if now > self.held {
-            HELD_ROWS.fetch_add(now - self.held, Ordering::Relaxed);
-        } else {
-            HELD_ROWS.fetch_sub(self.held - now, Ordering::Relaxed);
-        }
-        self.held = now;
-        if now >= STAGE_AT && HELD_ROWS.load(Ordering::Relaxed) > self.budget {
-            self.staged += now;
-            self.stage.put(&mut self.batch).await?;
-            HELD_ROWS.fetch_sub(self.held, Ordering::Relaxed);
-            self.held = 0;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Pass {
-    fn drop(&mut self) {
-        HELD_ROWS.fetch_sub(self.held, Ordering::Relaxed);
-    }
 }
 
 /// The job's own success, written last in the sync's transaction.
@@ -301,10 +247,11 @@ impl SyncHandler {
             other => other?,
         };
 
-        let mut pass = pass;
-        let (pages, restarts) = (pass.pages, pass.restarts);
-        let mut batch = std::mem::take(&mut pass.batch);
-        let stage = &mut pass.stage;
+        let Pass {
+            mut batch,
+            pages,
+            restarts,
+        } = pass;
         let outcome = entry(
             AuditAction::SyncSucceeded,
             AuditPhase::Outcome,
@@ -323,7 +270,6 @@ impl SyncHandler {
             .commit_sync(
                 connection,
                 state_cursor.as_deref(),
-                stage,
                 &mut batch,
                 &outcome,
                 &fence,
@@ -349,7 +295,7 @@ impl SyncHandler {
     async fn page_done(&self, ctx: &JobContext, pass: &Pass) -> Result<(), Failure> {
         let progress = serde_json::json!({
             "pages": pass.pages,
-            "transactions": pass.staged + pass.batch.upserts.len(),
+            "transactions": pass.batch.upserts.len(),
             "removed": pass.batch.removed.len(),
             "restarts": pass.restarts,
         });
@@ -376,12 +322,11 @@ impl SyncHandler {
         'restart: loop {
             // Everything this pass collects is written at the end; a restart
             // or a failure drops it.
-            let mut pass = Pass::new(
-                &self.store,
-                self.settings.memory_budget_rows,
-                SyncBatch::default(),
+            let mut pass = Pass {
+                batch: SyncBatch::default(),
+                pages: 0,
                 restarts,
-            );
+            };
             let mut cursor = started_from.map(str::to_owned);
             loop {
                 let page = call_provider(
@@ -413,7 +358,6 @@ impl SyncHandler {
                 let has_more = page.has_more;
                 cursor = Some(page.next_cursor.clone());
                 pass.batch.absorb(page);
-                pass.spill().await?;
                 self.page_done(ctx, &pass).await?;
                 if !has_more {
                     return Ok(pass);
@@ -470,15 +414,14 @@ impl SyncHandler {
         let accounts = token
             .call(|t| async move { source.accounts(&t).await })
             .await?;
-        let mut pass = Pass::new(
-            &self.store,
-            self.settings.memory_budget_rows,
-            SyncBatch {
+        let mut pass = Pass {
+            batch: SyncBatch {
                 accounts: accounts.clone(),
                 ..SyncBatch::default()
             },
-            0,
-        );
+            pages: 0,
+            restarts: 0,
+        };
         for account in &accounts {
             let mut from = start;
             while from < end {
@@ -489,7 +432,6 @@ impl SyncHandler {
                     .await?;
                 pass.pages += 1;
                 pass.batch.upserts.extend(rows);
-                pass.spill().await?;
                 self.page_done(ctx, &pass).await?;
                 from = to + chrono::Duration::milliseconds(1);
             }

@@ -355,33 +355,3 @@ async fn refused_credentials_fail_at_once_and_require_reauth(pool: PgPool) {
     assert_eq!(resp.status(), 409);
     app.stop().await;
 }
-
-/// Past the process's memory budget a sync stages its pages in chunks and
-/// replays them when it commits: every row arrives once, and the stage is
-/// gone afterwards.
-#[sqlx::test(migrator = "MIGRATIONS")]
-async fn a_sync_past_the_memory_budget_stages_its_pages(pool: PgPool) {
-    let mut config = test_config();
-    config.sync.memory_budget_rows = 0;
-    config.sync.page_size = 500;
-    let app = spawn_app_with(pool, &[Role::Api, Role::Worker], config).await;
-    let conn = app.connect("alice", 2, 6000).await;
-    let job = app.sync("alice", &conn).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
-    assert_eq!(app.count("SELECT count(*) FROM transactions").await, 12_000);
-    assert_eq!(app.count("SELECT count(*) FROM sync_staging").await, 0);
-    // Again, with changes: still once each.
-    app.control(
-        &format!("items/{}/advance", app.only_item()),
-        serde_json::json!({ "post_pending": true, "modify": 3, "remove": 2, "add": 7 }),
-    )
-    .await;
-    let job = app.sync("alice", &conn).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
-    assert_eq!(
-        app.count("SELECT count(*) FROM transactions WHERE removed_at IS NULL")
-            .await,
-        app.sandbox.ground_truth().len() as i64
-    );
-    app.stop().await;
-}

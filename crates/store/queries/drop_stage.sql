@@ -1,1 +1,0 @@
-DELETE FROM sync_staging WHERE stage_id = $1

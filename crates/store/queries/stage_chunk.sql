@@ -1,1 +1,0 @@
-INSERT INTO sync_staging (stage_id, chunk, body) VALUES ($1, $2, $3)
