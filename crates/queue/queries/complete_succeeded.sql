@@ -1,8 +1,11 @@
 -- Batched completion. Each job is fenced by its claim: the holder ($2) and
 -- the claim's start time (the lease token), so an outcome of a claim that
--- was lost or rescued meanwhile changes nothing. The join on unnest keeps
--- the plan on the primary key.
+-- was lost or rescued meanwhile changes nothing. The holder is compared
+-- with IS NOT DISTINCT FROM on purpose: as `=` it lets the planner walk
+-- this worker's entries in jobs_running_holder (dead ones included, until
+-- vacuum) for every batch instead of looking each job up by primary key;
+-- a drain fell from ~25,000 to ~2,000 jobs/s that way.
 UPDATE jobs AS j
 SET state = 'succeeded', finished_at = now(), locked_by = NULL
 FROM unnest($1::uuid[], $3::timestamptz[]) AS u(id, started_at)
-WHERE j.id = u.id AND j.state = 'running' AND j.locked_by = $2 AND j.started_at = u.started_at
+WHERE j.id = u.id AND j.state = 'running' AND j.locked_by IS NOT DISTINCT FROM $2 AND j.started_at = u.started_at
