@@ -46,7 +46,8 @@ pub struct BreakerSettings {
     /// time, up to `max_cooldown`).
     pub cooldown: Duration,
     pub max_cooldown: Duration,
-    /// Successful probe calls that close it.
+    /// Probe calls that decide: this many successes close it, this many
+    /// failures open it again.
     pub probes: u32,
 }
 
@@ -86,8 +87,9 @@ fn seen<T>(r: &Result<T, ProviderError>) -> Seen {
 struct Local {
     /// (when, failed) of this daemon's recent calls.
     calls: VecDeque<(Instant, bool)>,
-    /// Successful calls while this daemon held the probes.
+    /// Successful and failed calls while this daemon held the probes.
     probe_successes: u32,
+    probe_failures: u32,
 }
 
 pub struct ProviderGate {
@@ -205,10 +207,12 @@ impl ProviderGate {
                     .provider_breaker_transitions
                     .with_label_values(&[provider, "half_open"])
                     .inc();
-                self.local()
-                    .entry(provider.to_owned())
-                    .or_default()
-                    .probe_successes = 0;
+                {
+                    let mut local = self.local();
+                    let l = local.entry(provider.to_owned()).or_default();
+                    l.probe_successes = 0;
+                    l.probe_failures = 0;
+                }
                 self.forget_shared();
                 Ok(())
             }
@@ -223,6 +227,43 @@ impl ProviderGate {
         }
     }
 
+    /// Whether `provider` is down or paused for everyone, as far as this
+    /// daemon can tell: its breaker is open or probing, it asked everyone to
+    /// wait, or this daemon's own recent calls mostly failed (the breaker may
+    /// be about to open). A call whose in-place retries ran out then waits
+    /// instead of failing its attempt.
+    pub async fn down(&self, provider: &str) -> Option<Wait> {
+        let now = Utc::now();
+        let later = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or_default();
+        if let Some(h) = self.health(provider).await {
+            if let Some(until) = h.paused_until.filter(|u| *u > now) {
+                return Some(Wait {
+                    until,
+                    reason: "provider_rate_limited",
+                });
+            }
+            if h.breaker != "closed" {
+                return Some(Wait {
+                    until: h
+                        .probe_at
+                        .filter(|p| *p > now)
+                        .unwrap_or_else(|| later(PROBE_WAIT)),
+                    reason: "provider_unavailable",
+                });
+            }
+        }
+        let local = self.local();
+        let l = local.get(provider)?;
+        let total = l.calls.len() as u32;
+        let failures = l.calls.iter().filter(|(_, f)| *f).count() as u32;
+        (total >= self.settings.min_calls
+            && f64::from(failures) >= self.settings.failure_ratio * f64::from(total))
+        .then(|| Wait {
+            until: later(self.settings.cooldown),
+            reason: "provider_unavailable",
+        })
+    }
+
     /// Records what a call to `provider` came to, tripping, pausing or
     /// closing the provider's breaker as it says.
     pub async fn record<T>(&self, provider: &str, result: &Result<T, ProviderError>) {
@@ -235,15 +276,19 @@ impl ProviderGate {
             return;
         }
         let failed = seen == Seen::Down;
-        let (trip, probed_ok) = {
+        let (trip, probed_ok, probed_failed) = {
             let mut local = self.local();
             let l = local.entry(provider.to_owned()).or_default();
             let now = Instant::now();
             l.calls.push_back((now, failed));
-            while l
-                .calls
-                .front()
-                .is_some_and(|(at, _)| now.duration_since(*at) > self.settings.window)
+            // The last 2 × min_calls calls within the window: a sharp
+            // outage after a busy spell trips after ~min_calls failures,
+            // not after as many failures as there were successes.
+            let keep = (self.settings.min_calls as usize * 2).max(1);
+            while l.calls.len() > keep
+                || l.calls
+                    .front()
+                    .is_some_and(|(at, _)| now.duration_since(*at) > self.settings.window)
             {
                 l.calls.pop_front();
             }
@@ -252,10 +297,12 @@ impl ProviderGate {
             let trip = failed
                 && total >= self.settings.min_calls
                 && f64::from(failures) >= self.settings.failure_ratio * f64::from(total);
-            if !failed {
+            if failed {
+                l.probe_failures += 1;
+            } else {
                 l.probe_successes += 1;
             }
-            (trip, l.probe_successes)
+            (trip, l.probe_successes, l.probe_failures)
         };
         let Some(h) = self.health(provider).await else {
             if trip {
@@ -264,8 +311,10 @@ impl ProviderGate {
             return;
         };
         let probing = h.breaker == "half_open" && h.probe_holder == Some(self.id);
-        if probing && failed {
-            // A failed probe: open again, for longer.
+        // Probes decide by count, not by the first answer: a provider that
+        // is up but flaky (a few 5xx among many 200s) closes the breaker,
+        // one that is still down opens it again, for longer.
+        if probing && probed_failed >= self.settings.probes {
             self.trip(provider).await;
         } else if probing && probed_ok >= self.settings.probes {
             self.close(provider).await;

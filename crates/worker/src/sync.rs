@@ -99,7 +99,9 @@ where
             Err(e @ (ProviderError::Transient(_) | ProviderError::RateLimited { .. })) => {
                 // Out of retries, or a long pause: if the provider is down or
                 // paused for everyone now, wait for it instead of failing.
-                gate.admit(provider).await?;
+                if let Some(wait) = gate.down(provider).await {
+                    return Err(wait.into());
+                }
                 return Err(e.into());
             }
             other => return other.map_err(Failure::from),

@@ -112,7 +112,10 @@ impl Cluster {
             .args(["serve", "--database-url", &self.pg.url("postgres")])
             .args(["--listen", &format!("127.0.0.1:{}", d.port)])
             .env_remove("RUST_LOG")
-            .env("DASHTAM__LOG__FILTER", "error")
+            .env(
+                "DASHTAM__LOG__FILTER",
+                std::env::var("CHAOS_LOG_FILTER").unwrap_or_else(|_| "error".into()),
+            )
             .env("DASHTAM__AUTH__JWT_SECRET", self.jwt.expose_secret())
             .env("DASHTAM__CRYPTO__ACTIVE_KEY", "k1")
             .env("DASHTAM__CRYPTO__KEYS__K1", self.key.expose_secret())
@@ -133,9 +136,11 @@ impl Cluster {
             .env("DASHTAM__DATABASE__ACQUIRE_TIMEOUT_SECS", "10")
             .env("DASHTAM__SCHEDULER__CYCLES__STALE_SYNC", "")
             .env("DASHTAM__SCHEDULER__CYCLES__PRUNE", "")
+            .env("DASHTAM__BREAKER__COOLDOWN_SECS", "2")
+            .env("DASHTAM__BREAKER__MAX_COOLDOWN_SECS", "8")
             .envs(d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log(i))
             .spawn()
             .unwrap();
         self.daemons[i].child = Some(child);
@@ -368,7 +373,14 @@ impl Cluster {
         .fetch_one(&self.db)
         .await
         .unwrap();
+        let retried: Vec<Value> = sqlx::query_scalar(
+            "SELECT errors FROM jobs WHERE jsonb_array_length(errors) > 0 LIMIT 3",
+        )
+        .fetch_all(&self.db)
+        .await
+        .unwrap();
         let figures = json!({
+            "sample_errors": retried,
             "chaos": scenario,
             "connections": CONNECTIONS,
             "transactions": truth.len(),
@@ -395,6 +407,19 @@ impl Drop for Cluster {
             }
         }
         self.stop.cancel();
+    }
+}
+
+/// Where daemon `i` logs: `$CHAOS_LOG_DIR/daemon-<i>.log` when set (to
+/// look into a failed scenario), else nowhere.
+fn log(i: usize) -> Stdio {
+    match std::env::var("CHAOS_LOG_DIR") {
+        Ok(dir) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::path::Path::new(&dir).join(format!("daemon-{i}.log")))
+            .map_or_else(|_| Stdio::null(), Stdio::from),
+        Err(_) => Stdio::null(),
     }
 }
 

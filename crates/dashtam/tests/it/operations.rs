@@ -81,7 +81,10 @@ async fn a_cancelled_running_sync_stops_and_commits_nothing(pool: PgPool) {
 
 #[sqlx::test(migrator = "MIGRATIONS")]
 async fn operators_retry_discard_and_pause(pool: PgPool) {
-    let app = spawn_app(pool).await;
+    // One connection failing for good (the breaker stays shut): it dies.
+    let mut config = test_config();
+    config.breaker.min_calls = 1000;
+    let app = spawn_app_with(pool, &[Role::Api, Role::Worker], config).await;
     let op = app.operator_token("ops-1");
     let client = app.token("alice");
     let conn = app.connect("alice", 1, 30).await;
