@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::serve_sandbox;
+use crate::helpers::{sandbox_public_token, serve_sandbox};
 
 const MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
@@ -197,24 +197,12 @@ impl Cluster {
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
             let user = format!("tenant-{}", i % 5);
-            let linked: Value = self
-                .http
-                .post(format!("{}/sandbox/public_token/create", self.sandbox_url))
-                .json(&json!({
-                    "client_id": "dashtam-sandbox-client", "secret": "dashtam-sandbox-secret",
-                    "institution_id": "ins_1", "initial_products": ["transactions"],
-                }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let public_token = sandbox_public_token(&self.http, &self.sandbox_url).await;
             let resp = self
                 .http
                 .post(format!("{}/api/v1/connections", self.api()))
                 .bearer_auth(self.token(&user))
-                .json(&json!({ "provider": "plaid", "public_token": linked["public_token"] }))
+                .json(&json!({ "provider": "plaid", "public_token": public_token }))
                 .send()
                 .await
                 .unwrap();

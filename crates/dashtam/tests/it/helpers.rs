@@ -48,6 +48,24 @@ pub async fn serve_sandbox(sandbox: &Sandbox, shutdown: &CancellationToken) -> S
     format!("http://{addr}")
 }
 
+/// The sandbox's link step with its default keys and item size: a
+/// one-time public token for a new item.
+pub async fn sandbox_public_token(http: &reqwest::Client, sandbox_url: &str) -> String {
+    let linked: Value = http
+        .post(format!("{sandbox_url}/sandbox/public_token/create"))
+        .json(&json!({
+            "client_id": "dashtam-sandbox-client", "secret": "dashtam-sandbox-secret",
+            "institution_id": "ins_1", "initial_products": ["transactions"],
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    linked["public_token"].as_str().unwrap().to_owned()
+}
+
 /// Goes through the sandbox's OAuth consent step (no redirects followed)
 /// and returns the code from the `Location` it answers with.
 pub async fn authorization_code(
@@ -498,22 +516,11 @@ impl DaemonProcess {
     /// the connection id.
     pub async fn connect(&self, token: &str, sandbox_url: &str) -> String {
         let http = reqwest::Client::new();
-        let linked: Value = http
-            .post(format!("{sandbox_url}/sandbox/public_token/create"))
-            .json(&json!({
-                "client_id": "dashtam-sandbox-client", "secret": "dashtam-sandbox-secret",
-                "institution_id": "ins_1", "initial_products": ["transactions"],
-            }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let public_token = sandbox_public_token(&http, sandbox_url).await;
         let conn: Value = http
             .post(format!("{}/api/v1/connections", self.api))
             .bearer_auth(token)
-            .json(&json!({ "provider": "plaid", "public_token": linked["public_token"] }))
+            .json(&json!({ "provider": "plaid", "public_token": public_token }))
             .send()
             .await
             .unwrap()

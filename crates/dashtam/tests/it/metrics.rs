@@ -149,23 +149,12 @@ async fn log_lines_carry_request_and_job_context(pool: PgPool) {
     .await;
     let http = reqwest::Client::new();
     let token = daemon.token("alice");
-    let linked: serde_json::Value = http
-        .post(format!("{sandbox_url}/sandbox/public_token/create"))
-        .json(&serde_json::json!({
-            "client_id": "dashtam-sandbox-client", "secret": "dashtam-sandbox-secret",
-            "institution_id": "ins_1", "initial_products": ["transactions"],
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let public_token = crate::helpers::sandbox_public_token(&http, &sandbox_url).await;
     let resp = http
         .post(format!("{}/api/v1/connections", daemon.api))
         .bearer_auth(&token)
         .header("x-request-id", "lb-4711")
-        .json(&serde_json::json!({ "provider": "plaid", "public_token": linked["public_token"] }))
+        .json(&serde_json::json!({ "provider": "plaid", "public_token": public_token }))
         .send()
         .await
         .unwrap();
