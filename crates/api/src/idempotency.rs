@@ -27,12 +27,21 @@ use crate::{AppState, RequestId};
 const HEADER: &str = "idempotency-key";
 
 /// Runs `work` in its own task, so it finishes even if the client goes
-/// away; a panic is a 500.
+/// away.
+async fn spawned(
+    work: impl Future<Output = Response> + Send + 'static,
+) -> Result<Response, tokio::task::JoinError> {
+    tokio::spawn(work.in_current_span()).await
+}
+
+/// A handler that panicked: a 500.
+fn failed(e: tokio::task::JoinError) -> Response {
+    ApiError::internal(format!("request handler failed: {e}")).into_response()
+}
+
+/// [`spawned`], a panic being a 500.
 async fn to_completion(work: impl Future<Output = Response> + Send + 'static) -> Response {
-    match tokio::spawn(work.in_current_span()).await {
-        Ok(resp) => resp,
-        Err(e) => ApiError::internal(format!("request handler failed: {e}")).into_response(),
-    }
+    spawned(work).await.unwrap_or_else(failed)
 }
 
 pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -116,20 +125,23 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         .map(|r| r.0.to_string())
         .unwrap_or_default();
     let request = Request::from_parts(parts, Body::from(bytes));
-    let released = (state.clone(), subject.clone(), key.clone());
-    let work = async move {
-        let resp = next.run(request).await;
-        remember(&state, &subject, &key, &instance, &request_id, resp).await
+    let work = {
+        let (state, subject, key) = (state.clone(), subject.clone(), key.clone());
+        async move {
+            let resp = next.run(request).await;
+            remember(&state, &subject, &key, &instance, &request_id, resp).await
+        }
     };
-    let resp = to_completion(work).await;
-    if resp.status().is_server_error() {
-        // Covers a handler that panicked, which never reached `remember`.
-        let (state, subject, key) = released;
-        if let Err(e) = state.store.idempotency_release(&subject, &key).await {
-            tracing::warn!(error = %e, "could not release an idempotency key");
+    match spawned(work).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            // The handler panicked and never reached `remember`.
+            if let Err(e) = state.store.idempotency_release(&subject, &key).await {
+                tracing::warn!(error = %e, "could not release an idempotency key");
+            }
+            failed(e)
         }
     }
-    resp
 }
 
 /// Stores the response under the key (a problem rendered as the client

@@ -73,15 +73,14 @@ impl Ledger {
     }
 
     /// Outcomes now written: no longer held, remembered for a while.
-    pub(crate) fn written(&self, done: &[Completion]) {
+    pub(crate) fn written(&self, done: impl IntoIterator<Item = Completion>) {
         let now = Instant::now();
         let mut b = self.books();
         for c in done {
             if b.held.get(&c.id) == Some(&c.started_at) {
                 b.held.remove(&c.id);
             }
-            b.written
-                .insert(c.id, (c.started_at, c.outcome.clone(), now));
+            b.written.insert(c.id, (c.started_at, c.outcome, now));
         }
     }
 
@@ -163,23 +162,22 @@ async fn release_strays(
             .bind(&starts)
             .fetch_all(&mut *tx)
             .await?;
-    let jobs = crate::worker::abandoned(
+    let released = crate::worker::given_back(
+        &mut tx,
         rows,
         "the worker lost its claim on this job in a database crash",
         "released",
-    );
-    if let Some(hook) = hook {
-        hook.abandoned(&mut tx, &jobs).await?;
-    }
-    crate::worker::notify_queues(&mut tx, &jobs).await?;
+        hook,
+    )
+    .await?;
     tx.commit().await?;
-    if !jobs.is_empty() {
+    if released > 0 {
         warn!(
-            count = jobs.len(),
+            count = released,
             "released jobs this worker held in the database but was not running"
         );
     }
-    Ok(jobs.len())
+    Ok(released)
 }
 
 #[cfg(test)]
@@ -192,7 +190,7 @@ mod tests {
         let id = Uuid::now_v7();
         let at = Utc::now();
         ledger.claimed([(id, at)]);
-        ledger.written(&[Completion {
+        ledger.written([Completion {
             id,
             started_at: at,
             outcome: Outcome::Succeeded,
@@ -209,7 +207,7 @@ mod tests {
         let old = Utc::now() - chrono::Duration::seconds(5);
         let new = Utc::now();
         ledger.claimed([(id, new)]);
-        ledger.written(&[Completion {
+        ledger.written([Completion {
             id,
             started_at: old,
             outcome: Outcome::Succeeded,

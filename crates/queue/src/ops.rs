@@ -92,16 +92,7 @@ pub async fn wake_snoozed(pool: &PgPool, throttle_key: &str) -> Result<u64, Queu
         .bind(throttle_key)
         .fetch_all(&mut *tx)
         .await?;
-    let mut distinct = queues.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    for q in &distinct {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(crate::NOTIFY_CHANNEL)
-            .bind(q)
-            .execute(&mut *tx)
-            .await?;
-    }
+    crate::worker::notify(&mut tx, queues.iter().map(String::as_str)).await?;
     tx.commit().await?;
     Ok(queues.len() as u64)
 }

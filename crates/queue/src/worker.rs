@@ -321,15 +321,14 @@ impl WorkerPool {
                 .bind(self.id)
                 .fetch_all(&mut *tx)
                 .await?;
-            let jobs = abandoned(
+            given_back(
+                &mut tx,
                 rows,
                 "the worker shut down before the job finished; handed back uncharged",
                 "handed_back",
-            );
-            if let Some(hook) = &self.abandon_hook {
-                hook.abandoned(&mut tx, &jobs).await?;
-            }
-            notify_queues(&mut tx, &jobs).await?;
+                self.abandon_hook.as_ref(),
+            )
+            .await?;
             tx.commit().await?;
             ledger.released(&handed_back);
         }
@@ -651,8 +650,7 @@ async fn complete(
             warn!(error = %e, ?pause, "recording job outcomes failed; retrying");
             tokio::time::sleep(pause).await;
         }
-        ledger.written(&buf);
-        buf.clear();
+        ledger.written(buf.drain(..));
     }
 }
 
@@ -816,31 +814,36 @@ pub async fn rescue_once(
         .bind(secs)
         .fetch_all(&mut *tx)
         .await?;
-    let jobs = abandoned(
+    let rescued = given_back(
+        &mut tx,
         rows,
         "the worker running this job stopped heartbeating",
         "rescued",
-    );
-    if let Some(hook) = hook {
-        hook.abandoned(&mut tx, &jobs).await?;
-    }
-    notify_queues(&mut tx, &jobs).await?;
+        hook,
+    )
+    .await?;
     sqlx::query(include_str!("../queries/prune_workers.sql"))
         .bind(secs * 10.0)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(jobs.len())
+    Ok(rescued)
 }
 
-/// Rows `(id, queue, kind, attempt)` of jobs taken from their worker, as
-/// [`AbandonedJob`]s, counted under `event`.
-pub(crate) fn abandoned(
+/// Jobs taken from their worker without an outcome, as rows `(id, queue,
+/// kind, attempt)` of the statement that took them on `conn`: counted under
+/// `event`, reported to `hook` (which closes their attempts in the audit
+/// trail) and their queues woken, all in that statement's transaction.
+/// Returns how many.
+pub(crate) async fn given_back(
+    conn: &mut sqlx::PgConnection,
     rows: Vec<(Uuid, String, String, i32)>,
     reason: &str,
     event: &str,
-) -> Vec<AbandonedJob> {
-    rows.into_iter()
+    hook: Option<&Arc<dyn AbandonHook>>,
+) -> Result<usize, QueueError> {
+    let jobs: Vec<AbandonedJob> = rows
+        .into_iter()
         .map(|(id, queue, kind, attempt)| {
             METRICS
                 .jobs
@@ -854,15 +857,21 @@ pub(crate) fn abandoned(
                 reason: reason.to_owned(),
             }
         })
-        .collect()
+        .collect();
+    if let Some(hook) = hook {
+        hook.abandoned(&mut *conn, &jobs).await?;
+    }
+    notify(&mut *conn, jobs.iter().map(|j| j.queue.as_str())).await?;
+    Ok(jobs.len())
 }
 
-/// Wakes the workers of every queue a job went back to.
-pub(crate) async fn notify_queues(
+/// Wakes the workers of `queues` (each once), when `conn`'s transaction
+/// commits.
+pub(crate) async fn notify<'a>(
     conn: &mut sqlx::PgConnection,
-    jobs: &[AbandonedJob],
+    queues: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), sqlx::Error> {
-    let mut queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    let mut queues: Vec<&str> = queues.into_iter().collect();
     queues.sort_unstable();
     queues.dedup();
     for q in queues {

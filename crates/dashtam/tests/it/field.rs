@@ -484,7 +484,9 @@ async fn postgres_going_away_is_503_and_a_restart_costs_reads_nothing() {
     for r in reads {
         assert_eq!(r.await.unwrap(), 200);
     }
-    pg.restart();
+    // As the field does it: a crash, not a clean stop.
+    pg.crash();
+    pg.start();
     for _ in 0..16 {
         let resp = app
             .get("alice", &format!("/api/v1/connections/{conn}"))
