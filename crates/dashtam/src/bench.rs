@@ -59,6 +59,8 @@ pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<
             concurrency: opts.concurrency,
             fetch_batch: opts.concurrency,
             prefetch: 0,
+            // Every bench connection belongs to one user.
+            max_running_per_owner: 0,
         },
     );
     config.database.max_connections = config
@@ -224,6 +226,7 @@ fn queue_worker_config(
         concurrency,
         fetch_batch,
         prefetch: fetch_batch,
+        max_running_per_owner: 0,
     }];
     wc
 }
@@ -332,6 +335,141 @@ pub async fn drain(config: Config, opts: QueueBenchOptions) -> anyhow::Result<()
         "drain_s": round3(drain_s),
         "jobs_per_s": (opts.jobs as f64 / drain_s).round(),
         "peak_rss_mb": peak_rss_kb().max(rss_before) / 1024,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+/// Options of `bench fairness`.
+pub struct FairnessBenchOptions {
+    pub queue: QueueBenchOptions,
+    /// The large owner's due jobs, ahead of everyone else's.
+    pub backlog: usize,
+    /// Small owners, enqueued once the backlog is draining.
+    pub owners: usize,
+    pub jobs_per_owner: usize,
+    /// How long each job works (standing in for a provider call).
+    pub job_ms: u64,
+}
+
+/// Notes when each owner's jobs start and how many finished.
+struct OwnerProbe {
+    job: Duration,
+    first_start: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    finished: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+#[async_trait::async_trait]
+impl dashtam_queue::Handler for OwnerProbe {
+    async fn handle(&self, job: &dashtam_queue::JobContext) -> Result<(), dashtam_queue::JobError> {
+        let owner = job.owner.clone().unwrap_or_default();
+        self.first_start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(owner.clone())
+            .or_insert_with(Instant::now);
+        tokio::time::sleep(self.job).await;
+        *self
+            .finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(owner)
+            .or_default() += 1;
+        Ok(())
+    }
+}
+
+/// Tenant fairness: one owner's backlog of due jobs drains; small owners
+/// enqueue a few jobs each meanwhile. Reports how long after their enqueue
+/// each small owner's first job started, and when all of theirs were done.
+pub async fn fairness(config: Config, opts: FairnessBenchOptions) -> anyhow::Result<()> {
+    let q = &opts.queue;
+    let pool = fresh_queue_db(&config, &q.database_url, q.queued).await?;
+    let queue = Queue::new(pool.clone());
+    let owned = |owner: &str, n: usize| -> Vec<NewJob> {
+        (0..n)
+            .map(|_| {
+                let mut j = NewJob::new(BENCH_QUEUE, BENCH_KIND, json!({}));
+                j.owner = Some(owner.to_owned());
+                j
+            })
+            .collect()
+    };
+    for chunk in owned("large", opts.backlog).chunks(50_000) {
+        queue.enqueue_many(chunk).await?;
+    }
+    let probe = Arc::new(OwnerProbe {
+        job: Duration::from_millis(opts.job_ms),
+        first_start: Default::default(),
+        finished: Default::default(),
+    });
+    let shutdown = CancellationToken::new();
+    let worker = dashtam_queue::WorkerPool::new(
+        warm(
+            app::queue_pool(&config, &pool),
+            config.worker.max_connections,
+        )
+        .await?,
+        queue_worker_config(&config, q.concurrency, q.fetch_batch),
+    )
+    .handle(BENCH_KIND, probe.clone());
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move { worker.run(stop).await });
+    let finished = |owner: &str| -> usize {
+        probe
+            .finished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(owner)
+            .copied()
+            .unwrap_or(0)
+    };
+    // The backlog is draining at full speed before the small owners come.
+    let warmup = (opts.backlog / 50).clamp(1, 2_000);
+    while finished("large") < warmup {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let small: Vec<String> = (0..opts.owners).map(|i| format!("small-{i:03}")).collect();
+    let t0 = Instant::now();
+    let jobs: Vec<NewJob> = small
+        .iter()
+        .flat_map(|o| owned(o, opts.jobs_per_owner))
+        .collect();
+    queue.enqueue_many(&jobs).await?;
+    let deadline = t0 + Duration::from_secs(600);
+    while small.iter().any(|o| finished(o) < opts.jobs_per_owner) {
+        if Instant::now() > deadline {
+            bail!("the small owners' jobs did not finish within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let all_done_s = t0.elapsed().as_secs_f64();
+    let large_done = finished("large");
+    shutdown.cancel();
+    task.await??;
+    let starts = probe
+        .first_start
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let first_us: Vec<i64> = small
+        .iter()
+        .map(|o| i64::try_from((starts[o] - t0).as_micros()).unwrap_or(i64::MAX))
+        .collect();
+    let pct = percentiles(first_us);
+    let line = json!({
+        "bench": "fairness",
+        "backlog": opts.backlog,
+        "small_owners": opts.owners,
+        "jobs_per_small_owner": opts.jobs_per_owner,
+        "job_ms": opts.job_ms,
+        "concurrency": q.concurrency,
+        "fetch_batch": q.fetch_batch,
+        "queued_behind": q.queued,
+        "first_start_p50_s": round3(pct(0.5) / 1000.0),
+        "first_start_max_s": round3(pct(1.0) / 1000.0),
+        "small_all_done_s": round3(all_done_s),
+        "backlog_left": opts.backlog - large_done,
     });
     println!("{line}");
     Ok(())
@@ -457,8 +595,11 @@ pub async fn schedule(
     sqlx::query("VACUUM ANALYZE provider_connections")
         .execute(&pool)
         .await?;
-    let scheduler =
-        dashtam_scheduler::Scheduler::new(store, config.scheduler_settings("bench".into()));
+    // Every bench connection belongs to one user: the sweep's cost is
+    // measured over all of them.
+    let mut settings = config.scheduler_settings("bench".into());
+    settings.syncs_per_user = 0;
+    let scheduler = dashtam_scheduler::Scheduler::new(store, settings);
     let tick = chrono::Utc::now();
     let mut line = json!({ "bench": "schedule", "connections": connections });
     for (cycle, key) in [

@@ -85,6 +85,7 @@ pub struct SchedulerConfig {
     pub max_catch_up: usize,
     pub reauth_warning_hours: u64,
     pub sync_spread_secs: u64,
+    pub max_syncs_per_user_per_tick: u32,
     pub cycles: CyclesConfig,
     pub sync_interval_minutes: BTreeMap<String, u64>,
 }
@@ -220,6 +221,10 @@ pub struct QueueSection {
     pub fetch_batch: usize,
     #[serde(default)]
     pub prefetch: usize,
+    /// Most of one owner's jobs running at once in this queue, across every
+    /// daemon (0: no cap).
+    #[serde(default)]
+    pub max_running_per_owner: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -561,6 +566,7 @@ impl Config {
                 })
                 .collect(),
             sync_spread: Duration::from_secs(sc.sync_spread_secs),
+            syncs_per_user: sc.max_syncs_per_user_per_tick,
             retention: self.retention(),
             idempotency_ttl: IDEMPOTENCY_KEY_TTL,
         }
@@ -635,6 +641,7 @@ impl Config {
                     concurrency: q.concurrency,
                     fetch_batch: q.fetch_batch,
                     prefetch: q.prefetch,
+                    max_running_per_owner: q.max_running_per_owner,
                 })
                 .collect(),
             poll_interval: Duration::from_millis(w.poll_interval_ms),

@@ -183,6 +183,22 @@ enum BenchCommand {
         #[command(flatten)]
         args: QueueBenchArgs,
     },
+    /// Tenant fairness: small owners' jobs arrive while one owner's backlog drains.
+    Fairness {
+        /// The large owner's due jobs.
+        #[arg(long, default_value_t = 50_000)]
+        backlog: usize,
+        /// Small owners, arriving once the backlog drains.
+        #[arg(long, default_value_t = 10)]
+        owners: usize,
+        #[arg(long, default_value_t = 10)]
+        jobs_per_owner: usize,
+        /// Milliseconds each job works.
+        #[arg(long, default_value_t = 20)]
+        job_ms: u64,
+        #[command(flatten)]
+        args: QueueBenchArgs,
+    },
     /// HTTP API throughput with wrk: enqueue (a different connection each request), then job status.
     Api {
         #[command(flatten)]
@@ -436,6 +452,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: BenchCommand::Drain { jobs, args },
         } => {
             dashtam::bench::drain(config, queue_bench(jobs, args)).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Fairness {
+                    backlog,
+                    owners,
+                    jobs_per_owner,
+                    job_ms,
+                    args,
+                },
+        } => {
+            dashtam::bench::fairness(
+                config,
+                dashtam::bench::FairnessBenchOptions {
+                    queue: queue_bench(0, args),
+                    backlog,
+                    owners,
+                    jobs_per_owner,
+                    job_ms,
+                },
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -29,6 +29,10 @@ pub struct QueueConfig {
     /// (for many short jobs). 0 for long jobs, so an idle peer process gets
     /// them instead.
     pub prefetch: usize,
+    /// Most jobs of one owner running at once in this queue, across every
+    /// process (0: no cap). With a cap, a claim takes an owner's jobs only
+    /// through its fair share, never through the fill.
+    pub max_running_per_owner: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -347,22 +351,47 @@ type ClaimFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<(Vec<Claimed>, usize), sqlx::Error>> + Send>,
 >;
 
-/// Claims up to `n` due jobs of `queue` for `worker` and books them in the
-/// ledger; returns them and `n`.
-async fn claim_jobs(
-    pool: PgPool,
+/// One claim: up to `n` due jobs of `queue` for `worker`, shared fairly
+/// between owners starting after `turn` (see `fetch.sql`).
+struct ClaimRequest {
     queue: String,
     n: usize,
     worker: Uuid,
+    turn: String,
+    max_running_per_owner: usize,
+}
+
+/// Claims the jobs `req` asks for and books them in the ledger; returns them
+/// and how many were asked for.
+async fn claim_jobs(
+    pool: PgPool,
+    req: ClaimRequest,
     ledger: Ledger,
 ) -> Result<(Vec<Claimed>, usize), sqlx::Error> {
     let _booking = ledger.claiming().await;
-    let jobs: Vec<Claimed> = sqlx::query_as(include_str!("../queries/fetch.sql"))
-        .bind(&queue)
-        .bind(i64::try_from(n).unwrap_or(i64::MAX))
-        .bind(worker)
-        .fetch_all(&pool)
-        .await?;
+    let claim = sqlx::query_as(include_str!("../queries/fetch.sql"))
+        .bind(&req.queue)
+        .bind(i64::try_from(req.n).unwrap_or(i64::MAX))
+        .bind(req.worker)
+        .bind(&req.turn)
+        .bind(i64::try_from(req.max_running_per_owner).unwrap_or(i64::MAX));
+    let jobs: Vec<Claimed> = if req.max_running_per_owner == 0 {
+        claim.fetch_all(&pool).await?
+    } else {
+        // The cap counts running jobs in the claim's snapshot: claims of the
+        // queue take turns (a lock held to commit), so each one's snapshot
+        // includes every earlier claim and two at once cannot both fill the
+        // last slot of an owner.
+        let mut tx = pool.begin().await?;
+        sqlx::query(include_str!("../queries/claim_turn.sql"))
+            .bind(&req.queue)
+            .execute(&mut *tx)
+            .await?;
+        let jobs = claim.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        jobs
+    };
+    let n = req.n;
     ledger.claimed(jobs.iter().map(|j| (j.id, j.started_at)));
     Ok((jobs, n))
 }
@@ -391,6 +420,8 @@ struct Claimed {
     throttle_key: Option<String>,
     run_at: chrono::DateTime<chrono::Utc>,
     started_at: chrono::DateTime<chrono::Utc>,
+    /// The last owner the claim served (the same on every row).
+    turn: Option<String>,
 }
 
 impl Fetcher {
@@ -408,6 +439,8 @@ impl Fetcher {
         let mut claim: Option<ClaimFuture> = None;
         // The last claim came back short: wait for a wake-up before the next.
         let mut dry = false;
+        // Where the next claim's round of owners starts.
+        let mut turn = String::new();
         let mut db_failures = 0u32;
         let poll = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(poll);
@@ -437,11 +470,16 @@ impl Fetcher {
                     .saturating_sub(buffer.len())
                     .min(self.queue.fetch_batch);
                 if room > 0 {
+                    let req = ClaimRequest {
+                        queue: self.queue.name.clone(),
+                        n: room,
+                        worker: self.worker_id,
+                        turn: turn.clone(),
+                        max_running_per_owner: self.queue.max_running_per_owner,
+                    };
                     claim = Some(Box::pin(claim_jobs(
                         self.pool.clone(),
-                        self.queue.name.clone(),
-                        room,
-                        self.worker_id,
+                        req,
                         self.ledger.clone(),
                     )));
                 }
@@ -456,6 +494,9 @@ impl Fetcher {
                                 debug!(queue = %self.queue.name, got = jobs.len(), asked, "claim came back short");
                                 dry = true;
                                 poll.as_mut().reset(tokio::time::Instant::now() + self.poll_interval);
+                            }
+                            if let Some(owner) = jobs.first().and_then(|j| j.turn.clone()) {
+                                turn = owner;
                             }
                             buffer.extend(jobs);
                         }

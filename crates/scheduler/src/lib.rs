@@ -96,6 +96,9 @@ pub struct SchedulerSettings {
     pub sync_intervals: Vec<(ProviderKind, Duration)>,
     /// Due syncs start at random times within this much of the tick.
     pub sync_spread: Duration,
+    /// Most syncs one stale-sync tick enqueues for one user and provider
+    /// (0: no cap); the rest wait for later ticks, longest unsynced first.
+    pub syncs_per_user: u32,
     pub retention: Retention,
     pub idempotency_ttl: Duration,
 }
@@ -295,7 +298,10 @@ impl Scheduler {
         let spread_ms = u64::try_from(s.sync_spread.as_millis()).unwrap_or(u64::MAX);
         let mut jobs = Vec::new();
         for (provider, interval) in &s.sync_intervals {
-            for (id, user) in sweeps::sync_due(&mut *tx, *provider, now - span(*interval)).await? {
+            let due =
+                sweeps::sync_due(&mut *tx, *provider, now - span(*interval), s.syncs_per_user)
+                    .await?;
+            for (id, user) in due {
                 let job = SyncJob::new(id);
                 let mut new = NewJob::new(
                     QUEUE_SYNC,

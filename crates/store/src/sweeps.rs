@@ -58,10 +58,12 @@ pub async fn sync_due<'e>(
     executor: impl PgExecutor<'e>,
     provider: ProviderKind,
     since: DateTime<Utc>,
+    per_user: u32,
 ) -> Result<Vec<Due>, StoreError> {
     Ok(due(sqlx::query_as(include_str!("../queries/sync_due.sql"))
         .bind(provider.as_str())
         .bind(since)
+        .bind(i64::from(per_user))
         .fetch_all(executor)
         .await?))
 }

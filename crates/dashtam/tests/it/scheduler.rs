@@ -191,6 +191,78 @@ async fn the_stale_sync_sweep_spreads_due_syncs_and_skips_pending_ones(pool: PgP
     app.stop().await;
 }
 
+#[sqlx::test(migrations = "../../migrations")]
+async fn the_stale_sync_sweep_takes_a_large_tenant_in_turns(pool: PgPool) {
+    let app = spawn_app_with(pool, &[Role::Api], test_config()).await;
+    let mut big = Vec::new();
+    for _ in 0..5 {
+        big.push(app.connect("dave", 1, 1).await);
+    }
+    let small = app.connect("erin", 1, 1).await;
+    // dave's connections were last synced one after another; the oldest
+    // come first.
+    for (i, id) in big.iter().enumerate() {
+        let at = format!("now() - interval '1 day' + interval '{i} minutes'");
+        set(&app, id, "last_sync_at", &at).await;
+    }
+    let mut settings = app.config().scheduler_settings("test-scheduler".into());
+    settings.syncs_per_user = 2;
+    let s = Scheduler::new(
+        Store::new(app.pool.clone(), Arc::new(Cipher::ephemeral().unwrap())),
+        settings,
+    );
+    let swept = || async {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT owner, payload->>'connection_id' FROM jobs WHERE kind = 'sync' ORDER BY 2",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+        rows
+    };
+    let first = s
+        .process(Cycle::StaleSync, tick("2026-11-23T10:05:30Z"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    // Two of dave's five, the two synced longest ago; erin is not held up.
+    assert_eq!(first.enqueued, 3);
+    let mut expected = vec![
+        ("dave".to_owned(), big[0].clone()),
+        ("dave".to_owned(), big[1].clone()),
+        ("erin".to_owned(), small.clone()),
+    ];
+    expected.sort_by(|a, b| a.1.cmp(&b.1));
+    assert_eq!(swept().await, expected);
+    // Those two have synced by the next tick: the next two are taken.
+    for id in &big[..2] {
+        set(&app, id, "last_sync_at", "now()").await;
+    }
+    sqlx::query("UPDATE jobs SET state = 'succeeded', finished_at = now()")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let second = s
+        .process(Cycle::StaleSync, tick("2026-11-23T10:10:30Z"), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    // dave's next two, and erin's again (the jobs were marked done by hand,
+    // so erin's connection still has no sync on record).
+    assert_eq!(second.enqueued, 3);
+    let pending: Vec<String> = sqlx::query_scalar(
+        "SELECT payload->>'connection_id' FROM jobs \
+         WHERE kind = 'sync' AND state <> 'succeeded' AND owner = 'dave' ORDER BY 1",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let mut next = vec![big[2].clone(), big[3].clone()];
+    next.sort();
+    assert_eq!(pending, next);
+    app.stop().await;
+}
+
 struct Daemon(Child);
 
 impl Drop for Daemon {

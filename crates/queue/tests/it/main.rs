@@ -68,6 +68,7 @@ fn config(queues: &[(&str, usize)]) -> WorkerConfig {
                 concurrency: *c,
                 fetch_batch: *c,
                 prefetch: 0,
+                max_running_per_owner: 0,
             })
             .collect(),
         poll_interval: Duration::from_millis(50),
@@ -285,6 +286,122 @@ async fn a_backlog_in_one_queue_does_not_starve_another(pool: PgPool) {
         "only {slow_waiting} slow jobs left waiting"
     );
     w.stop().await;
+}
+
+/// Jobs of `owner`, due `ago` in the past, each with the owner in its
+/// payload.
+fn owned_jobs(owner: &str, n: usize, ago: chrono::Duration) -> Vec<NewJob> {
+    (0..n)
+        .map(|_| {
+            let mut j = NewJob::new("q", "k", json!({ "owner": owner }));
+            j.owner = Some(owner.into());
+            j.run_at = Some(Utc::now() - ago);
+            j
+        })
+        .collect()
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn a_large_backlog_does_not_starve_other_owners(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    // A's backlog is older than everyone else's jobs: in run_at order all of
+    // it would run first.
+    queue
+        .enqueue_many(&owned_jobs("a", 2_000, chrono::Duration::minutes(10)))
+        .await
+        .unwrap();
+    let small: Vec<String> = (b'b'..=b'k').map(|c| char::from(c).to_string()).collect();
+    for owner in &small {
+        queue
+            .enqueue_many(&owned_jobs(owner, 10, chrono::Duration::minutes(1)))
+            .await
+            .unwrap();
+    }
+    let h = Scripted::new(Duration::ZERO, |_, _| Ok(()));
+    let w = start(&pool, config(&[("q", 4)]), "k", h.clone());
+    wait_calls(&h, 200).await;
+    w.stop().await;
+    let order: Vec<String> = h
+        .calls()
+        .iter()
+        .map(|(_, _, p)| p["owner"].as_str().unwrap().to_owned())
+        .collect();
+    // Claims of 4 visit the owners in rotation: every small owner's first
+    // job is among the first few, and their 100 jobs all ran among the
+    // first 200 though 2,000 of A's were due before them.
+    for owner in &small {
+        let first = order.iter().position(|o| o == owner);
+        assert!(
+            first.is_some_and(|i| i < 20),
+            "{owner}'s first job started at {first:?}: {order:?}"
+        );
+    }
+    let small_done = order[..200].iter().filter(|o| *o != "a").count();
+    assert_eq!(small_done, 100, "{order:?}");
+}
+
+/// Counts the jobs running at once per owner, and the most seen.
+#[derive(Default)]
+struct OwnerMeter {
+    running: Mutex<std::collections::HashMap<String, usize>>,
+    most: Mutex<std::collections::HashMap<String, usize>>,
+    done: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Handler for OwnerMeter {
+    async fn handle(&self, job: &JobContext) -> Result<(), JobError> {
+        let owner = job.payload["owner"].as_str().unwrap_or_default().to_owned();
+        {
+            let mut running = self.running.lock().unwrap();
+            let n = running.entry(owner.clone()).or_default();
+            *n += 1;
+            let mut most = self.most.lock().unwrap();
+            let m = most.entry(owner.clone()).or_default();
+            *m = (*m).max(*n);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        *self.running.lock().unwrap().get_mut(&owner).unwrap() -= 1;
+        self.done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn the_per_owner_cap_holds_across_workers(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    queue
+        .enqueue_many(&owned_jobs("a", 60, chrono::Duration::minutes(1)))
+        .await
+        .unwrap();
+    queue
+        .enqueue_many(&owned_jobs("b", 20, chrono::Duration::seconds(1)))
+        .await
+        .unwrap();
+    let mut ownerless = NewJob::new("q", "k", json!({ "owner": "" }));
+    ownerless.run_at = Some(Utc::now() - chrono::Duration::minutes(2));
+    queue.enqueue_many(&vec![ownerless; 20]).await.unwrap();
+    let meter = Arc::new(OwnerMeter::default());
+    // Two worker processes of 8 slots each; an owner may run 3 at once.
+    let capped = || {
+        let mut c = config(&[("q", 8)]);
+        c.queues[0].max_running_per_owner = 3;
+        c
+    };
+    let w1 = start(&pool, capped(), "k", meter.clone());
+    let w2 = start(&pool, capped(), "k", meter.clone());
+    wait_for("every job to run", Duration::from_secs(60), || async {
+        let done = meter.done.load(std::sync::atomic::Ordering::SeqCst);
+        if done == 100 { Ok(()) } else { Err(done) }
+    })
+    .await;
+    w1.stop().await;
+    w2.stop().await;
+    let most = meter.most.lock().unwrap().clone();
+    assert_eq!(most["a"], 3, "{most:?}");
+    assert_eq!(most["b"], 3, "{most:?}");
+    // Jobs without an owner are not capped.
+    assert!(most[""] > 3, "{most:?}");
 }
 
 #[sqlx::test(migrator = "MIGRATIONS")]
