@@ -185,6 +185,8 @@ pub struct QueueBenchOptions {
     pub fetch_batch: usize,
     /// Jobs scheduled a day ahead in the same queue, waiting behind.
     pub queued: usize,
+    /// The drained jobs belong to this many owners in turn (0: none).
+    pub owners: usize,
 }
 
 const BENCH_QUEUE: &str = "bench";
@@ -287,7 +289,13 @@ pub async fn drain(config: Config, opts: QueueBenchOptions) -> anyhow::Result<()
     let pool = fresh_queue_db(&config, &opts.database_url, opts.queued).await?;
     let queue = Queue::new(pool.clone());
     let jobs: Vec<NewJob> = (0..opts.jobs)
-        .map(|_| NewJob::new(BENCH_QUEUE, BENCH_KIND, json!({})))
+        .map(|i| {
+            let mut j = NewJob::new(BENCH_QUEUE, BENCH_KIND, json!({}));
+            if opts.owners > 0 {
+                j.owner = Some(format!("owner-{:05}", i % opts.owners));
+            }
+            j
+        })
         .collect();
     let t0 = Instant::now();
     queue.enqueue_many(&jobs).await?;
@@ -331,6 +339,7 @@ pub async fn drain(config: Config, opts: QueueBenchOptions) -> anyhow::Result<()
         "concurrency": opts.concurrency,
         "fetch_batch": opts.fetch_batch,
         "queued_behind": opts.queued,
+        "owners": opts.owners,
         "enqueue_s": round3(enqueue_s),
         "drain_s": round3(drain_s),
         "jobs_per_s": (opts.jobs as f64 / drain_s).round(),

@@ -165,6 +165,9 @@ struct QueueBenchArgs {
     /// Jobs scheduled a day ahead in the same queue, waiting behind the run.
     #[arg(long, default_value_t = 0)]
     queued: usize,
+    /// The jobs belong to this many owners in turn (0: no owner).
+    #[arg(long, default_value_t = 0)]
+    owners: usize,
 }
 
 #[derive(Subcommand)]
@@ -244,6 +247,7 @@ fn queue_bench(jobs: usize, a: QueueBenchArgs) -> dashtam::bench::QueueBenchOpti
         concurrency: a.concurrency,
         fetch_batch: a.fetch_batch,
         queued: a.queued,
+        owners: a.owners,
     }
 }
 
