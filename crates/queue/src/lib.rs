@@ -13,6 +13,7 @@
 mod backoff;
 mod coalesce;
 pub mod events;
+mod fair;
 mod ledger;
 pub mod ops;
 pub mod schedule;

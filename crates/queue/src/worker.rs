@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use dashtam_telemetry::metrics::METRICS;
 
+use crate::fair::{self, ClaimRequest, OwnerRing};
 use crate::ledger::Ledger;
 use crate::{AbandonHook, AbandonedJob, Backoff, NOTIFY_CHANNEL, QueueError};
 
@@ -351,49 +352,22 @@ type ClaimFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<(Vec<Claimed>, usize), sqlx::Error>> + Send>,
 >;
 
-/// One claim: up to `n` due jobs of `queue` for `worker`, shared fairly
-/// between owners starting after `turn` (see `fetch.sql`).
-struct ClaimRequest {
-    queue: String,
-    n: usize,
-    worker: Uuid,
-    turn: String,
-    max_running_per_owner: usize,
-}
-
-/// Claims the jobs `req` asks for and books them in the ledger; returns them
-/// and how many were asked for.
+/// Claims up to `n` due jobs of `queue` for `worker` (fairly between
+/// owners, see `fair`) and books them in the ledger; returns them and `n`.
 async fn claim_jobs(
     pool: PgPool,
+    ring: Arc<tokio::sync::Mutex<OwnerRing>>,
     req: ClaimRequest,
     ledger: Ledger,
 ) -> Result<(Vec<Claimed>, usize), sqlx::Error> {
     let _booking = ledger.claiming().await;
-    let claim = sqlx::query_as(include_str!("../queries/fetch.sql"))
-        .bind(&req.queue)
-        .bind(i64::try_from(req.n).unwrap_or(i64::MAX))
-        .bind(req.worker)
-        .bind(&req.turn)
-        .bind(i64::try_from(req.max_running_per_owner).unwrap_or(i64::MAX));
-    let jobs: Vec<Claimed> = if req.max_running_per_owner == 0 {
-        claim.fetch_all(&pool).await?
-    } else {
-        // The cap counts running jobs in the claim's snapshot: claims of the
-        // queue take turns (a lock held to commit), so each one's snapshot
-        // includes every earlier claim and two at once cannot both fill the
-        // last slot of an owner.
-        let mut tx = pool.begin().await?;
-        sqlx::query(include_str!("../queries/claim_turn.sql"))
-            .bind(&req.queue)
-            .execute(&mut *tx)
-            .await?;
-        let jobs = claim.fetch_all(&mut *tx).await?;
-        tx.commit().await?;
-        jobs
-    };
-    let n = req.n;
+    let mut ring = ring.lock().await;
+    let jobs: Vec<Claimed> = fair::claim(&pool, &mut ring, &req).await?;
+    if jobs.len() < req.n {
+        ring.stale();
+    }
     ledger.claimed(jobs.iter().map(|j| (j.id, j.started_at)));
-    Ok((jobs, n))
+    Ok((jobs, req.n))
 }
 
 struct Fetcher {
@@ -420,8 +394,6 @@ struct Claimed {
     throttle_key: Option<String>,
     run_at: chrono::DateTime<chrono::Utc>,
     started_at: chrono::DateTime<chrono::Utc>,
-    /// The last owner the claim served (the same on every row).
-    turn: Option<String>,
 }
 
 impl Fetcher {
@@ -439,8 +411,8 @@ impl Fetcher {
         let mut claim: Option<ClaimFuture> = None;
         // The last claim came back short: wait for a wake-up before the next.
         let mut dry = false;
-        // Where the next claim's round of owners starts.
-        let mut turn = String::new();
+        // The owners with due jobs, served in turn.
+        let ring = Arc::new(tokio::sync::Mutex::new(OwnerRing::default()));
         let mut db_failures = 0u32;
         let poll = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(poll);
@@ -474,11 +446,11 @@ impl Fetcher {
                         queue: self.queue.name.clone(),
                         n: room,
                         worker: self.worker_id,
-                        turn: turn.clone(),
                         max_running_per_owner: self.queue.max_running_per_owner,
                     };
                     claim = Some(Box::pin(claim_jobs(
                         self.pool.clone(),
+                        ring.clone(),
                         req,
                         self.ledger.clone(),
                     )));
@@ -494,9 +466,6 @@ impl Fetcher {
                                 debug!(queue = %self.queue.name, got = jobs.len(), asked, "claim came back short");
                                 dry = true;
                                 poll.as_mut().reset(tokio::time::Instant::now() + self.poll_interval);
-                            }
-                            if let Some(owner) = jobs.first().and_then(|j| j.turn.clone()) {
-                                turn = owner;
                             }
                             buffer.extend(jobs);
                         }

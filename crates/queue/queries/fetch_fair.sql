@@ -1,0 +1,77 @@
+-- Claim up to $2 due jobs of queue $1 for worker $3, shared between the
+-- owners $4 (served in that order) at priority $6: each gets an equal share,
+-- ceil($2 / owners), of its oldest due jobs, and no more than leaves it
+-- under $5 jobs running in the queue (0: no cap); the shares are taken
+-- round-robin (each owner's first, then each one's second, ...). What the
+-- shares leave is filled in priority, run_at order: from anyone without a
+-- cap, only from jobs without an owner with one. None while the queue is
+-- paused. See docs/ARCHITECTURE.md ("Fair claims").
+WITH RECURSIVE prio AS (
+    (SELECT priority FROM jobs
+     WHERE queue = $1 AND state IN ('scheduled', 'available', 'retryable')
+       AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1)
+     ORDER BY priority LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.priority FROM jobs j
+            WHERE j.queue = $1 AND j.state IN ('scheduled', 'available', 'retryable')
+              AND j.priority > prio.priority
+            ORDER BY j.priority LIMIT 1)
+    FROM prio WHERE prio.priority IS NOT NULL
+),
+shares AS MATERIALIZED (
+    SELECT o.ord, d.id, d.run_at
+    FROM unnest($4::text[]) WITH ORDINALITY AS o(owner, ord),
+    LATERAL (
+        SELECT CASE WHEN $5 <= 0 THEN $2 ELSE $5 - (
+            SELECT count(*) FROM (
+                SELECT 1 FROM jobs r
+                WHERE r.queue = $1 AND r.owner = o.owner AND r.state = 'running'
+                LIMIT $5) running)
+        END AS room
+    ) room,
+    LATERAL (
+        SELECT j.id, j.run_at FROM jobs j
+        WHERE j.queue = $1 AND j.priority = $6 AND j.owner = o.owner
+          AND j.state IN ('scheduled', 'available', 'retryable') AND j.run_at <= now()
+          AND EXISTS (SELECT 1 FROM prio)
+        ORDER BY j.run_at, j.id
+        LIMIT least(ceil($2::numeric / cardinality($4::text[]))::bigint, room.room)
+        FOR UPDATE SKIP LOCKED
+    ) d
+    WHERE room.room > 0
+),
+fair AS MATERIALIZED (
+    SELECT s.id FROM (
+        SELECT id, ord, row_number() OVER (PARTITION BY ord ORDER BY run_at, id) AS rn
+        FROM shares
+    ) s
+    ORDER BY s.rn, s.ord
+    LIMIT $2
+),
+fill AS (
+    SELECT due.id
+    FROM prio, LATERAL (
+        SELECT id, run_at FROM jobs
+        WHERE queue = $1 AND priority = prio.priority
+          AND state IN ('scheduled', 'available', 'retryable')
+          AND run_at <= now()
+          AND ($5 <= 0 OR owner IS NULL)
+          AND id <> ALL (ARRAY(SELECT id FROM fair))
+        ORDER BY run_at, id
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ) AS due
+    WHERE prio.priority IS NOT NULL
+    ORDER BY prio.priority, due.run_at, due.id
+    LIMIT greatest(0, $2 - (SELECT count(*) FROM fair))
+),
+next AS (
+    SELECT id FROM fair
+    UNION ALL
+    SELECT id FROM fill
+)
+UPDATE jobs AS j
+SET state = 'running', attempt = j.attempt + 1, locked_by = $3, started_at = now(), waiting = NULL
+FROM next
+WHERE j.id = next.id
+RETURNING j.id, j.queue, j.kind, j.payload, j.attempt, j.max_attempts, j.owner, j.throttle_key, j.run_at, j.started_at

@@ -1,0 +1,179 @@
+//! Fair claims: one owner's backlog must not starve the others.
+//!
+//! Each worker keeps a ring of the owners that have due jobs at the queue's
+//! best priority, read at most every [`FRESH_FOR`] a page at a time
+//! (`owners_due.sql`, a skip scan: one index probe per owner however many
+//! jobs it has), pages taken in turn so every owner comes round however
+//! many there are. While two or more owners have due jobs (or a per-owner
+//! cap is set), a claim serves the next owners of the ring, an equal share
+//! each, and fills what they leave in priority, run_at order
+//! (`fetch_fair.sql`). Otherwise there is no one to be fair between and the
+//! claim is the plain one (`fetch.sql`), at the same cost as before.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// How long a read of the owners with due jobs is used before it is read
+/// again: a new owner's first job waits at most about this long for its
+/// share.
+pub(crate) const FRESH_FOR: Duration = Duration::from_millis(500);
+/// Owners read at once.
+const PAGE: i64 = 512;
+
+/// The owners with due jobs, as last read, served in turn.
+#[derive(Default)]
+pub(crate) struct OwnerRing {
+    priority: i16,
+    owners: Vec<String>,
+    /// The next owner to serve.
+    next: usize,
+    read_at: Option<Instant>,
+    /// The next page starts after this owner ("": from the first).
+    cursor: String,
+}
+
+impl OwnerRing {
+    /// Reads again at the next claim (a claim came back short: the owners
+    /// may have changed).
+    pub(crate) fn stale(&mut self) {
+        self.read_at = None;
+    }
+
+    async fn refresh(&mut self, pool: &PgPool, queue: &str) -> Result<(), sqlx::Error> {
+        let rows: Vec<(i16, String, bool)> =
+            sqlx::query_as(include_str!("../queries/owners_due.sql"))
+                .bind(queue)
+                .bind(&self.cursor)
+                .bind(PAGE)
+                .fetch_all(pool)
+                .await?;
+        // A short page reached the last owner: the next starts over.
+        self.cursor = if rows.len() < PAGE as usize {
+            String::new()
+        } else {
+            rows.last().map(|r| r.1.clone()).unwrap_or_default()
+        };
+        self.priority = rows.first().map_or(0, |r| r.0);
+        self.owners = rows
+            .into_iter()
+            .filter(|(_, _, due)| *due)
+            .map(|(_, owner, _)| owner)
+            .collect();
+        self.next = 0;
+        self.read_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// The next `n` owners to serve (each at most once).
+    fn take(&mut self, n: usize) -> Vec<String> {
+        let len = self.owners.len();
+        let k = n.min(len);
+        let out = (0..k)
+            .map(|i| self.owners[(self.next + i) % len].clone())
+            .collect();
+        if len > 0 {
+            self.next = (self.next + k) % len;
+        }
+        out
+    }
+}
+
+/// One claim: up to `n` due jobs of `queue` for `worker`.
+pub(crate) struct ClaimRequest {
+    pub queue: String,
+    pub n: usize,
+    pub worker: Uuid,
+    /// Most of one owner's jobs running at once in the queue (0: no cap).
+    pub max_running_per_owner: usize,
+}
+
+/// Claims what `req` asks for (see the module's documentation), reading the
+/// owners again first if the last read is older than [`FRESH_FOR`].
+pub(crate) async fn claim<T>(
+    pool: &PgPool,
+    ring: &mut OwnerRing,
+    req: &ClaimRequest,
+) -> Result<Vec<T>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    if ring.read_at.is_none_or(|at| at.elapsed() >= FRESH_FOR) {
+        ring.refresh(pool, &req.queue).await?;
+    }
+    let cap = req.max_running_per_owner;
+    let owners = if ring.owners.len() >= 2 || (cap > 0 && !ring.owners.is_empty()) {
+        ring.take(req.n)
+    } else {
+        Vec::new()
+    };
+    let priority = ring.priority;
+    if cap == 0 {
+        let mut conn = pool.acquire().await?;
+        return run(&mut conn, req, &owners, priority).await;
+    }
+    // The cap counts running jobs in the claim's snapshot: claims of the
+    // queue take turns (a lock held to commit), so each one's snapshot
+    // includes every earlier claim and two at once cannot both fill the
+    // last slot of an owner.
+    let mut tx = pool.begin().await?;
+    sqlx::query(include_str!("../queries/claim_turn.sql"))
+        .bind(&req.queue)
+        .execute(&mut *tx)
+        .await?;
+    let jobs = run(&mut tx, req, &owners, priority).await?;
+    tx.commit().await?;
+    Ok(jobs)
+}
+
+/// The claim statement: the plain one without `owners`, else the fair one.
+async fn run<T>(
+    conn: &mut sqlx::PgConnection,
+    req: &ClaimRequest,
+    owners: &[String],
+    priority: i16,
+) -> Result<Vec<T>, sqlx::Error>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let n = i64::try_from(req.n).unwrap_or(i64::MAX);
+    let cap = i64::try_from(req.max_running_per_owner).unwrap_or(i64::MAX);
+    if owners.is_empty() {
+        sqlx::query_as(include_str!("../queries/fetch.sql"))
+            .bind(&req.queue)
+            .bind(n)
+            .bind(req.worker)
+            .bind(cap)
+            .fetch_all(conn)
+            .await
+    } else {
+        sqlx::query_as(include_str!("../queries/fetch_fair.sql"))
+            .bind(&req.queue)
+            .bind(n)
+            .bind(req.worker)
+            .bind(owners)
+            .bind(cap)
+            .bind(priority)
+            .fetch_all(conn)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_served_in_turn_and_wrap() {
+        let mut ring = OwnerRing {
+            owners: ["a", "b", "c"].map(String::from).to_vec(),
+            ..OwnerRing::default()
+        };
+        assert_eq!(ring.take(2), ["a", "b"]);
+        assert_eq!(ring.take(2), ["c", "a"]);
+        // Never the same owner twice in one claim.
+        assert_eq!(ring.take(5), ["b", "c", "a"]);
+        assert!(OwnerRing::default().take(3).is_empty());
+    }
+}
