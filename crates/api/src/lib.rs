@@ -76,6 +76,25 @@ pub struct Services {
     /// Peers whose `X-Request-Id` is taken as the request's id (proxies
     /// of ours); anyone else's is kept beside our own.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The providers' budgets, for the operators' view.
+    pub budgets: BudgetBook,
+}
+
+/// The providers' budgets as configured, and where to read how they stand
+/// (the workers spend them in Redis).
+pub struct BudgetBook {
+    pub limits: std::collections::BTreeMap<String, BudgetLimit>,
+    pub redis: Option<dashtam_buckets::RedisBuckets>,
+    pub key_prefix: String,
+}
+
+/// One provider's budget, across every daemon.
+#[derive(Clone, Copy, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct BudgetLimit {
+    pub requests_per_sec: f64,
+    pub burst: u32,
+    /// Requests in flight at once (0: no limit).
+    pub concurrency: u32,
 }
 
 /// The request's id: echoed in `x-request-id`, in problem bodies and logs,

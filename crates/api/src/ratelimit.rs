@@ -12,20 +12,14 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use dashtam_buckets::{RedisBuckets, Take};
 use dashtam_telemetry::metrics::METRICS;
-use redis::aio::MultiplexedConnection;
-use tokio::sync::Mutex as AsyncMutex;
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 
-/// A bucket: `burst` tokens, refilled at `per_sec`.
-#[derive(Clone, Copy, Debug)]
-pub struct Limit {
-    pub per_sec: f64,
-    pub burst: u32,
-}
+pub use dashtam_buckets::Limit;
 
 #[derive(Clone, Debug)]
 pub struct RateLimitSettings {
@@ -41,31 +35,6 @@ pub struct RateLimitSettings {
     /// Fail-open warnings are logged at most this often.
     pub log_every: Duration,
 }
-
-/// Takes one token; returns {allowed, tokens left, ms until one is back,
-/// ms until the bucket is full}. Time comes from the Redis server, so every
-/// API daemon agrees on it.
-const SCRIPT: &str = r"
-local capacity = tonumber(ARGV[1])
-local per_ms = tonumber(ARGV[2]) / 1000
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or capacity
-local ts = tonumber(state[2]) or now
-tokens = math.min(capacity, tokens + math.max(0, now - ts) * per_ms)
-local allowed = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  allowed = 1
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)
-local full_ms = math.ceil((capacity - tokens) / per_ms)
-redis.call('PEXPIRE', KEYS[1], math.max(full_ms, 1000))
-local retry_ms = 0
-if allowed == 0 then retry_ms = math.ceil((1 - tokens) / per_ms) end
-return {allowed, math.floor(tokens), retry_ms, full_ms}
-";
 
 /// The decision for one request.
 #[derive(Debug, PartialEq, Eq)]
@@ -84,58 +53,18 @@ pub enum Decision {
 }
 
 pub struct RateLimiter {
-    client: redis::Client,
-    script: redis::Script,
+    buckets: RedisBuckets,
     settings: RateLimitSettings,
-    /// The shared connection, and when connecting last failed (to avoid
-    /// trying on every request while Redis is down).
-    conn: AsyncMutex<(Option<MultiplexedConnection>, Option<Instant>)>,
     last_warning: Mutex<Option<Instant>>,
 }
 
 impl RateLimiter {
     pub fn new(settings: RateLimitSettings) -> Result<Self, redis::RedisError> {
         Ok(Self {
-            client: redis::Client::open(settings.redis_url.as_str())?,
-            script: redis::Script::new(SCRIPT),
+            buckets: RedisBuckets::new(&settings.redis_url, settings.timeout)?,
             settings,
-            conn: AsyncMutex::new((None, None)),
             last_warning: Mutex::new(None),
         })
-    }
-
-    async fn connection(&self) -> Option<MultiplexedConnection> {
-        let mut guard = self.conn.lock().await;
-        if let Some(c) = &guard.0 {
-            return Some(c.clone());
-        }
-        if guard
-            .1
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
-        {
-            return None;
-        }
-        let connect = self.client.get_multiplexed_async_connection();
-        match tokio::time::timeout(self.settings.timeout * 4, connect).await {
-            Ok(Ok(c)) => {
-                *guard = (Some(c.clone()), None);
-                Some(c)
-            }
-            Ok(Err(e)) => {
-                self.warn(&e.to_string());
-                guard.1 = Some(Instant::now());
-                None
-            }
-            Err(_) => {
-                self.warn("connecting timed out");
-                guard.1 = Some(Instant::now());
-                None
-            }
-        }
-    }
-
-    async fn forget_connection(&self) {
-        *self.conn.lock().await = (None, Some(Instant::now()));
     }
 
     fn warn(&self, why: &str) {
@@ -152,15 +81,7 @@ impl RateLimiter {
     /// Is Redis answering? (For `/readyz`, which reports it without
     /// depending on it.)
     pub async fn redis_ok(&self) -> bool {
-        let Some(mut c) = self.connection().await else {
-            return false;
-        };
-        let ping = redis::cmd("PING");
-        let answer = ping.query_async::<String>(&mut c);
-        matches!(
-            tokio::time::timeout(self.settings.timeout * 4, answer).await,
-            Ok(Ok(_))
-        )
+        self.buckets.ping().await
     }
 
     /// Takes a token from `subject`'s `class` bucket.
@@ -170,36 +91,22 @@ impl RateLimiter {
         } else {
             self.settings.write
         };
-        let decision = match self.connection().await {
-            None => Decision::FailOpen,
-            Some(mut c) => {
-                let key = format!("{}:rl:{class}:{subject}", self.settings.key_prefix);
-                let mut invocation = self.script.key(key);
-                invocation.arg(limit.burst).arg(limit.per_sec);
-                let call = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut c);
-                match tokio::time::timeout(self.settings.timeout, call).await {
-                    Ok(Ok((1, remaining, _, full_ms))) => Decision::Allowed {
-                        limit: limit.burst,
-                        remaining,
-                        reset_secs: u64::try_from(full_ms).unwrap_or(0).div_ceil(1000),
-                    },
-                    Ok(Ok((_, _, retry_ms, _))) => Decision::Limited {
-                        limit: limit.burst,
-                        retry_after_secs: u64::try_from(retry_ms)
-                            .unwrap_or(0)
-                            .div_ceil(1000)
-                            .max(1),
-                    },
-                    Ok(Err(e)) => {
-                        self.warn(&e.to_string());
-                        self.forget_connection().await;
-                        Decision::FailOpen
-                    }
-                    Err(_) => {
-                        self.warn("the rate-limit script timed out");
-                        Decision::FailOpen
-                    }
-                }
+        let key = format!("{}:rl:{class}:{subject}", self.settings.key_prefix);
+        let decision = match self.buckets.take(&key, limit, None).await {
+            Take::Allowed { remaining, full_ms } => Decision::Allowed {
+                limit: limit.burst,
+                remaining,
+                reset_secs: full_ms.div_ceil(1000),
+            },
+            Take::Limited { retry_ms } => Decision::Limited {
+                limit: limit.burst,
+                retry_after_secs: retry_ms.div_ceil(1000).max(1),
+            },
+            // No slots asked for: never full.
+            Take::Full => Decision::FailOpen,
+            Take::Unavailable(why) => {
+                self.warn(&why);
+                Decision::FailOpen
             }
         };
         let label = match decision {

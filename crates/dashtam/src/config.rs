@@ -33,6 +33,7 @@ pub struct Config {
     pub sandbox: SandboxSection,
     pub tokens: TokensConfig,
     pub breaker: BreakerConfig,
+    pub budgets: BudgetsConfig,
     pub scheduler: SchedulerConfig,
     pub secrets: SecretsConfig,
     pub metrics: MetricsConfig,
@@ -65,6 +66,80 @@ impl BreakerConfig {
             cooldown: Duration::from_secs(self.cooldown_secs),
             max_cooldown: Duration::from_secs(self.max_cooldown_secs),
             probes: self.probes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetsConfig {
+    pub max_wait_ms: u64,
+    pub slot_lease_secs: u64,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderBudgetConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderBudgetConfig {
+    pub requests_per_sec: f64,
+    pub burst: u32,
+    #[serde(default)]
+    pub concurrency: u32,
+}
+
+impl Config {
+    /// The providers' budgets for the operators' view.
+    pub fn budget_book(&self) -> dashtam_api::BudgetBook {
+        let rl = &self.rate_limit;
+        dashtam_api::BudgetBook {
+            limits: self
+                .budgets
+                .providers
+                .iter()
+                .map(|(p, b)| {
+                    (
+                        p.clone(),
+                        dashtam_api::BudgetLimit {
+                            requests_per_sec: b.requests_per_sec,
+                            burst: b.burst,
+                            concurrency: b.concurrency,
+                        },
+                    )
+                })
+                .collect(),
+            redis: dashtam_buckets::RedisBuckets::new(
+                &rl.redis_url,
+                Duration::from_millis(rl.timeout_ms),
+            )
+            .ok(),
+            key_prefix: rl.key_prefix.clone(),
+        }
+    }
+
+    /// The providers' budgets, in Redis under the rate limits' prefix.
+    pub fn budget_settings(&self) -> dashtam_worker::budget::BudgetSettings {
+        let b = &self.budgets;
+        dashtam_worker::budget::BudgetSettings {
+            providers: b
+                .providers
+                .iter()
+                .map(|(p, c)| {
+                    (
+                        p.clone(),
+                        dashtam_worker::budget::ProviderBudget {
+                            per_sec: c.requests_per_sec,
+                            burst: c.burst,
+                            concurrency: c.concurrency,
+                        },
+                    )
+                })
+                .collect(),
+            redis_url: self.rate_limit.redis_url.clone(),
+            key_prefix: self.rate_limit.key_prefix.clone(),
+            redis_timeout: Duration::from_millis(self.rate_limit.timeout_ms),
+            max_wait: Duration::from_millis(b.max_wait_ms),
+            slot_lease: Duration::from_secs(b.slot_lease_secs),
         }
     }
 }
@@ -336,6 +411,21 @@ impl Config {
                     .max(self.providers.schwab.timeout_secs),
             "tokens.lease_secs",
             "must be longer than every provider's timeout_secs",
+        );
+        check(
+            self.budgets.providers.values().all(|b| {
+                b.requests_per_sec.is_finite() && b.requests_per_sec > 0.0 && b.burst >= 1
+            }),
+            "budgets.providers",
+            "each budget needs requests_per_sec > 0 and burst >= 1",
+        );
+        check(
+            self.budgets
+                .providers
+                .keys()
+                .all(|p| dashtam_domain::model::ProviderKind::parse(p).is_some()),
+            "budgets.providers",
+            "names a provider that does not exist (plaid, schwab)",
         );
         check(
             self.breaker.failure_ratio > 0.0 && self.breaker.failure_ratio <= 1.0,

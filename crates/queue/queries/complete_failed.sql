@@ -11,4 +11,4 @@ SET state = u.state,
         'attempt', j.attempt, 'at', now(), 'error', u.message))
 FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $6::timestamptz[])
     AS u(id, state, delay_ms, message, started_at)
-WHERE j.id = u.id AND j.state = 'running' AND j.locked_by IS NOT DISTINCT FROM $5 AND j.started_at = u.started_at
+WHERE j.id = u.id AND j.state NOT IN ('scheduled', 'available', 'retryable', 'succeeded', 'failed', 'cancelled') AND j.locked_by IS NOT DISTINCT FROM $5 AND j.started_at = u.started_at

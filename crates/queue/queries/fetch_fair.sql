@@ -65,10 +65,13 @@ fill AS (
     ORDER BY prio.priority, due.run_at, due.id
     LIMIT greatest(0, $2 - (SELECT count(*) FROM fair))
 ),
+-- The LIMIT tells the planner how few rows come (the fill's own limit is
+-- unknown at planning): without it, it hashed the whole table to join them.
 next AS (
-    SELECT id FROM fair
-    UNION ALL
-    SELECT id FROM fill
+    (SELECT id FROM fair
+     UNION ALL
+     SELECT id FROM fill)
+    LIMIT $2
 )
 UPDATE jobs AS j
 SET state = 'running', attempt = j.attempt + 1, locked_by = $3, started_at = now(), waiting = NULL

@@ -21,6 +21,11 @@ use uuid::Uuid;
 pub(crate) const FRESH_FOR: Duration = Duration::from_millis(500);
 /// Owners read at once.
 const PAGE: i64 = 512;
+/// Owners served by one claim, each an equal share of it: each served
+/// owner costs the claim an index probe and a lock (~50 µs), so a claim of
+/// 100 jobs for 100 owners cost ~6 ms against ~2 ms for 10 owners; the
+/// ring brings the others round in the next claims.
+const OWNERS_PER_CLAIM: usize = 10;
 
 /// The owners with due jobs, as last read, served in turn.
 #[derive(Default)]
@@ -104,7 +109,7 @@ where
     }
     let cap = req.max_running_per_owner;
     let owners = if ring.owners.len() >= 2 || (cap > 0 && !ring.owners.is_empty()) {
-        ring.take(req.n)
+        ring.take(req.n.min(OWNERS_PER_CLAIM))
     } else {
         Vec::new()
     };

@@ -184,6 +184,16 @@ pub async fn stats(pool: &PgPool) -> Result<Vec<QueueStats>, QueueError> {
     Ok(by_queue.into_values().collect())
 }
 
+/// How many worker processes heartbeated within `within`.
+pub async fn live_workers(pool: &PgPool, within: std::time::Duration) -> Result<i64, QueueError> {
+    Ok(
+        sqlx::query_scalar(include_str!("../queries/live_workers.sql"))
+            .bind(within.as_secs_f64())
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
 /// The smallest UUIDv7 of the millisecond `at`: every id generated at or
 /// after `at` is greater.
 pub fn v7_floor(at: chrono::DateTime<chrono::Utc>) -> Uuid {

@@ -90,6 +90,26 @@ pub struct Stats {
     pub exchange_calls: u64,
     pub faults_injected: u64,
     pub by_item: HashMap<String, u64>,
+    /// `/transactions/sync` calls by arrival, in 100 ms slices since the
+    /// Unix epoch: the rate the provider saw.
+    pub sync_calls_by_decisecond: std::collections::BTreeMap<u64, u64>,
+}
+
+impl Stats {
+    /// The most `/transactions/sync` calls that arrived within any second
+    /// (ten consecutive 100 ms slices).
+    pub fn peak_sync_calls_per_second(&self) -> u64 {
+        self.sync_calls_by_decisecond
+            .keys()
+            .map(|&start| {
+                self.sync_calls_by_decisecond
+                    .range(start..start + 10)
+                    .map(|(_, n)| n)
+                    .sum()
+            })
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 pub(crate) struct Inner {

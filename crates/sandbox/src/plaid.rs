@@ -501,6 +501,14 @@ async fn transactions_sync(
         let mut guard = sandbox.lock();
         let inner = &mut *guard;
         inner.stats.transactions_sync_calls += 1;
+        let decisecond = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis() / 100).unwrap_or(0));
+        *inner
+            .stats
+            .sync_calls_by_decisecond
+            .entry(decisecond)
+            .or_default() += 1;
         *inner
             .stats
             .by_item

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub provider_request_seconds: HistogramVec,
     pub provider_breaker_transitions: IntCounterVec,
     pub provider_breaker_open: IntGaugeVec,
+    pub provider_budget_decisions: IntCounterVec,
     pub transactions_ingested: IntCounterVec,
     pub token_refreshes: IntCounterVec,
     pub scheduler_leader: IntGauge,
@@ -127,6 +128,15 @@ impl Metrics {
                 "1 while the provider's breaker is open or half-open (cluster-wide, \
                  read from the database), else 0.",
                 &["provider"],
+            ),
+            provider_budget_decisions: counter(
+                &r,
+                "dashtam_provider_budget_decisions_total",
+                "Provider calls weighed against the provider's budget, by provider and \
+                 decision: allowed, waited (a short wait in place), deferred (the job \
+                 was snoozed), fail_open (Redis unreachable: this process's share of \
+                 the budget decided).",
+                &["provider", "decision"],
             ),
             transactions_ingested: counter(
                 &r,

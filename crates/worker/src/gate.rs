@@ -19,7 +19,7 @@
 //! fetched); every other job of the provider is snoozed until then.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -32,6 +32,8 @@ use dashtam_telemetry::metrics::METRICS;
 use sqlx::PgPool;
 use tracing::{info, warn};
 use uuid::Uuid;
+
+use crate::budget::{Budgets, Held};
 
 /// When a breaker opens and how it recovers.
 #[derive(Clone, Debug)]
@@ -55,8 +57,9 @@ pub struct BreakerSettings {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Wait {
     pub until: DateTime<Utc>,
-    /// `provider_unavailable` (breaker open) or `provider_rate_limited`
-    /// (the provider asked to wait).
+    /// `provider_unavailable` (breaker open), `provider_rate_limited` (the
+    /// provider asked to wait) or `provider_budget` (our budget for it is
+    /// spent for now).
     pub reason: &'static str,
 }
 
@@ -96,6 +99,7 @@ pub struct ProviderGate {
     store: Store,
     queue_pool: PgPool,
     settings: BreakerSettings,
+    budgets: Arc<Budgets>,
     /// This daemon, as a probe holder.
     id: Uuid,
     local: Mutex<HashMap<String, Local>>,
@@ -108,11 +112,17 @@ const FRESH_FOR: Duration = Duration::from_secs(1);
 const PROBE_WAIT: Duration = Duration::from_secs(5);
 
 impl ProviderGate {
-    pub fn new(store: Store, queue_pool: PgPool, settings: BreakerSettings) -> Self {
+    pub fn new(
+        store: Store,
+        queue_pool: PgPool,
+        settings: BreakerSettings,
+        budgets: Arc<Budgets>,
+    ) -> Self {
         Self {
             store,
             queue_pool,
             settings,
+            budgets,
             id: Uuid::now_v7(),
             local: Mutex::new(HashMap::new()),
             shared: Mutex::new((None, HashMap::new())),
@@ -149,6 +159,12 @@ impl ProviderGate {
 
     fn forget_shared(&self) {
         self.shared.lock().unwrap_or_else(|p| p.into_inner()).0 = None;
+    }
+
+    /// Spends one request of `provider`'s budget (see `budget`): the slot
+    /// to hold while the call is out, or how long to wait.
+    pub async fn spend(&self, provider: &str) -> Result<Held, Wait> {
+        self.budgets.spend(provider).await
     }
 
     /// Whether a call to `provider` may go ahead now.

@@ -5,6 +5,7 @@
 //! only through the domain ports. Token refreshes go through
 //! [`TokenKeeper`] and nowhere else.
 
+pub mod budget;
 mod failure;
 pub mod gate;
 mod sync;

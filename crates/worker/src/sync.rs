@@ -76,7 +76,9 @@ where
         if !std::mem::take(&mut waited_out) {
             gate.admit(provider).await?;
         }
+        let held = gate.spend(provider).await?;
         let result = call().await;
+        drop(held);
         gate.record(provider, &result).await;
         let delay = match result {
             Err(ProviderError::Transient(e)) if tries < retries => {

@@ -116,11 +116,19 @@ impl TokenKeeper {
                 version,
             });
         };
-        // The provider is down or paused for everyone: wait, without a call.
-        if let Err(wait) = self.gate.admit(provider).await {
-            lease.release().await?;
-            return Err(wait.into());
-        }
+        // The provider is down, paused for everyone or out of budget: wait,
+        // without a call.
+        let held = match self.gate.admit(provider).await {
+            Ok(()) => self.gate.spend(provider).await,
+            Err(wait) => Err(wait),
+        };
+        let _held = match held {
+            Ok(h) => h,
+            Err(wait) => {
+                lease.release().await?;
+                return Err(wait.into());
+            }
+        };
         let Some(refresh_token) = credentials.refresh_token.clone() else {
             return Err(self
                 .reauth(ctx, lease, "the connection has no refresh token".into())

@@ -114,8 +114,16 @@ struct ProviderView {
     /// The provider asked every caller to wait until then (a 429).
     paused_until: Option<chrono::DateTime<chrono::Utc>>,
     reason: Option<String>,
-    /// Pending jobs snoozed until the provider is back.
+    /// Pending jobs snoozed until the provider is back (or its budget has
+    /// room again).
     snoozed_jobs: i64,
+    /// Its budget (none: calls are not limited).
+    budget: Option<crate::BudgetLimit>,
+    /// Calls let through per second over the last ten seconds, and calls in
+    /// flight now, across every daemon (none: no budget, or Redis cannot
+    /// say).
+    current_rate: Option<f64>,
+    in_flight: Option<u64>,
 }
 
 #[derive(serde::Serialize, ToSchema)]
@@ -123,7 +131,7 @@ struct ProviderList {
     data: Vec<ProviderView>,
 }
 
-/// Each provider's circuit breaker, pause and snoozed jobs.
+/// Each provider's circuit breaker, pause, budget and snoozed jobs.
 #[utoipa::path(
     get, path = "/admin/providers", tag = "admin",
     responses((status = 200, body = ProviderList), Problems),
@@ -135,10 +143,25 @@ async fn providers(
     require_operator(&caller)?;
     let health = state.store.provider_health().await?;
     let snoozed = ops::snoozed_counts(state.queue.pool()).await?;
+    let book = &state.budgets;
+    let now_sec = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+    let mut usage = std::collections::HashMap::new();
+    if let Some(redis) = &book.redis {
+        for p in book.limits.keys() {
+            let keys = dashtam_buckets::BudgetKeys::new(&book.key_prefix, p);
+            match redis.usage(&keys, now_sec).await {
+                Ok(u) => {
+                    usage.insert(p.clone(), u);
+                }
+                Err(e) => tracing::warn!(error = %e, provider = %p, "could not read the budget"),
+            }
+        }
+    }
     let data = dashtam_domain::model::ProviderKind::ALL
         .into_iter()
         .map(|p| {
             let h = health.iter().find(|h| h.provider == p.as_str());
+            let u = usage.get(p.as_str());
             ProviderView {
                 provider: p.as_str(),
                 configured: state.providers.source(p).is_some(),
@@ -152,6 +175,9 @@ async fn providers(
                     .iter()
                     .find(|(k, _)| k == p.as_str())
                     .map_or(0, |(_, n)| *n),
+                budget: book.limits.get(p.as_str()).copied(),
+                current_rate: u.map(|u| u.per_sec),
+                in_flight: u.map(|u| u.in_flight),
             }
         })
         .collect();

@@ -136,6 +136,17 @@ impl Cluster {
             .env("DASHTAM__DATABASE__ACQUIRE_TIMEOUT_SECS", "10")
             .env("DASHTAM__SCHEDULER__CYCLES__STALE_SYNC", "")
             .env("DASHTAM__SCHEDULER__CYCLES__PRUNE", "")
+            // Roomy budgets; the storm scenario sets Plaid's tight.
+            .env(
+                "DASHTAM__BUDGETS__PROVIDERS__PLAID__REQUESTS_PER_SEC",
+                "1000",
+            )
+            .env("DASHTAM__BUDGETS__PROVIDERS__PLAID__BURST", "1000")
+            .env(
+                "DASHTAM__BUDGETS__PROVIDERS__SCHWAB__REQUESTS_PER_SEC",
+                "1000",
+            )
+            .env("DASHTAM__BUDGETS__PROVIDERS__SCHWAB__BURST", "1000")
             .env("DASHTAM__BREAKER__COOLDOWN_SECS", "2")
             .env("DASHTAM__BREAKER__MAX_COOLDOWN_SECS", "8")
             .envs(d.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -455,10 +466,19 @@ async fn chaos_postgres_crash_mid_run() {
 }
 
 /// 3. A provider fault storm: 30 % 5xx, 10 % 429 with `Retry-After`,
-/// latency, data changing during pagination.
+/// latency, data changing during pagination; Plaid's budget is 50 calls a
+/// second (a burst of 10) for both daemons together, and the sandbox never
+/// sees more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_provider_fault_storm() {
-    let c = Cluster::start(2, &[]).await;
+    let c = Cluster::start(
+        2,
+        &[
+            ("DASHTAM__BUDGETS__PROVIDERS__PLAID__REQUESTS_PER_SEC", "50"),
+            ("DASHTAM__BUDGETS__PROVIDERS__PLAID__BURST", "10"),
+        ],
+    )
+    .await;
     let conns = c.link(CONNECTIONS).await;
     c.sandbox.set_faults(Faults {
         latency_ms: 10,
@@ -472,7 +492,15 @@ async fn chaos_provider_fault_storm() {
     c.wait_committed(CONNECTIONS as i64 / 2).await;
     let recovered = Instant::now();
     let figures = c.verify("fault_storm", recovered).await;
-    assert!(c.sandbox.stats().faults_injected > 0, "{figures}");
+    let stats = c.sandbox.stats();
+    assert!(stats.faults_injected > 0, "{figures}");
+    // 50 a second plus the burst, and a call or two of arrival jitter.
+    let peak = stats.peak_sync_calls_per_second();
+    println!(
+        "{}",
+        serde_json::json!({ "scenario": "fault_storm", "peak_calls_per_s": peak })
+    );
+    assert!(peak <= 62, "the sandbox saw {peak} calls in one second");
 }
 
 /// 4. A provider outage: every call a 5xx for 20 s, then recovery.

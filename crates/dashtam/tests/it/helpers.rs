@@ -119,6 +119,12 @@ pub fn test_config() -> Config {
     config.sync.page_size = 100;
     config.jobs.sync_max_attempts = 4;
     config.database.max_connections = 8;
+    // Roomy provider budgets (their own keys, under the prefix above):
+    // tests of the budgets set them tight.
+    for budget in config.budgets.providers.values_mut() {
+        budget.requests_per_sec = 10_000.0;
+        budget.burst = 10_000;
+    }
     config
 }
 

@@ -183,3 +183,101 @@ async fn a_429_pauses_the_provider_for_every_job(pool: PgPool) {
     );
     app.stop().await;
 }
+
+/// An app whose Plaid budget is 10 calls a second (a burst of 2), with
+/// pages of 10 transactions so each sync makes several calls.
+async fn budgeted(pool: PgPool, redis_url: Option<&str>) -> TestApp {
+    let mut config = test_config();
+    config.sync.page_size = 10;
+    config.budgets.max_wait_ms = 300;
+    let plaid = config.budgets.providers.get_mut("plaid").unwrap();
+    plaid.requests_per_sec = 10.0;
+    plaid.burst = 2;
+    plaid.concurrency = 3;
+    if let Some(url) = redis_url {
+        config.rate_limit.redis_url = url.into();
+    }
+    spawn_app_with(pool, &[Role::Api, Role::Worker], config).await
+}
+
+/// Syncs `n` connections of 40 transactions (four pages and a last empty
+/// one each) through `app`; every job succeeds on its first attempt and
+/// the sandbox never saw more than the budget allows in any second.
+async fn sync_within_budget(app: &TestApp, n: usize) {
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        conns.push(app.connect("alice", 1, 40).await);
+    }
+    let jobs = enqueue_all(app, &conns).await;
+    assert_no_attempt_spent(app, &jobs).await;
+    let stats = app.sandbox.stats();
+    assert!(stats.transactions_sync_calls >= 4 * n as u64, "{stats:?}");
+    // 10 a second plus the burst of 2, and a call of arrival jitter.
+    let peak = stats.peak_sync_calls_per_second();
+    assert!(peak <= 13, "the sandbox saw {peak} calls in one second");
+}
+
+/// The budget holds the provider to its rate: calls over it wait in place
+/// (a short wait) or their job is snoozed (`provider_budget`), and no job
+/// spends an attempt on it.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn the_budget_holds_the_provider_to_its_rate(pool: PgPool) {
+    let app = budgeted(pool, None).await;
+    sync_within_budget(&app, 12).await;
+    let metrics = app.scrape().await;
+    let decided = |d: &str| {
+        crate::helpers::sample(
+            &metrics,
+            &format!(
+                r#"dashtam_provider_budget_decisions_total{{decision="{d}",provider="plaid"}}"#
+            ),
+        )
+    };
+    assert!(decided("allowed") >= 2.0, "{metrics}");
+    assert!(decided("waited") + decided("deferred") >= 1.0, "{metrics}");
+    assert_eq!(decided("fail_open"), 0.0, "{metrics}");
+    // Operators see the budget and how it is spent across the daemons.
+    let op = app.operator_token("ops");
+    let v: Value = app
+        .http
+        .get(format!("{}/api/v1/admin/providers", app.api))
+        .bearer_auth(&op)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let plaid = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["provider"] == "plaid")
+        .unwrap()
+        .clone();
+    assert_eq!(plaid["budget"]["requests_per_sec"], 10.0, "{plaid}");
+    assert_eq!(plaid["budget"]["concurrency"], 3, "{plaid}");
+    let rate = plaid["current_rate"].as_f64().unwrap();
+    assert!(rate > 0.0 && rate <= 10.3, "{plaid}");
+    assert!(plaid["in_flight"].as_u64().unwrap() <= 3, "{plaid}");
+    app.stop().await;
+}
+
+/// Without Redis, each daemon spends its share of the budget (here the
+/// whole budget: it is the only worker): still held to the rate, never
+/// unlimited and never stopped; counted as `fail_open`.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn without_redis_each_daemon_spends_its_share(pool: PgPool) {
+    let port = dashtam_testkit::free_port();
+    let app = budgeted(pool, Some(&format!("redis://127.0.0.1:{port}"))).await;
+    sync_within_budget(&app, 8).await;
+    let metrics = app.scrape().await;
+    assert!(
+        crate::helpers::sample(
+            &metrics,
+            r#"dashtam_provider_budget_decisions_total{decision="fail_open",provider="plaid"}"#
+        ) >= 8.0,
+        "{metrics}"
+    );
+    app.stop().await;
+}
