@@ -193,7 +193,7 @@ enum BenchCommand {
         backlog: usize,
         /// Small owners, arriving once the backlog drains.
         #[arg(long, default_value_t = 10)]
-        owners: usize,
+        small_owners: usize,
         #[arg(long, default_value_t = 10)]
         jobs_per_owner: usize,
         /// Milliseconds each job works.
@@ -462,7 +462,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command:
                 BenchCommand::Fairness {
                     backlog,
-                    owners,
+                    small_owners,
                     jobs_per_owner,
                     job_ms,
                     args,
@@ -473,7 +473,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dashtam::bench::FairnessBenchOptions {
                     queue: queue_bench(0, args),
                     backlog,
-                    owners,
+                    owners: small_owners,
                     jobs_per_owner,
                     job_ms,
                 },

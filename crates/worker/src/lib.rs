@@ -44,6 +44,34 @@ impl AbandonHook for AuditAbandoned {
     }
 }
 
+/// How long a failed attempt's OUTCOME keeps being retried while the
+/// database cannot take it (a Postgres restart takes seconds).
+const OUTCOME_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Writes the OUTCOME of a failed or deferred attempt, retrying while the
+/// database is unreachable: the failure is often the database itself (a
+/// crash mid-sync), and an OUTCOME dropped then would leave the attempt's
+/// ATTEMPT open for good. The job's slot waits meanwhile; nothing else
+/// could run without the database anyway.
+async fn record_outcome(store: &dashtam_store::Store, outcome: &AuditEntry) {
+    let deadline = tokio::time::Instant::now() + OUTCOME_PATIENCE;
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        match store.audit(outcome).await {
+            Ok(()) => return,
+            Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::info!(error = %e, ?pause, "could not record the attempt's audit outcome yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the attempt's audit outcome");
+                return;
+            }
+        }
+    }
+}
+
 /// An audit record about `connection`, written by the job in `ctx`.
 fn audit_entry(
     action: AuditAction,

@@ -173,9 +173,7 @@ impl Handler for SyncHandler {
                 let mut outcome = entry(action, AuditPhase::Outcome, result, connection, ctx);
                 outcome.reason = Some(reason);
                 outcome.context["will_retry"] = matches!(error, JobError::Retry { .. }).into();
-                if let Err(e) = self.store.audit(&outcome).await {
-                    warn!(error = %e, "could not record the failed sync's audit outcome");
-                }
+                crate::record_outcome(&self.store, &outcome).await;
                 Err(error)
             }
         }

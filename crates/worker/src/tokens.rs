@@ -193,9 +193,7 @@ impl TokenKeeper {
                 );
                 outcome.reason = Some(failure.reason.clone());
                 outcome.context["will_retry"] = failure.will_retry().into();
-                if let Err(e) = self.store.audit(&outcome).await {
-                    warn!(error = %e, "could not record the failed refresh's audit outcome");
-                }
+                crate::record_outcome(&self.store, &outcome).await;
                 METRICS
                     .token_refreshes
                     .with_label_values(&[provider, "failed"])
