@@ -1,7 +1,7 @@
 -- The best priority of queue $1 that has a due job, and up to $3 owners
--- with pending jobs at it whose name sorts after $2, each with whether it
--- has a due job (a skip scan over jobs_fair: one probe per owner, however
--- many jobs each has). None while the queue is paused.
+-- with pending jobs whose name sorts after $2, each with whether it has a
+-- due job at that priority (a skip scan over jobs_fair: one probe per
+-- owner, however many jobs each has). None while the queue is paused.
 WITH RECURSIVE prio AS (
     (SELECT priority FROM jobs
      WHERE queue = $1 AND state IN ('scheduled', 'available', 'retryable')
@@ -24,13 +24,13 @@ top AS MATERIALIZED (
 ),
 owners AS (
     (SELECT j.owner, 1 AS n FROM jobs j, top
-     WHERE j.queue = $1 AND j.priority = top.priority
-       AND j.state IN ('scheduled', 'available', 'retryable') AND j.owner > $2
+     WHERE j.queue = $1 AND j.state IN ('scheduled', 'available', 'retryable')
+       AND j.owner > $2
      ORDER BY j.owner LIMIT 1)
     UNION ALL
-    SELECT (SELECT j.owner FROM jobs j, top
-            WHERE j.queue = $1 AND j.priority = top.priority
-              AND j.state IN ('scheduled', 'available', 'retryable') AND j.owner > owners.owner
+    SELECT (SELECT j.owner FROM jobs j
+            WHERE j.queue = $1 AND j.state IN ('scheduled', 'available', 'retryable')
+              AND j.owner > owners.owner
             ORDER BY j.owner LIMIT 1), owners.n + 1
     FROM owners WHERE owners.owner IS NOT NULL AND owners.n < $3
 )
