@@ -45,13 +45,15 @@ impl Call {
     }
 }
 
-/// `Retry-After` in seconds (the only form providers send us).
+/// `Retry-After` (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date (the
+/// wait until then; none if it has passed). Anything else is ignored.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    at.duration_since(std::time::SystemTime::now()).ok()
 }
 
 /// reqwest's messages include the URL; keep them short and free of query
@@ -104,4 +106,32 @@ pub(crate) async fn send(
             body,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        assert_eq!(retry_after(&header("120")), Some(Duration::from_secs(120)));
+        assert_eq!(retry_after(&header(" 7 ")), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(90);
+        let wait = retry_after(&header(&httpdate::fmt_http_date(later))).unwrap();
+        assert!(
+            wait > Duration::from_secs(85) && wait <= Duration::from_secs(90),
+            "{wait:?}"
+        );
+        // The obsolete RFC 850 form, as RFC 9110 asks recipients to accept.
+        let past = "Sunday, 06-Nov-94 08:49:37 GMT";
+        assert_eq!(retry_after(&header(past)), None);
+        assert_eq!(retry_after(&header("soon")), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
 }

@@ -69,6 +69,10 @@ pub struct Faults {
     pub rate_limit_rate: f64,
     /// `Retry-After` seconds sent with a 429.
     pub retry_after_secs: u64,
+    /// Send that `Retry-After` as an HTTP-date (the time it ends) instead of
+    /// seconds: RFC 9110 allows both.
+    #[serde(default)]
+    pub retry_after_http_date: bool,
     /// Probability (0–1) that a paginating call finds the data changed.
     pub mutation_rate: f64,
     /// Faults for the next calls, in order, before the random ones apply.
@@ -79,7 +83,12 @@ pub struct Faults {
 #[serde(tag = "fault", rename_all = "snake_case")]
 pub enum ScriptedFault {
     ServerError,
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+        /// As an HTTP-date instead of seconds.
+        #[serde(default)]
+        http_date: bool,
+    },
     MutationDuringPagination,
 }
 
@@ -292,6 +301,17 @@ impl Sandbox {
     }
 }
 
+/// A `Retry-After` of `secs`: delay-seconds, or the HTTP-date it ends at.
+pub(crate) fn retry_after(secs: u64, http_date: bool) -> axum::http::HeaderValue {
+    if http_date {
+        let at = std::time::SystemTime::now() + std::time::Duration::from_secs(secs);
+        axum::http::HeaderValue::from_str(&httpdate::fmt_http_date(at))
+            .unwrap_or_else(|_| axum::http::HeaderValue::from(secs))
+    } else {
+        axum::http::HeaderValue::from(secs)
+    }
+}
+
 /// The fault for the next call: a scripted one first, else a random one
 /// by the configured rates (a mutation only while `paginating`).
 pub(crate) fn draw_fault(
@@ -304,6 +324,7 @@ pub(crate) fn draw_fault(
         None if rng.f64() < faults.error_rate => Some(ScriptedFault::ServerError),
         None if rng.f64() < faults.rate_limit_rate => Some(ScriptedFault::RateLimited {
             retry_after_secs: faults.retry_after_secs,
+            http_date: faults.retry_after_http_date,
         }),
         None if paginating && rng.f64() < faults.mutation_rate => {
             Some(ScriptedFault::MutationDuringPagination)

@@ -558,15 +558,20 @@ async fn transactions_sync(
                 "an unexpected error occurred".into(),
             );
         }
-        Some(ScriptedFault::RateLimited { retry_after_secs }) => {
+        Some(ScriptedFault::RateLimited {
+            retry_after_secs,
+            http_date,
+        }) => {
             let mut resp = error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "RATE_LIMIT_EXCEEDED",
                 "TRANSACTIONS_SYNC_LIMIT",
                 "rate limit exceeded for /transactions/sync".into(),
             );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                crate::retry_after(retry_after_secs, http_date),
+            );
             return resp;
         }
         Some(ScriptedFault::MutationDuringPagination) => {

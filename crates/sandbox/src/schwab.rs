@@ -365,10 +365,15 @@ async fn faults(sandbox: &Sandbox) -> Option<Response> {
         tokio::time::sleep(d).await;
     }
     match fault {
-        Some(ScriptedFault::RateLimited { retry_after_secs }) => {
+        Some(ScriptedFault::RateLimited {
+            retry_after_secs,
+            http_date,
+        }) => {
             let mut r = api_error(StatusCode::TOO_MANY_REQUESTS, "Too many requests");
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                crate::retry_after(retry_after_secs, http_date),
+            );
             Some(r)
         }
         Some(_) => Some(api_error(

@@ -136,7 +136,9 @@ async fn an_outage_opens_the_breaker_and_costs_no_attempt(pool: PgPool) {
 }
 
 /// A 429 with `Retry-After` pauses the provider for every job (they wait,
-/// `provider_rate_limited`), and no job spends an attempt on it.
+/// `provider_rate_limited`), and no job spends an attempt on it. The
+/// sandbox sends the HTTP-date form here (the seconds form: the storm chaos
+/// scenario and `sync::a_flaky_page_is_retried_in_place`).
 #[sqlx::test(migrator = "MIGRATIONS")]
 async fn a_429_pauses_the_provider_for_every_job(pool: PgPool) {
     let app = app(pool.clone()).await;
@@ -146,7 +148,8 @@ async fn a_429_pauses_the_provider_for_every_job(pool: PgPool) {
     }
     app.sandbox.set_faults(Faults {
         rate_limit_rate: 1.0,
-        retry_after_secs: 2,
+        retry_after_secs: 3,
+        retry_after_http_date: true,
         ..Faults::default()
     });
     let jobs = enqueue_all(&app, &conns).await;

@@ -258,6 +258,7 @@ async fn a_flaky_page_is_retried_in_place(pool: PgPool) {
     app.sandbox.push_fault(ScriptedFault::ServerError);
     app.sandbox.push_fault(ScriptedFault::RateLimited {
         retry_after_secs: 1,
+        http_date: false,
     });
     let job = app.sync("alice", &conn).await;
     assert_eq!(job["state"], "succeeded", "{job}");
@@ -280,6 +281,7 @@ async fn server_errors_and_rate_limits_are_retried_with_delay(pool: PgPool) {
     app.sandbox.push_fault(ScriptedFault::ServerError);
     app.sandbox.push_fault(ScriptedFault::RateLimited {
         retry_after_secs: 1,
+        http_date: false,
     });
     let job = app.sync("alice", &conn).await;
     assert_eq!(job["state"], "succeeded", "{job}");

@@ -546,6 +546,7 @@ async fn a_refresh_that_meets_a_provider_outage_retries_and_succeeds(pool: PgPoo
     app.sandbox
         .push_fault(dashtam_sandbox::ScriptedFault::RateLimited {
             retry_after_secs: 1,
+            http_date: false,
         });
     let connection = ConnectionId(id.parse().unwrap());
     let mut job = NewJob::new(
