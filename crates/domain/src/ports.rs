@@ -45,15 +45,29 @@ pub struct SyncPage {
     pub has_more: bool,
 }
 
+/// Whom a provider's rate limit applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitScope {
+    /// Every call to the provider (our client id or app).
+    Provider,
+    /// Calls about one connection (a Plaid Item, a brokerage account).
+    Connection,
+}
+
 /// Why a provider call failed, classified by what the caller should do.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
     /// Worth retrying later (5xx, timeouts, connection resets).
     #[error("provider unavailable: {0}")]
     Transient(String),
-    /// The provider asked us to slow down.
+    /// The provider asked us to slow down: every caller (`scope`
+    /// `Provider`), or calls about this one connection (`Connection`, as
+    /// Plaid's per-Item limits).
     #[error("provider rate limit hit")]
-    RateLimited { retry_after: Option<Duration> },
+    RateLimited {
+        retry_after: Option<Duration>,
+        scope: LimitScope,
+    },
     /// Data changed while paging; restart from the cursor the loop began with.
     #[error("provider data changed during pagination")]
     MutationDuringPagination,

@@ -9,7 +9,7 @@ use dashtam_domain::model::{
     NormalizedAccount, NormalizedTransaction, RemovedTransaction, TransactionStatus,
 };
 use dashtam_domain::ports::{
-    LiveSecret, ProviderCredentials, ProviderError, SyncPage, TransactionSyncSource,
+    LimitScope, LiveSecret, ProviderCredentials, ProviderError, SyncPage, TransactionSyncSource,
 };
 
 use crate::http::{self, Refusal};
@@ -92,7 +92,15 @@ fn classify(
         err.error_message
     );
     match (status, err.error_code.as_str()) {
-        (StatusCode::TOO_MANY_REQUESTS, _) => ProviderError::RateLimited { retry_after },
+        // Plaid's 429s name the endpoint, not the scope, and carry no
+        // Retry-After. The per-client limits are kept by our budget
+        // (`budgets.providers.plaid`), so a 429 is an Item's own limit
+        // (e.g. 50 /transactions/sync calls a minute): it holds back that
+        // connection, not every Plaid job.
+        (StatusCode::TOO_MANY_REQUESTS, _) => ProviderError::RateLimited {
+            retry_after,
+            scope: LimitScope::Connection,
+        },
         (s, _) if s.is_server_error() => ProviderError::Transient(what),
         (_, "TRANSACTIONS_SYNC_MUTATION_DURING_PAGINATION") => {
             ProviderError::MutationDuringPagination
@@ -403,7 +411,8 @@ mod tests {
         };
         assert!(matches!(
             classify("/x", StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(3)), body("")),
-            ProviderError::RateLimited { retry_after: Some(d) } if d.as_secs() == 3
+            ProviderError::RateLimited { retry_after: Some(d), scope: LimitScope::Connection }
+                if d.as_secs() == 3
         ));
         assert!(matches!(
             classify("/x", StatusCode::BAD_GATEWAY, None, body("")),

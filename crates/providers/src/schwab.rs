@@ -16,7 +16,7 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use dashtam_domain::Currency;
 use dashtam_domain::model::{NormalizedAccount, NormalizedTransaction, TransactionStatus};
 use dashtam_domain::ports::{
-    LiveSecret, ProviderCredentials, ProviderError, TokenGrant, WindowSyncSource,
+    LimitScope, LiveSecret, ProviderCredentials, ProviderError, TokenGrant, WindowSyncSource,
 };
 use reqwest::StatusCode;
 use rust_decimal::Decimal;
@@ -140,7 +140,11 @@ fn classify(
         oauth.error_description
     );
     match status {
-        StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited { retry_after },
+        // Schwab's limits are the app's: every call waits.
+        StatusCode::TOO_MANY_REQUESTS => ProviderError::RateLimited {
+            retry_after,
+            scope: LimitScope::Provider,
+        },
         s if s.is_server_error() => ProviderError::Transient(what),
         _ if oauth.error == "invalid_grant" => ProviderError::Unauthorized(what),
         // A 401 on the token endpoint means our app credentials are wrong.

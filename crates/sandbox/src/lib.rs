@@ -67,7 +67,7 @@ pub struct Faults {
     pub error_rate: f64,
     /// Probability (0–1) of a 429.
     pub rate_limit_rate: f64,
-    /// `Retry-After` seconds sent with a 429.
+    /// `Retry-After` seconds sent with a 429 (0: none, as Plaid sends).
     pub retry_after_secs: u64,
     /// Send that `Retry-After` as an HTTP-date (the time it ends) instead of
     /// seconds: RFC 9110 allows both.

@@ -562,16 +562,21 @@ async fn transactions_sync(
             retry_after_secs,
             http_date,
         }) => {
+            // Plaid's own wording; it sends no Retry-After (0 here does
+            // the same).
             let mut resp = error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "RATE_LIMIT_EXCEEDED",
                 "TRANSACTIONS_SYNC_LIMIT",
-                "rate limit exceeded for /transactions/sync".into(),
+                "rate limit exceeded for attempts to access this item. please try again later"
+                    .into(),
             );
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                crate::retry_after(retry_after_secs, http_date),
-            );
+            if retry_after_secs > 0 {
+                resp.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    crate::retry_after(retry_after_secs, http_date),
+                );
+            }
             return resp;
         }
         Some(ScriptedFault::MutationDuringPagination) => {

@@ -110,7 +110,7 @@ impl From<ProviderError> for Failure {
             ProviderError::Transient(_)
             | ProviderError::MutationDuringPagination
             | ProviderError::AccessTokenExpired => JobError::retry(reason.clone()),
-            ProviderError::RateLimited { retry_after } => JobError::Retry {
+            ProviderError::RateLimited { retry_after, .. } => JobError::Retry {
                 message: reason.clone(),
                 after: Some(retry_after.unwrap_or(Duration::from_secs(30))),
             },

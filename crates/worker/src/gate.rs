@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
-use dashtam_domain::ports::ProviderError;
+use dashtam_domain::ports::{LimitScope, ProviderError};
 use dashtam_queue::ops;
 use dashtam_store::Store;
 use dashtam_store::providers::ProviderHealth;
@@ -58,8 +58,9 @@ pub struct BreakerSettings {
 pub struct Wait {
     pub until: DateTime<Utc>,
     /// `provider_unavailable` (breaker open), `provider_rate_limited` (the
-    /// provider asked to wait) or `provider_budget` (our budget for it is
-    /// spent for now).
+    /// provider asked to wait), `provider_budget` (our budget for it is
+    /// spent for now) or `connection_rate_limited` (the provider limits
+    /// this connection's calls, as Plaid's per-Item limits).
     pub reason: &'static str,
 }
 
@@ -80,7 +81,10 @@ enum Seen {
 fn seen<T>(r: &Result<T, ProviderError>) -> Seen {
     match r {
         Err(ProviderError::Transient(_)) => Seen::Down,
-        Err(ProviderError::RateLimited { retry_after }) => Seen::RateLimited(*retry_after),
+        Err(ProviderError::RateLimited {
+            retry_after,
+            scope: LimitScope::Provider,
+        }) => Seen::RateLimited(*retry_after),
         // Answers, even refusals, mean the provider is up.
         _ => Seen::Up,
     }

@@ -12,7 +12,7 @@ use dashtam_domain::audit::{AuditAction, AuditOutcome, AuditPhase};
 use dashtam_domain::jobs::SyncJob;
 use dashtam_domain::model::{ConnectionStatus, SyncBatch};
 use dashtam_domain::ports::{
-    ProviderCredentials, ProviderError, TransactionSyncSource, WindowSyncSource,
+    LimitScope, ProviderCredentials, ProviderError, TransactionSyncSource, WindowSyncSource,
 };
 use dashtam_providers::{Providers, Source};
 use dashtam_queue::{Handler, JobContext, JobError};
@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::audit_entry as entry;
 use crate::failure::Failure;
-use crate::gate::ProviderGate;
+use crate::gate::{ProviderGate, Wait};
 use crate::tokens::TokenKeeper;
 
 #[derive(Clone, Debug)]
@@ -48,6 +48,10 @@ pub struct SyncSettings {
 /// The longest `Retry-After` a page waits out in place; a longer one ends
 /// the attempt (the job is retried after it, without holding a slot).
 const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(10);
+/// How long a job whose connection is still rate limited after its in-place
+/// retries waits, when the provider did not say (Plaid's per-Item limits
+/// count per minute).
+const CONNECTION_LIMIT_WAIT: Duration = Duration::from_secs(60);
 
 /// Runs one provider call through the provider's gate (see `gate`),
 /// retrying it in place (up to `retries` times) on a transient error or a
@@ -87,16 +91,40 @@ where
                 info!(error = %e, ?delay, "provider call failed; retrying it in place");
                 delay
             }
-            Err(ProviderError::RateLimited { retry_after })
+            Err(ProviderError::RateLimited { retry_after, scope })
                 if tries < retries && retry_after.is_none_or(|d| d <= MAX_INLINE_RETRY_AFTER) =>
             {
-                let delay = retry_after.unwrap_or(Duration::from_secs(1));
+                let delay = match scope {
+                    LimitScope::Provider => {
+                        // The pause it set is this job's to wait out.
+                        waited_out = true;
+                        retry_after.unwrap_or(Duration::from_secs(1))
+                    }
+                    // This connection's own limit (Plaid's per-Item ones
+                    // count per minute): 1, 2, 4, 8 s.
+                    LimitScope::Connection => {
+                        retry_after.unwrap_or(Duration::from_secs(1 << tries.min(3)))
+                    }
+                };
                 info!(
                     ?delay,
+                    ?scope,
                     "provider rate limited a call; waiting it out in place"
                 );
-                waited_out = true;
                 delay
+            }
+            Err(ProviderError::RateLimited {
+                retry_after,
+                scope: LimitScope::Connection,
+            }) => {
+                // Still limited: this job waits (no attempt spent), the
+                // provider's other jobs carry on.
+                let after = retry_after.unwrap_or(CONNECTION_LIMIT_WAIT);
+                return Err(Wait {
+                    until: Utc::now() + chrono::Duration::from_std(after).unwrap_or_default(),
+                    reason: "connection_rate_limited",
+                }
+                .into());
             }
             Err(e @ (ProviderError::Transient(_) | ProviderError::RateLimited { .. })) => {
                 // Out of retries, or a long pause: if the provider is down or

@@ -131,7 +131,7 @@ fn exchange_failed(e: ProviderError, what: &str) -> ApiError {
             "The provider refused the token",
             format!("the provider did not accept this {what} (expired, already used or invalid)"),
         ),
-        ProviderError::RateLimited { retry_after } => ApiError::unavailable(
+        ProviderError::RateLimited { retry_after, .. } => ApiError::unavailable(
             "the provider is rate limiting us; try again later",
             Some(retry_after.map_or(30, |d| d.as_secs())),
         ),

@@ -206,7 +206,8 @@ pub struct JobView {
     pub finished_at: Option<DateTime<Utc>>,
     pub progress: Option<serde_json::Value>,
     /// Why the job waits, when something it depends on asked it to:
-    /// `{"reason": "provider_unavailable" | "provider_rate_limited", "until": …}`.
+    /// `{"reason": "provider_unavailable" | "provider_rate_limited" |
+    /// "provider_budget" | "connection_rate_limited", "until": …}`.
     pub waiting: Option<serde_json::Value>,
     pub last_error: Option<serde_json::Value>,
     pub errors: serde_json::Value,

@@ -135,8 +135,8 @@ async fn an_outage_opens_the_breaker_and_costs_no_attempt(pool: PgPool) {
     app.stop().await;
 }
 
-/// A 429 with `Retry-After` pauses the provider for every job (they wait,
-/// `provider_rate_limited`), and no job spends an attempt on it. The
+/// A Schwab 429 with `Retry-After` pauses the provider for every job (they
+/// wait, `provider_rate_limited`), and no job spends an attempt on it. The
 /// sandbox sends the HTTP-date form here (the seconds form: the storm chaos
 /// scenario and `sync::a_flaky_page_is_retried_in_place`).
 #[sqlx::test(migrator = "MIGRATIONS")]
@@ -144,7 +144,7 @@ async fn a_429_pauses_the_provider_for_every_job(pool: PgPool) {
     let app = app(pool.clone()).await;
     let mut conns = Vec::new();
     for _ in 0..6 {
-        conns.push(app.connect("alice", 1, 30).await);
+        conns.push(app.connect_schwab("alice", 1, 5).await.0);
     }
     app.sandbox.set_faults(Faults {
         rate_limit_rate: 1.0,
@@ -158,7 +158,7 @@ async fn a_429_pauses_the_provider_for_every_job(pool: PgPool) {
         Duration::from_secs(30),
         || async {
             let paused: Option<bool> = sqlx::query_scalar(
-                "SELECT paused_until > now() FROM provider_health WHERE provider = 'plaid'",
+                "SELECT paused_until > now() FROM provider_health WHERE provider = 'schwab'",
             )
             .fetch_optional(&pool)
             .await
@@ -180,10 +180,39 @@ async fn a_429_pauses_the_provider_for_every_job(pool: PgPool) {
     assert!(
         crate::helpers::sample(
             &metrics,
-            r#"dashtam_provider_breaker_transitions_total{provider="plaid",to="paused"}"#
+            r#"dashtam_provider_breaker_transitions_total{provider="schwab",to="paused"}"#
         ) >= 1.0,
         "{metrics}"
     );
+    app.stop().await;
+}
+
+/// Plaid's 429 (no `Retry-After`: an Item's own limit, the per-client one
+/// being kept by our budget) holds back only the call that got it: it
+/// waits in place and goes on; Plaid is not paused for the other jobs and
+/// no job spends an attempt. Before, it paused every Plaid job for 30 s.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn a_plaid_429_holds_back_only_its_connection(pool: PgPool) {
+    let app = app(pool.clone()).await;
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        conns.push(app.connect("alice", 1, 30).await);
+    }
+    app.sandbox
+        .push_fault(dashtam_sandbox::ScriptedFault::RateLimited {
+            retry_after_secs: 0,
+            http_date: false,
+        });
+    let jobs = enqueue_all(&app, &conns).await;
+    assert_no_attempt_spent(&app, &jobs).await;
+    assert_eq!(app.sandbox.stats().faults_injected, 1);
+    let paused: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT paused_until FROM provider_health WHERE provider = 'plaid'")
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+            .flatten();
+    assert_eq!(paused, None, "Plaid was paused for everyone");
     app.stop().await;
 }
 
