@@ -425,18 +425,7 @@ pub async fn fairness(config: Config, opts: FairnessBenchOptions) -> anyhow::Res
         first_start: Default::default(),
         finished: Default::default(),
     });
-    let shutdown = CancellationToken::new();
-    let worker = dashtam_queue::WorkerPool::new(
-        warm(
-            app::queue_pool(&config, &pool),
-            config.worker.max_connections,
-        )
-        .await?,
-        queue_worker_config(&config, q.concurrency, q.fetch_batch),
-    )
-    .handle(BENCH_KIND, probe.clone());
-    let stop = shutdown.clone();
-    let task = tokio::spawn(async move { worker.run(stop).await });
+    let (shutdown, task) = start_worker(&config, &pool, q, probe.clone()).await?;
     let finished = |owner: &str| -> usize {
         probe
             .finished
@@ -497,6 +486,29 @@ pub async fn fairness(config: Config, opts: FairnessBenchOptions) -> anyhow::Res
     Ok(())
 }
 
+type WorkerTask = tokio::task::JoinHandle<Result<(), dashtam_queue::QueueError>>;
+
+/// A worker pool on the bench queue (its connections opened first, as a
+/// daemon's are), running `handler` until the returned token is cancelled.
+async fn start_worker(
+    config: &Config,
+    pool: &sqlx::PgPool,
+    opts: &QueueBenchOptions,
+    handler: Arc<dyn dashtam_queue::Handler>,
+) -> anyhow::Result<(CancellationToken, WorkerTask)> {
+    let shutdown = CancellationToken::new();
+    let worker = dashtam_queue::WorkerPool::new(
+        warm(app::queue_pool(config, pool), config.worker.max_connections).await?,
+        queue_worker_config(config, opts.concurrency, opts.fetch_batch),
+    )
+    .handle(BENCH_KIND, handler);
+    let stop = shutdown.clone();
+    Ok((
+        shutdown,
+        tokio::spawn(async move { worker.run(stop).await }),
+    ))
+}
+
 /// The brief's "latency" workload: an idle worker; 500 jobs enqueued one at
 /// a time, 10 ms apart, each carrying its enqueue time.
 pub async fn latency(config: Config, opts: QueueBenchOptions) -> anyhow::Result<()> {
@@ -506,18 +518,7 @@ pub async fn latency(config: Config, opts: QueueBenchOptions) -> anyhow::Result<
         seen: 0.into(),
         latencies_us: Vec::new().into(),
     });
-    let shutdown = CancellationToken::new();
-    let worker = dashtam_queue::WorkerPool::new(
-        warm(
-            app::queue_pool(&config, &pool),
-            config.worker.max_connections,
-        )
-        .await?,
-        queue_worker_config(&config, opts.concurrency, opts.fetch_batch),
-    )
-    .handle(BENCH_KIND, noop.clone());
-    let stop = shutdown.clone();
-    let task = tokio::spawn(async move { worker.run(stop).await });
+    let (shutdown, task) = start_worker(&config, &pool, &opts, noop.clone()).await?;
     // Let the worker register, LISTEN and go idle.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut tick = tokio::time::interval(Duration::from_millis(10));

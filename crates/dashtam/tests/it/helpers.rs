@@ -209,6 +209,28 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The entry of an operator listing (`/api/v1/admin/{list}`) whose
+    /// `field` is `value`, read with the operator token `op`.
+    pub async fn admin_entry(&self, op: &str, list: &str, field: &str, value: &str) -> Value {
+        let v: Value = self
+            .http
+            .get(format!("{}/api/v1/admin/{list}", self.api))
+            .bearer_auth(op)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e[field] == value)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
     /// The provider's link step: a one-time public token for a new item.
     pub async fn public_token(&self, accounts: u32, per_account: u32) -> String {
         let sc = self.sandbox.config();

@@ -169,22 +169,7 @@ async fn operators_retry_discard_and_pause(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(waiting["state"], "available");
-    let stats: Value = app
-        .http
-        .get(format!("{}/api/v1/admin/queues", app.api))
-        .bearer_auth(&op)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sync = stats["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["queue"] == "sync")
-        .unwrap();
+    let sync = app.admin_entry(&op, "queues", "queue", "sync").await;
     assert_eq!(sync["paused"], true);
     assert_eq!(sync["states"]["available"], 1);
     assert_eq!(

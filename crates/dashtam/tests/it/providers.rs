@@ -64,25 +64,11 @@ async fn an_outage_opens_the_breaker_and_costs_no_attempt(pool: PgPool) {
     let jobs = enqueue_all(&app, &conns).await;
     let op = app.operator_token("ops");
     let providers: Value = wait_for("the breaker to open", Duration::from_secs(30), || async {
-        let v: Value = app
-            .http
-            .get(format!("{}/api/v1/admin/providers", app.api))
-            .bearer_auth(&op)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let plaid = v["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["provider"] == "plaid")
-            .cloned();
-        match plaid {
-            Some(p) if p["breaker"] == "open" && p["snoozed_jobs"].as_i64() > Some(0) => Ok(p),
-            other => Err(other),
+        let p = app.admin_entry(&op, "providers", "provider", "plaid").await;
+        if p["breaker"] == "open" && p["snoozed_jobs"].as_i64() > Some(0) {
+            Ok(p)
+        } else {
+            Err(p)
         }
     })
     .await;
@@ -270,23 +256,7 @@ async fn the_budget_holds_the_provider_to_its_rate(pool: PgPool) {
     assert_eq!(decided("fail_open"), 0.0, "{metrics}");
     // Operators see the budget and how it is spent across the daemons.
     let op = app.operator_token("ops");
-    let v: Value = app
-        .http
-        .get(format!("{}/api/v1/admin/providers", app.api))
-        .bearer_auth(&op)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let plaid = v["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["provider"] == "plaid")
-        .unwrap()
-        .clone();
+    let plaid = app.admin_entry(&op, "providers", "provider", "plaid").await;
     assert_eq!(plaid["budget"]["requests_per_sec"], 10.0, "{plaid}");
     assert_eq!(plaid["budget"]["concurrency"], 3, "{plaid}");
     let rate = plaid["current_rate"].as_f64().unwrap();
