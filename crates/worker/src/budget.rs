@@ -235,6 +235,18 @@ impl Budgets {
             )))),
             Take::Unavailable(why) => {
                 self.warn(&why);
+                // The script may have run and only its answer been lost (a
+                // timeout): give the slot back rather than leave it held
+                // until its lease ends.
+                if b.concurrency > 0 {
+                    drop(Held {
+                        release: Some(Release::Redis {
+                            budgets: self.clone(),
+                            key: keys.slots.clone(),
+                            member,
+                        }),
+                    });
+                }
                 None
             }
         }
