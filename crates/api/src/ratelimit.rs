@@ -92,7 +92,7 @@ impl RateLimiter {
             self.settings.write
         };
         let key = format!("{}:rl:{class}:{subject}", self.settings.key_prefix);
-        let decision = match self.buckets.take(&key, limit, None).await {
+        let decision = match self.buckets.take(&key, limit).await {
             Take::Allowed { remaining, full_ms } => Decision::Allowed {
                 limit: limit.burst,
                 remaining,

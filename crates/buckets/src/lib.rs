@@ -116,12 +116,10 @@ pub struct Usage {
     pub per_sec: f64,
 }
 
-/// Holding one of a set of concurrency slots.
+/// Holding one of a budget's concurrency slots.
 #[derive(Clone, Debug)]
 pub struct Slot<'a> {
-    /// The sorted set of held slots.
-    pub key: &'a str,
-    /// How many may be held at once.
+    /// How many may be held at once (0: no limit, none is held).
     pub slots: u32,
     /// A slot is freed this long after it was taken even if never released.
     pub lease: Duration,
@@ -193,44 +191,40 @@ impl RedisBuckets {
         )
     }
 
-    /// Takes a token from the bucket `key`, and with `slot` one of its
-    /// concurrency slots too (none when they are all held).
-    pub async fn take(&self, key: &str, limit: Limit, slot: Option<&Slot<'_>>) -> Take {
-        self.take_counted(key, limit, slot, None).await
+    /// Takes a token from the bucket `key`.
+    pub async fn take(&self, key: &str, limit: Limit) -> Take {
+        let mut invocation = self.take.key(key);
+        invocation.arg(limit.burst).arg(limit.per_sec);
+        self.run_take(invocation).await
     }
 
-    /// [`take`](Self::take), counting a token taken in the counter
-    /// `counter` (the slots are then required; pass `slots: 0` for none).
-    pub async fn take_counted(
+    /// Takes a token from a provider's budget: its bucket, one of its
+    /// slots (none held when `slot.slots` is 0: no limit) and a count in
+    /// the calls of the Unix second `now_sec`.
+    pub async fn take_budget(
         &self,
-        key: &str,
+        keys: &BudgetKeys,
         limit: Limit,
-        slot: Option<&Slot<'_>>,
-        counter: Option<&str>,
+        slot: &Slot<'_>,
+        now_sec: u64,
     ) -> Take {
+        let mut invocation = self.take.key(&keys.rate);
+        invocation
+            .key(&keys.slots)
+            .key(keys.calls(now_sec))
+            .arg(limit.burst)
+            .arg(limit.per_sec)
+            .arg(slot.slots)
+            .arg(u64::try_from(slot.lease.as_millis()).unwrap_or(u64::MAX))
+            .arg(slot.member);
+        self.run_take(invocation).await
+    }
+
+    async fn run_take(&self, invocation: redis::ScriptInvocation<'_>) -> Take {
         let mut c = match self.connection().await {
             Ok(c) => c,
             Err(why) => return Take::Unavailable(why),
         };
-        let mut invocation = self.take.key(key);
-        invocation.arg(limit.burst).arg(limit.per_sec);
-        if let Some(s) = slot {
-            invocation
-                .key(s.key)
-                .arg(s.slots)
-                .arg(u64::try_from(s.lease.as_millis()).unwrap_or(u64::MAX))
-                .arg(s.member);
-        } else if counter.is_some() {
-            // KEYS[2] unused: no slots.
-            invocation
-                .key(format!("{key}:no-slots"))
-                .arg(0)
-                .arg(0)
-                .arg("");
-        }
-        if let Some(c) = counter {
-            invocation.key(c);
-        }
         let call = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut c);
         let ms = |v: i64| u64::try_from(v).unwrap_or(0);
         match tokio::time::timeout(self.timeout, call).await {

@@ -165,9 +165,6 @@ struct QueueBenchArgs {
     /// Jobs scheduled a day ahead in the same queue, waiting behind the run.
     #[arg(long, default_value_t = 0)]
     queued: usize,
-    /// The jobs belong to this many owners in turn (0: no owner).
-    #[arg(long, default_value_t = 0)]
-    owners: usize,
 }
 
 #[derive(Subcommand)]
@@ -176,6 +173,9 @@ enum BenchCommand {
     Drain {
         #[arg(long, default_value_t = 20_000)]
         jobs: usize,
+        /// The jobs belong to this many owners in turn (0: no owner).
+        #[arg(long, default_value_t = 0)]
+        owners: usize,
         #[command(flatten)]
         args: QueueBenchArgs,
     },
@@ -247,7 +247,7 @@ fn queue_bench(jobs: usize, a: QueueBenchArgs) -> dashtam::bench::QueueBenchOpti
         concurrency: a.concurrency,
         fetch_batch: a.fetch_batch,
         queued: a.queued,
-        owners: a.owners,
+        owners: 0,
     }
 }
 
@@ -453,9 +453,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
-            command: BenchCommand::Drain { jobs, args },
+            command: BenchCommand::Drain { jobs, owners, args },
         } => {
-            dashtam::bench::drain(config, queue_bench(jobs, args)).await?;
+            let opts = dashtam::bench::QueueBenchOptions {
+                owners,
+                ..queue_bench(jobs, args)
+            };
+            dashtam::bench::drain(config, opts).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -100,11 +100,29 @@ pub struct Stats {
     pub faults_injected: u64,
     pub by_item: HashMap<String, u64>,
     /// `/transactions/sync` calls by arrival, in 100 ms slices since the
-    /// Unix epoch: the rate the provider saw.
+    /// Unix epoch, the last ten minutes: the rate the provider saw.
     pub sync_calls_by_decisecond: std::collections::BTreeMap<u64, u64>,
 }
 
+/// How far back the per-slice call counts reach (100 ms slices): ten
+/// minutes, so a long-running sandbox does not grow them without end.
+const CALL_SLICES_KEPT: u64 = 6_000;
+
 impl Stats {
+    /// Counts a `/transactions/sync` call in its 100 ms slice, forgetting
+    /// slices older than [`CALL_SLICES_KEPT`].
+    pub(crate) fn count_sync_call(&mut self, decisecond: u64) {
+        *self.sync_calls_by_decisecond.entry(decisecond).or_default() += 1;
+        let oldest = decisecond.saturating_sub(CALL_SLICES_KEPT);
+        while self
+            .sync_calls_by_decisecond
+            .first_key_value()
+            .is_some_and(|(&k, _)| k < oldest)
+        {
+            self.sync_calls_by_decisecond.pop_first();
+        }
+    }
+
     /// The most `/transactions/sync` calls that arrived within any second
     /// (ten consecutive 100 ms slices).
     pub fn peak_sync_calls_per_second(&self) -> u64 {

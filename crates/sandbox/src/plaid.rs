@@ -504,11 +504,7 @@ async fn transactions_sync(
         let decisecond = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis() / 100).unwrap_or(0));
-        *inner
-            .stats
-            .sync_calls_by_decisecond
-            .entry(decisecond)
-            .or_default() += 1;
+        inner.stats.count_sync_call(decisecond);
         *inner
             .stats
             .by_item

@@ -145,15 +145,11 @@ impl Budgets {
         }
     }
 
-    pub fn budget(&self, provider: &str) -> Option<ProviderBudget> {
-        self.settings.providers.get(provider).copied()
-    }
-
     /// Spends one request of `provider`'s budget: returns the slot to hold
     /// for the call, after a short wait if need be; or the time to snooze
     /// the job until.
     pub async fn spend(self: &std::sync::Arc<Self>, provider: &str) -> Result<Held, Wait> {
-        let Some(budget) = self.budget(provider) else {
+        let Some(budget) = self.settings.providers.get(provider).copied() else {
             return Ok(Held { release: None });
         };
         let deadline = Instant::now() + self.settings.max_wait;
@@ -200,7 +196,6 @@ impl Budgets {
         let keys = BudgetKeys::new(&self.settings.key_prefix, provider);
         let member = uuid::Uuid::new_v4().to_string();
         let slot = Slot {
-            key: &keys.slots,
             slots: b.concurrency,
             lease: self.settings.slot_lease,
             member: &member,
@@ -210,14 +205,7 @@ impl Budgets {
             burst: b.burst.max(1),
         };
         let now_sec = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
-        let take = redis
-            .take_counted(
-                &keys.rate,
-                limit,
-                (b.concurrency > 0).then_some(&slot),
-                Some(&keys.calls(now_sec)),
-            )
-            .await;
+        let take = redis.take_budget(&keys, limit, &slot, now_sec).await;
         match take {
             Take::Allowed { .. } => Some(Outcome::Go(Held {
                 release: (b.concurrency > 0).then(|| Release::Redis {

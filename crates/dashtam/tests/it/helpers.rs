@@ -51,12 +51,27 @@ pub async fn serve_sandbox(sandbox: &Sandbox, shutdown: &CancellationToken) -> S
 /// The sandbox's link step with its default keys and item size: a
 /// one-time public token for a new item.
 pub async fn sandbox_public_token(http: &reqwest::Client, sandbox_url: &str) -> String {
+    link(http, sandbox_url, &SandboxConfig::default(), None).await
+}
+
+/// The sandbox's link step (`POST /sandbox/public_token/create`) with the
+/// keys of `sc` and, if given, the item's `options`.
+async fn link(
+    http: &reqwest::Client,
+    sandbox_url: &str,
+    sc: &SandboxConfig,
+    options: Option<Value>,
+) -> String {
+    let mut body = json!({
+        "client_id": sc.client_id, "secret": sc.secret,
+        "institution_id": "ins_1", "initial_products": ["transactions"],
+    });
+    if let Some(o) = options {
+        body["options"] = o;
+    }
     let linked: Value = http
         .post(format!("{sandbox_url}/sandbox/public_token/create"))
-        .json(&json!({
-            "client_id": "dashtam-sandbox-client", "secret": "dashtam-sandbox-secret",
-            "institution_id": "ins_1", "initial_products": ["transactions"],
-        }))
+        .json(&body)
         .send()
         .await
         .unwrap()
@@ -233,22 +248,14 @@ impl TestApp {
 
     /// The provider's link step: a one-time public token for a new item.
     pub async fn public_token(&self, accounts: u32, per_account: u32) -> String {
-        let sc = self.sandbox.config();
-        let linked: Value = self
-            .http
-            .post(format!("{}/sandbox/public_token/create", self.sandbox_url))
-            .json(&json!({
-                "client_id": sc.client_id, "secret": sc.secret,
-                "institution_id": "ins_1", "initial_products": ["transactions"],
-                "options": { "accounts": accounts, "transactions_per_account": per_account },
-            }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        linked["public_token"].as_str().unwrap().to_owned()
+        let options = json!({ "accounts": accounts, "transactions_per_account": per_account });
+        link(
+            &self.http,
+            &self.sandbox_url,
+            &self.sandbox.config(),
+            Some(options),
+        )
+        .await
     }
 
     /// Polls the job through the API until it has fetched `pages` pages.
