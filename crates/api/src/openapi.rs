@@ -32,6 +32,7 @@ const BEARER: &str = "bearer";
         (name = "data", description = "Accounts and transactions"),
         (name = "admin", description = "Operators: queues, job retry and discard, the scheduler"),
         (name = "ops", description = "Health, readiness, metrics and this description"),
+        (name = "webhooks", description = "Provider webhooks, verified by the provider's signature"),
     ),
 )]
 pub struct ApiDoc;

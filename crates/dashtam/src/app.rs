@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use dashtam_api::{AppState, Auth, JobSettings};
 use dashtam_domain::ports::LiveSecret;
-use dashtam_providers::{PlaidClient, PlaidConfig, Providers, SchwabClient, SchwabConfig};
+use dashtam_providers::{
+    PlaidClient, PlaidConfig, PlaidWebhooks, Providers, SchwabClient, SchwabConfig,
+};
 use dashtam_queue::{Queue, WorkerPool};
 use dashtam_store::migrate::SchemaStatus;
 use dashtam_store::{Cipher, Store};
@@ -172,6 +174,11 @@ pub fn providers(config: &Config, secrets: &Secrets) -> anyhow::Result<Providers
     })
     .context("building the Schwab HTTP client")?;
     Ok(Providers {
+        plaid_webhooks: Some(Arc::new(PlaidWebhooks::new(plaid.clone()))),
+        plaid_webhook_url: config
+            .plaid_webhooks_on()
+            .then(|| p.webhook_url.clone())
+            .flatten(),
         plaid: Some(Arc::new(plaid)),
         schwab: Some(Arc::new(schwab)),
     })

@@ -91,6 +91,7 @@ pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<
                 },
                 access_token_expires_at: None,
                 refresh_token_expires_at: None,
+                provider_item_id: None,
                 correlation_id: None,
             })
             .await?;

@@ -163,6 +163,10 @@ pub struct SchedulerConfig {
     pub max_syncs_per_user_per_tick: u32,
     pub cycles: CyclesConfig,
     pub sync_interval_minutes: BTreeMap<String, u64>,
+    /// Plaid's interval while its webhooks are registered
+    /// (`providers.plaid.webhook_url`): the sweep is then only the safety
+    /// net for a webhook lost on the way.
+    pub webhook_safety_net_minutes: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -344,6 +348,10 @@ pub struct PlaidSection {
     pub client_id: String,
     pub secret: SecretString,
     pub timeout_secs: u64,
+    /// Our public `/api/v1/webhooks/plaid` URL, registered on every new
+    /// connection (`/item/webhook/update`); unset: none is registered.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -411,6 +419,17 @@ impl Config {
                     .max(self.providers.schwab.timeout_secs),
             "tokens.lease_secs",
             "must be longer than every provider's timeout_secs",
+        );
+        check(
+            !self.plaid_webhooks_on()
+                || self
+                    .providers
+                    .plaid
+                    .webhook_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://") || u.starts_with("http://")),
+            "providers.plaid.webhook_url",
+            "must be an http(s) URL (our public /api/v1/webhooks/plaid) or empty",
         );
         check(
             self.budgets.providers.values().all(|b| {
@@ -651,8 +670,14 @@ impl Config {
                 .sync_interval_minutes
                 .iter()
                 .filter_map(|(p, m)| {
-                    dashtam_domain::model::ProviderKind::parse(p)
-                        .map(|p| (p, Duration::from_secs(m * 60)))
+                    let p = dashtam_domain::model::ProviderKind::parse(p)?;
+                    let m = match p {
+                        dashtam_domain::model::ProviderKind::Plaid if self.plaid_webhooks_on() => {
+                            (*m).max(sc.webhook_safety_net_minutes)
+                        }
+                        _ => *m,
+                    };
+                    Some((p, Duration::from_secs(m * 60)))
                 })
                 .collect(),
             sync_spread: Duration::from_secs(sc.sync_spread_secs),
@@ -660,6 +685,15 @@ impl Config {
             retention: self.retention(),
             idempotency_ttl: IDEMPOTENCY_KEY_TTL,
         }
+    }
+
+    /// Whether new Plaid connections get our webhook registered.
+    pub fn plaid_webhooks_on(&self) -> bool {
+        self.providers
+            .plaid
+            .webhook_url
+            .as_deref()
+            .is_some_and(|u| !u.is_empty())
     }
 
     pub fn retention(&self) -> dashtam_queue::Retention {

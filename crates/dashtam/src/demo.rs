@@ -73,12 +73,18 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<bool> 
     config.use_sandbox(&format!("http://{sandbox_addr}"), &sandbox_config);
     config.worker.poll_interval_ms = 200;
 
-    let secrets = Secrets::ephemeral(&config)?;
-    let jwt_secret = secrets.jwt.clone().context("jwt secret")?.current();
-    let daemon = Daemon::new(config, pool, &secrets)?;
     let listener = TcpListener::bind(opts.listen)
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    // New Plaid connections get our webhook endpoint registered: the
+    // sandbox then tells the daemon when an item has new data.
+    config.providers.plaid.webhook_url = Some(format!(
+        "http://{}/api/v1/webhooks/plaid",
+        listener.local_addr()?
+    ));
+    let secrets = Secrets::ephemeral(&config)?;
+    let jwt_secret = secrets.jwt.clone().context("jwt secret")?.current();
+    let daemon = Daemon::new(config, pool, &secrets)?;
     let running = daemon
         .start(
             &[Role::Api, Role::Worker, Role::Scheduler],
@@ -240,6 +246,32 @@ async fn drive(
     }
     outcomes.extend(sync_round(&http, api, &token, &connections).await?);
 
+    if let (Some(first), Some(access_token)) = (
+        connections.first().filter(|_| opts.connections > 0),
+        sandbox.access_tokens().first(),
+    ) {
+        println!(
+            "\nround 3: new data at the provider; its signed SYNC_UPDATES_AVAILABLE webhook \
+             starts a sync by itself (no API call)"
+        );
+        let seen: Vec<String> = outcomes.keys().cloned().collect();
+        sandbox.advance(
+            access_token,
+            Advance {
+                post_pending: false,
+                modify: 1,
+                remove: 0,
+                add: 5,
+            },
+        );
+        let (id, state) = webhook_sync(&http, api, &token, first, &seen).await?;
+        println!(
+            "  job {} {state}: started by a webhook for connection {first}",
+            &id[id.len() - 8..]
+        );
+        outcomes.insert(id, state);
+    }
+
     let summary = daemon
         .store()
         .user_summary(&UserId::parse(&user).map_err(anyhow::Error::msg)?)
@@ -330,6 +362,45 @@ async fn sync_round(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(finals)
+}
+
+/// Waits for the sync of `connection` that none of the jobs `seen` is
+/// (the one a webhook enqueued) to finish; returns its id and final state.
+async fn webhook_sync(
+    http: &reqwest::Client,
+    api: &str,
+    token: &str,
+    connection: &str,
+    seen: &[String],
+) -> anyhow::Result<(String, String)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page: Value = http
+            .get(format!("{api}/api/v1/jobs"))
+            .query(&[("connection_id", connection), ("kind", "sync")])
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let new = page["data"].as_array().into_iter().flatten().find(|j| {
+            j["id"]
+                .as_str()
+                .is_some_and(|id| !seen.iter().any(|s| s == id))
+        });
+        if let Some(job) = new {
+            let state = job["state"].as_str().unwrap_or("?");
+            if matches!(state, "succeeded" | "failed" | "cancelled") {
+                let id = job["id"].as_str().unwrap_or_default().to_owned();
+                return Ok((id, state.to_owned()));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no sync started by the webhook finished within a minute");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn fastrand_u32() -> u32 {

@@ -363,6 +363,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             info!(addr = %listener.local_addr()?, "sandbox provider listening");
             let shutdown = CancellationToken::new();
             app::cancel_on_signals(shutdown.clone());
+            // Time passes at the provider: pendings post, rows change and
+            // go, new ones arrive (and items with a webhook are told).
+            if s.evolve_every_secs > 0 {
+                let (sandbox, stop) = (sandbox.clone(), shutdown.clone());
+                let every = Duration::from_secs(s.evolve_every_secs);
+                tokio::spawn(async move { sandbox.evolve(every, stop.cancelled()).await });
+            }
             sandbox
                 .serve(listener, async move { shutdown.cancelled().await })
                 .await?;

@@ -10,6 +10,8 @@ pub enum AuditAction {
     ConnectionRevoked,
     ReauthRequired,
     ReauthWarning,
+    /// The provider says a connection that needed its user works again.
+    ConnectionRepaired,
     TokenRefreshAttempted,
     TokenRefreshSucceeded,
     TokenRefreshFailed,
@@ -35,6 +37,7 @@ impl AuditAction {
             Self::ConnectionRevoked => "connection_revoked",
             Self::ReauthRequired => "reauth_required",
             Self::ReauthWarning => "reauth_warning",
+            Self::ConnectionRepaired => "connection_repaired",
             Self::TokenRefreshAttempted => "token_refresh_attempted",
             Self::TokenRefreshSucceeded => "token_refresh_succeeded",
             Self::TokenRefreshFailed => "token_refresh_failed",

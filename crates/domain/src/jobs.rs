@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ConnectionId;
+use crate::{ConnectionId, JobId};
 
 pub const QUEUE_SYNC: &str = "sync";
 pub const KIND_SYNC: &str = "sync";
@@ -15,23 +15,52 @@ pub const KIND_TOKEN_REFRESH: &str = "token_refresh";
 #[serde(tag = "v")]
 pub enum SyncJob {
     #[serde(rename = "1")]
-    V1 { connection_id: ConnectionId },
+    V1 {
+        connection_id: ConnectionId,
+        /// A follow-up: it starts only once this sync of the same
+        /// connection has ended (news of data that arrived while that one
+        /// ran).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<JobId>,
+    },
 }
 
 impl SyncJob {
     pub fn new(connection_id: ConnectionId) -> Self {
-        Self::V1 { connection_id }
+        Self::V1 {
+            connection_id,
+            after: None,
+        }
+    }
+
+    /// A sync to run once `running` (a sync of the same connection) ends.
+    pub fn after(connection_id: ConnectionId, running: JobId) -> Self {
+        Self::V1 {
+            connection_id,
+            after: Some(running),
+        }
     }
 
     pub fn connection_id(&self) -> ConnectionId {
         match self {
-            Self::V1 { connection_id } => *connection_id,
+            Self::V1 { connection_id, .. } => *connection_id,
         }
     }
 
-    /// At most one pending or running sync per connection.
+    /// The sync this one waits for, if it is a follow-up.
+    pub fn waits_for(&self) -> Option<JobId> {
+        match self {
+            Self::V1 { after, .. } => *after,
+        }
+    }
+
+    /// At most one pending or running sync per connection, plus at most
+    /// one follow-up queued behind a running one.
     pub fn unique_key(&self) -> String {
-        format!("sync:{}", self.connection_id())
+        match self.waits_for() {
+            None => format!("sync:{}", self.connection_id()),
+            Some(_) => format!("sync:{}:next", self.connection_id()),
+        }
     }
 }
 
@@ -91,10 +120,16 @@ mod tests {
         assert_eq!(v["v"], "1");
         assert_eq!(v["connection_id"], id.to_string());
         assert_eq!(
-            serde_json::from_value::<SyncJob>(v)
+            serde_json::from_value::<SyncJob>(v.clone())
                 .unwrap()
                 .connection_id(),
             id
         );
+        // A payload written before follow-ups existed still parses.
+        assert!(v.get("after").is_none());
+        let next = SyncJob::after(id, JobId::new());
+        assert_ne!(next.unique_key(), SyncJob::new(id).unique_key());
+        let back: SyncJob = serde_json::from_value(serde_json::to_value(&next).unwrap()).unwrap();
+        assert_eq!(back, next);
     }
 }

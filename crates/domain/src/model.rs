@@ -169,11 +169,9 @@ fn key_of(t: &NormalizedTransaction) -> Key<'_> {
 }
 
 impl SyncBatch {
-    /// Folds one page in, in the provider's order: added and modified
-    /// transactions, then removals. An upsert revives an id removed earlier
-    /// in the batch; a removal cancels an earlier upsert of the same id.
-    pub fn absorb(&mut self, page: crate::ports::SyncPage) {
-        for account in page.accounts {
+    /// Keeps the latest version of each account in `accounts`.
+    pub fn absorb_accounts(&mut self, accounts: Vec<NormalizedAccount>) {
+        for account in accounts {
             match self
                 .accounts
                 .iter_mut()
@@ -183,6 +181,13 @@ impl SyncBatch {
                 None => self.accounts.push(account),
             }
         }
+    }
+
+    /// Folds one page in, in the provider's order: added and modified
+    /// transactions, then removals. An upsert revives an id removed earlier
+    /// in the batch; a removal cancels an earlier upsert of the same id.
+    pub fn absorb(&mut self, page: crate::ports::SyncPage) {
+        self.absorb_accounts(page.accounts);
         let upserts = page.added.into_iter().chain(page.modified);
         if self.removed.is_empty() {
             self.upserts.extend(upserts);

@@ -85,15 +85,34 @@ pub enum ProviderError {
     Permanent(String),
 }
 
+/// What the link flow's exchange gives: the connection's credentials and
+/// the provider's id for it (a Plaid `item_id`), which its webhooks name.
+#[derive(Debug)]
+pub struct Linked {
+    pub credentials: ProviderCredentials,
+    pub item_id: String,
+}
+
 /// A cursor-style transaction source (Plaid `/transactions/sync` shape).
 #[async_trait]
 pub trait TransactionSyncSource: Send + Sync {
     /// Trades the one-time token from the provider's link flow for the
     /// connection's long-lived credentials.
-    async fn exchange_public_token(
+    async fn exchange_public_token(&self, public_token: &str) -> Result<Linked, ProviderError>;
+
+    /// Every account of the connection with its current balances (a sync
+    /// page lists only the accounts its transactions belong to).
+    async fn accounts(
         &self,
-        public_token: &str,
-    ) -> Result<ProviderCredentials, ProviderError>;
+        credentials: &ProviderCredentials,
+    ) -> Result<Vec<NormalizedAccount>, ProviderError>;
+
+    /// Asks the provider to send the connection's webhooks to `url`.
+    async fn register_webhook(
+        &self,
+        credentials: &ProviderCredentials,
+        url: &str,
+    ) -> Result<(), ProviderError>;
 
     /// Fetches the page after `cursor` (`None`: from the beginning).
     async fn sync_page(
@@ -153,6 +172,94 @@ pub trait WindowSyncSource: Send + Sync {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<Vec<NormalizedTransaction>, ProviderError>;
+}
+
+/// What a provider's webhook says about one of its connections (Plaid
+/// names it by `item_id`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderEvent {
+    /// New, changed or removed transactions are waiting: sync.
+    SyncUpdatesAvailable { item_id: String },
+    /// The user must log in again (`ITEM_LOGIN_REQUIRED` and other Item
+    /// errors).
+    LoginRequired { item_id: String, error_code: String },
+    /// Access ends soon unless the user re-authorizes.
+    ReauthSoon {
+        item_id: String,
+        at: Option<DateTime<Utc>>,
+    },
+    /// The user revoked our access at the provider.
+    PermissionRevoked { item_id: String },
+    /// The Item works again without the user's help.
+    LoginRepaired { item_id: String },
+    /// Anything else: acknowledged and counted.
+    Other {
+        item_id: Option<String>,
+        webhook_type: String,
+        webhook_code: String,
+    },
+}
+
+impl ProviderEvent {
+    /// The connection the event is about.
+    pub fn item_id(&self) -> Option<&str> {
+        match self {
+            Self::SyncUpdatesAvailable { item_id }
+            | Self::LoginRequired { item_id, .. }
+            | Self::ReauthSoon { item_id, .. }
+            | Self::PermissionRevoked { item_id }
+            | Self::LoginRepaired { item_id } => Some(item_id),
+            Self::Other { item_id, .. } => item_id.as_deref(),
+        }
+    }
+
+    /// A name from a closed set, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::SyncUpdatesAvailable { .. } => "sync_updates_available",
+            Self::LoginRequired { .. } => "login_required",
+            Self::ReauthSoon { .. } => "reauth_soon",
+            Self::PermissionRevoked { .. } => "permission_revoked",
+            Self::LoginRepaired { .. } => "login_repaired",
+            Self::Other { .. } => "other",
+        }
+    }
+}
+
+/// Why a webhook was not believed.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookRejected {
+    /// No signature, a malformed one, an algorithm we do not accept, or a
+    /// key the provider does not know.
+    #[error("webhook signature missing or malformed: {0}")]
+    Unsigned(String),
+    /// The signature does not verify, or the body is not the one signed.
+    #[error("webhook signature does not verify: {0}")]
+    Forged(String),
+    /// Signed too long ago (or in the future).
+    #[error("webhook is stale: {0}")]
+    Stale(String),
+    /// Verified, but the body is not a webhook we can read.
+    #[error("webhook body is not valid: {0}")]
+    Malformed(String),
+    /// The provider's verification key could not be fetched now: the
+    /// provider will deliver again.
+    #[error("webhook verification key unavailable: {0}")]
+    KeyUnavailable(String),
+}
+
+/// Checks a provider's signed webhook and reads what it says.
+#[async_trait]
+pub trait WebhookVerifier: Send + Sync {
+    /// `signature`: the provider's signature header (Plaid's
+    /// `Plaid-Verification`); `body`: the raw bytes received; `now`: the
+    /// time to judge freshness by.
+    async fn verify(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<ProviderEvent, WebhookRejected>;
 }
 
 /// Why a secret could not be read.

@@ -7,16 +7,18 @@
 
 mod http;
 pub mod plaid;
+mod plaid_webhooks;
 pub mod schwab;
 
 pub use plaid::{PlaidClient, PlaidConfig};
+pub use plaid_webhooks::PlaidWebhooks;
 pub use schwab::{SchwabClient, SchwabConfig};
 
 use std::sync::Arc;
 
 use dashtam_domain::model::ProviderKind;
 use dashtam_domain::ports::{
-    ProviderCredentials, ProviderError, TransactionSyncSource, WindowSyncSource,
+    ProviderCredentials, ProviderError, TransactionSyncSource, WebhookVerifier, WindowSyncSource,
 };
 
 /// The configured adapter for each provider kind.
@@ -24,6 +26,11 @@ use dashtam_domain::ports::{
 pub struct Providers {
     pub plaid: Option<Arc<dyn TransactionSyncSource>>,
     pub schwab: Option<Arc<dyn WindowSyncSource>>,
+    /// Checks Plaid's signed webhooks.
+    pub plaid_webhooks: Option<Arc<dyn WebhookVerifier>>,
+    /// Where Plaid should send a new connection's webhooks (our public
+    /// `/api/v1/webhooks/plaid`); `None`: not registered.
+    pub plaid_webhook_url: Option<String>,
 }
 
 /// A provider's adapter, by the style of its API.

@@ -9,7 +9,8 @@ use dashtam_domain::model::{
     NormalizedAccount, NormalizedTransaction, RemovedTransaction, TransactionStatus,
 };
 use dashtam_domain::ports::{
-    LimitScope, LiveSecret, ProviderCredentials, ProviderError, SyncPage, TransactionSyncSource,
+    LimitScope, Linked, LiveSecret, ProviderCredentials, ProviderError, SyncPage,
+    TransactionSyncSource,
 };
 
 use crate::http::{self, Refusal};
@@ -42,7 +43,7 @@ impl PlaidClient {
         })
     }
 
-    async fn post(
+    pub(crate) async fn post(
         &self,
         path: &'static str,
         body: &serde_json::Value,
@@ -268,13 +269,11 @@ fn transaction(raw: Box<RawValue>) -> Result<NormalizedTransaction, ProviderErro
 
 #[async_trait]
 impl TransactionSyncSource for PlaidClient {
-    async fn exchange_public_token(
-        &self,
-        public_token: &str,
-    ) -> Result<ProviderCredentials, ProviderError> {
+    async fn exchange_public_token(&self, public_token: &str) -> Result<Linked, ProviderError> {
         #[derive(Deserialize)]
         struct Exchanged {
             access_token: String,
+            item_id: String,
         }
         let bytes = self
             .post(
@@ -284,10 +283,48 @@ impl TransactionSyncSource for PlaidClient {
             .await?;
         let e: Exchanged = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::Permanent(format!("exchange response: {e}")))?;
-        Ok(ProviderCredentials {
-            access_token: SecretString::from(e.access_token),
-            refresh_token: None,
+        Ok(Linked {
+            credentials: ProviderCredentials {
+                access_token: SecretString::from(e.access_token),
+                refresh_token: None,
+            },
+            item_id: e.item_id,
         })
+    }
+
+    async fn accounts(
+        &self,
+        credentials: &ProviderCredentials,
+    ) -> Result<Vec<NormalizedAccount>, ProviderError> {
+        #[derive(Deserialize)]
+        struct AccountsGet {
+            accounts: Vec<AccountWire>,
+        }
+        let bytes = self
+            .post(
+                "/accounts/get",
+                &serde_json::json!({ "access_token": credentials.access_token.expose_secret() }),
+            )
+            .await?;
+        let r: AccountsGet = serde_json::from_slice(&bytes)
+            .map_err(|e| ProviderError::Permanent(format!("/accounts/get response: {e}")))?;
+        r.accounts.into_iter().map(account).collect()
+    }
+
+    async fn register_webhook(
+        &self,
+        credentials: &ProviderCredentials,
+        url: &str,
+    ) -> Result<(), ProviderError> {
+        self.post(
+            "/item/webhook/update",
+            &serde_json::json!({
+                "access_token": credentials.access_token.expose_secret(),
+                "webhook": url,
+            }),
+        )
+        .await
+        .map(drop)
     }
 
     async fn sync_page(

@@ -69,12 +69,15 @@ impl SchwabClient {
             .map_err(|r| classify(endpoint, r.status, r.retry_after, &r.body))
     }
 
-    /// HTTP Basic with the app key and secret (token and revoke endpoints).
+    /// HTTP Basic with the app key and secret (token and revoke
+    /// endpoints), each form-urlencoded first as RFC 6749 §2.3.1 requires
+    /// (a secret with `+`, `/` or `=` would otherwise arrive changed).
     fn basic(&self) -> String {
+        let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
         let pair = format!(
             "{}:{}",
-            self.config.app_key,
-            self.config.secret.current().expose_secret()
+            encode(&self.config.app_key),
+            encode(self.config.secret.current().expose_secret())
         );
         format!("Basic {}", STANDARD.encode(pair))
     }
@@ -118,12 +121,33 @@ impl SchwabClient {
     }
 }
 
+/// An error body: OAuth's (`error`, `error_description`) from the token
+/// endpoints, the Trader API's (`message`, `errors`) from the data ones.
 #[derive(Default, Deserialize)]
-struct OAuthErrorBody {
+struct ErrorBody {
     #[serde(default)]
     error: String,
     #[serde(default)]
     error_description: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    errors: Vec<serde_json::Value>,
+}
+
+impl ErrorBody {
+    /// The refresh token is dead and only the user can help: RFC 6749's
+    /// `invalid_grant`, or what Schwab has been reported to send for an
+    /// expired 7-day refresh token (HTTP 400 `unsupported_token_type` whose
+    /// description names `refresh_token_authentication_error`).
+    fn dead_grant(&self) -> bool {
+        self.error == "invalid_grant"
+            || self.error == "refresh_token_authentication_error"
+            || (self.error == "unsupported_token_type"
+                && self
+                    .error_description
+                    .contains("refresh_token_authentication_error"))
+    }
 }
 
 fn classify(
@@ -132,12 +156,19 @@ fn classify(
     retry_after: Option<Duration>,
     body: &[u8],
 ) -> ProviderError {
-    let oauth: OAuthErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let err: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let errors: Vec<String> = err
+        .errors
+        .iter()
+        .map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_owned))
+        .collect();
     let what = format!(
-        "{endpoint}: HTTP {} {} {}",
+        "{endpoint}: HTTP {} {} {} {} {}",
         status.as_u16(),
-        oauth.error,
-        oauth.error_description
+        err.error,
+        err.error_description,
+        err.message,
+        errors.join("; ")
     );
     match status {
         // Schwab's limits are the app's: every call waits.
@@ -146,7 +177,7 @@ fn classify(
             scope: LimitScope::Provider,
         },
         s if s.is_server_error() => ProviderError::Transient(what),
-        _ if oauth.error == "invalid_grant" => ProviderError::Unauthorized(what),
+        _ if err.dead_grant() => ProviderError::Unauthorized(what),
         // A 401 on the token endpoint means our app credentials are wrong.
         StatusCode::UNAUTHORIZED if endpoint == "/v1/oauth/token" => ProviderError::Permanent(what),
         StatusCode::UNAUTHORIZED => ProviderError::AccessTokenExpired,
@@ -489,5 +520,45 @@ mod tests {
         assert!(matches!(c(503, ""), ProviderError::Transient(_)));
         assert!(matches!(c(429, ""), ProviderError::RateLimited { .. }));
         assert!(matches!(c(400, "{}"), ProviderError::Permanent(_)));
+        // Schwab's reported answer for an expired refresh token.
+        assert!(matches!(
+            c(
+                400,
+                r#"{"error":"unsupported_token_type","error_description":"400 Bad Request: \"{\\\"error_description\\\":\\\"Exception while authenticating refresh token [x], refresh_token_authentication_error\\\",\\\"error\\\":\\\"refresh_token_authentication_error\\\"}\""}"#
+            ),
+            ProviderError::Unauthorized(_)
+        ));
+        // An unsupported token type for another reason is not a dead grant.
+        assert!(matches!(
+            c(
+                400,
+                r#"{"error":"unsupported_token_type","error_description":"token type hint"}"#
+            ),
+            ProviderError::Permanent(_)
+        ));
+        // Trader API errors keep their message and errors.
+        match c(
+            400,
+            r#"{"message":"Bad Request","errors":["types is required"]}"#,
+        ) {
+            ProviderError::Permanent(what) => assert!(what.contains("types is required"), "{what}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn basic_credentials_are_form_encoded() {
+        let client = SchwabClient::new(SchwabConfig {
+            base_url: "http://127.0.0.1:1".into(),
+            app_key: "app key".into(),
+            secret: LiveSecret::new(SecretString::from("s3c+r/t=")),
+            redirect_uri: "https://127.0.0.1/cb".into(),
+            timeout: Duration::from_secs(1),
+            refresh_token_lifetime: Duration::from_secs(1),
+        })
+        .unwrap();
+        let b64 = client.basic().strip_prefix("Basic ").unwrap().to_owned();
+        let pair = String::from_utf8(STANDARD.decode(b64).unwrap()).unwrap();
+        assert_eq!(pair, "app+key:s3c%2Br%2Ft%3D");
     }
 }

@@ -129,6 +129,17 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// Whether job `other` is running now (a job that must not overlap it
+    /// waits).
+    pub async fn is_running(&self, other: Uuid) -> Result<bool, QueueError> {
+        Ok(
+            sqlx::query_scalar(include_str!("../queries/job_running.sql"))
+                .bind(other)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     /// Records progress visible through the job's status. Returns whether
     /// cancellation was requested: the handler should then stop, discard
     /// what it has not committed and return [`JobError::Cancelled`].

@@ -47,6 +47,13 @@ pub struct Advanced {
     pub added: u32,
 }
 
+impl Advanced {
+    /// Whether the item's data changed.
+    pub fn changed(&self) -> bool {
+        self.posted + self.modified + self.removed + self.added > 0
+    }
+}
+
 /// A transaction before it is put on the wire.
 #[derive(Clone, Debug)]
 pub struct Txn {
@@ -75,6 +82,16 @@ pub enum Event {
 
 pub struct Item {
     pub item_id: String,
+    /// Where Plaid-style webhooks for this item go (`webhook` at link time,
+    /// `/item/webhook/update`).
+    pub webhook: Option<String>,
+    /// The user must log in again (`/sandbox/item/reset_login`): data calls
+    /// fail with `ITEM_LOGIN_REQUIRED` until the item is removed.
+    pub login_required: bool,
+    /// `/transactions/sync` was called at least once: Plaid sends
+    /// `SYNC_UPDATES_AVAILABLE` only from then on.
+    pub synced: bool,
+    pub created_at: chrono::DateTime<chrono::Utc>,
     index: u64,
     accounts: u32,
     per_account: u32,
@@ -257,6 +274,10 @@ pub(crate) fn create_item(inner: &mut Inner, spec: ItemSpec) -> String {
     );
     let item = Item {
         item_id: format!("item-{index}"),
+        webhook: None,
+        login_required: false,
+        synced: false,
+        created_at: chrono::Utc::now(),
         index,
         accounts: spec
             .accounts

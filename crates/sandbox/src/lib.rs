@@ -9,6 +9,7 @@
 mod data;
 mod plaid;
 mod schwab;
+mod webhooks;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use tokio::net::TcpListener;
 
 pub use data::ItemSpec;
 pub(crate) use data::mix;
-pub use schwab::{GrantView, OAuthSettings, Rotation};
+pub use schwab::{ExpiredRefresh, GrantView, OAuthSettings, Rotation};
 
 /// Sandbox-wide settings.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -98,6 +99,11 @@ pub struct Stats {
     pub transactions_sync_calls: u64,
     pub exchange_calls: u64,
     pub faults_injected: u64,
+    pub accounts_get_calls: u64,
+    pub verification_key_calls: u64,
+    /// Webhooks the receiver accepted (2xx), and those given up on.
+    pub webhooks_delivered: u64,
+    pub webhooks_failed: u64,
     pub by_item: HashMap<String, u64>,
     /// `/transactions/sync` calls by arrival, in 100 ms slices since the
     /// Unix epoch, the last ten minutes: the rate the provider saw.
@@ -142,7 +148,8 @@ impl Stats {
 pub(crate) struct Inner {
     pub config: SandboxConfig,
     pub items: HashMap<String, data::Item>,
-    pub public_tokens: HashMap<String, ItemSpec>,
+    /// Public tokens not yet exchanged: the item to make, and its webhook.
+    pub public_tokens: HashMap<String, (ItemSpec, Option<String>)>,
     pub faults: Faults,
     pub stats: Stats,
     pub rng: fastrand::Rng,
@@ -154,6 +161,8 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Sandbox {
     inner: Arc<Mutex<Inner>>,
+    /// Signs the webhooks (Plaid's `Plaid-Verification`).
+    key: Arc<webhooks::SigningKey>,
 }
 
 impl Sandbox {
@@ -171,6 +180,7 @@ impl Sandbox {
                 next_item: 0,
                 oauth,
             })),
+            key: Arc::new(webhooks::SigningKey::generate()),
         }
     }
 
@@ -180,7 +190,9 @@ impl Sandbox {
     }
 
     pub fn router(&self) -> Router {
-        plaid::router(self.clone()).merge(schwab::router(self.clone()))
+        plaid::router(self.clone())
+            .merge(schwab::router(self.clone()))
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -247,23 +259,47 @@ impl Sandbox {
     }
 
     /// Moves an item's data forward in time; see [`data::Advance`].
+    /// An item that changed and has a webhook gets `SYNC_UPDATES_AVAILABLE`.
     pub fn advance(&self, access_token: &str, advance: data::Advance) -> Option<data::Advanced> {
-        data::advance(&mut self.lock(), access_token, advance)
+        let (done, webhook) = {
+            let mut inner = self.lock();
+            let done = data::advance(&mut inner, access_token, advance)?;
+            let webhook = done
+                .changed()
+                .then(|| inner.items.get(access_token).and_then(plaid::sync_updates))
+                .flatten();
+            (done, webhook)
+        };
+        if let Some((url, body)) = webhook {
+            self.deliver(url, body);
+        }
+        Some(done)
     }
 
     /// Advances every item (and OAuth grant) by `step`; returns how many
     /// there were.
     pub fn advance_all(&self, step: &data::Advance) -> usize {
-        let mut inner = self.lock();
-        let tokens: Vec<String> = inner.items.keys().cloned().collect();
-        for token in &tokens {
-            data::advance(&mut inner, token, step.clone());
+        let mut webhooks = Vec::new();
+        let count = {
+            let mut inner = self.lock();
+            let tokens: Vec<String> = inner.items.keys().cloned().collect();
+            for token in &tokens {
+                let changed =
+                    data::advance(&mut inner, token, step.clone()).is_some_and(|d| d.changed());
+                if changed && let Some(w) = inner.items.get(token).and_then(plaid::sync_updates) {
+                    webhooks.push(w);
+                }
+            }
+            let grants = inner.oauth.grant_count();
+            for g in 0..grants {
+                schwab::advance_grant(&mut inner, g, step.post_pending, step.add);
+            }
+            tokens.len() + grants
+        };
+        for (url, body) in webhooks {
+            self.deliver(url, body);
         }
-        let grants = inner.oauth.grant_count();
-        for g in 0..grants {
-            schwab::advance_grant(&mut inner, g, step.post_pending, step.add);
-        }
-        tokens.len() + grants
+        count
     }
 
     /// Lets time pass at the provider: every `every`, each item's pending

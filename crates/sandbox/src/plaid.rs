@@ -1,6 +1,15 @@
-//! Plaid's HTTP surface: `/sandbox/public_token/create`,
-//! `/item/public_token/exchange`, `/transactions/sync`, and our own control
-//! endpoints under `/sandbox/dashtam/`.
+//! Plaid's HTTP surface (API version 2020-09-14): the link steps
+//! (`/sandbox/public_token/create`, `/item/public_token/exchange`),
+//! `/transactions/sync`, `/accounts/get`, `/item/get`, `/item/remove`,
+//! `/item/webhook/update`, `/webhook_verification_key/get`, the sandbox's
+//! `/sandbox/item/fire_webhook` and `/sandbox/item/reset_login`, and our own
+//! control endpoints under `/sandbox/dashtam/`.
+//!
+//! Responses follow Plaid's OpenAPI reference field by field (types,
+//! nullable keys present as `null`, closed enums): the test
+//! `tests/plaid.rs` checks every one against a schema taken from it.
+//! Requests are checked as Plaid checks them: JSON body, known fields only,
+//! required fields present, a known `Plaid-Version`, the API keys.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -14,8 +23,9 @@ use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
-use crate::data::{Event, ItemSpec, Txn};
+use crate::data::{Event, Item, ItemSpec, Txn};
 use crate::{Advance, Faults, Sandbox, ScriptedFault, draw_fault};
 
 pub(crate) fn router(sandbox: Sandbox) -> Router {
@@ -23,12 +33,25 @@ pub(crate) fn router(sandbox: Sandbox) -> Router {
         .route("/sandbox/public_token/create", post(public_token_create))
         .route("/item/public_token/exchange", post(public_token_exchange))
         .route("/transactions/sync", post(transactions_sync))
+        .route("/accounts/get", post(accounts_get))
+        .route("/item/get", post(item_get))
         .route("/item/remove", post(item_remove))
+        .route("/item/webhook/update", post(item_webhook_update))
+        .route(
+            "/webhook_verification_key/get",
+            post(webhook_verification_key_get),
+        )
+        .route("/sandbox/item/fire_webhook", post(fire_webhook))
+        .route("/sandbox/item/reset_login", post(reset_login))
         .route("/sandbox/dashtam/faults", put(set_faults))
         .route("/sandbox/dashtam/faults/script", post(push_fault))
         .route(
             "/sandbox/dashtam/items/{access_token}/advance",
             post(advance),
+        )
+        .route(
+            "/sandbox/dashtam/items/{access_token}/webhook",
+            post(send_webhook),
         )
         .route("/sandbox/dashtam/stats", get(stats))
         .with_state(sandbox)
@@ -38,131 +61,298 @@ fn request_id() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
-/// Plaid's error object.
+/// The API versions Plaid accepts in `Plaid-Version`.
+const API_VERSIONS: [&str; 4] = ["2020-09-14", "2019-05-29", "2018-05-22", "2017-03-08"];
+
+/// Plaid's error object, every key its reference names.
 #[derive(Serialize)]
 struct PlaidError {
     error_type: &'static str,
     error_code: &'static str,
+    error_code_reason: Option<String>,
     error_message: String,
     display_message: Option<String>,
+    request_id: String,
+    causes: Vec<Value>,
+    status: u16,
     documentation_url: String,
     suggested_action: Option<String>,
-    request_id: String,
+}
+
+impl PlaidError {
+    fn new(status: StatusCode, error_type: &'static str, code: &'static str, msg: String) -> Self {
+        PlaidError {
+            error_type,
+            error_code: code,
+            error_code_reason: None,
+            error_message: msg,
+            display_message: None,
+            request_id: request_id(),
+            causes: Vec::new(),
+            status: status.as_u16(),
+            documentation_url: format!(
+                "https://plaid.com/docs/errors/{}/#{}",
+                error_type.to_lowercase().replace('_', "-"),
+                code.to_lowercase().replace('_', "-")
+            ),
+            suggested_action: None,
+        }
+    }
 }
 
 fn error(
     status: StatusCode,
     error_type: &'static str,
     code: &'static str,
-    msg: String,
+    msg: impl Into<String>,
 ) -> Response {
-    let body = PlaidError {
-        error_type,
-        error_code: code,
-        error_message: msg,
-        display_message: None,
-        documentation_url: format!("https://plaid.com/docs/errors/#{}", code.to_lowercase()),
-        suggested_action: None,
-        request_id: request_id(),
-    };
-    (status, Json(body)).into_response()
+    (
+        status,
+        Json(PlaidError::new(status, error_type, code, msg.into())),
+    )
+        .into_response()
 }
 
-fn invalid_request(msg: String) -> Response {
+/// `INVALID_REQUEST` with `code`: a request Plaid refuses before looking
+/// at it.
+fn invalid_request(code: &'static str, msg: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, "INVALID_REQUEST", code, msg)
+}
+
+fn invalid_access_token() -> Response {
     error(
         StatusCode::BAD_REQUEST,
-        "INVALID_REQUEST",
-        "INVALID_FIELD",
-        msg,
+        "INVALID_INPUT",
+        "INVALID_ACCESS_TOKEN",
+        "provided access token is in an invalid format. expected format: access-<environment>-<identifier>",
     )
 }
 
-/// Parses the body and checks the API keys, from the body or from the
-/// `PLAID-CLIENT-ID` / `PLAID-SECRET` headers as Plaid's clients send them.
-fn authenticate<T: DeserializeOwned + HasKeys>(
+fn login_required() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "ITEM_ERROR",
+        "ITEM_LOGIN_REQUIRED",
+        "the login details of this item have changed (credentials, MFA, or required user action) and a user login is required to update this information. use Link's update mode to restore the item to a good state",
+    )
+}
+
+/// The fields an endpoint takes (besides `client_id` and `secret`, which
+/// every one takes, in the body or as `PLAID-CLIENT-ID` / `PLAID-SECRET`
+/// headers as Plaid's clients send them), and which of them are required.
+struct Fields {
+    known: &'static [&'static str],
+    required: &'static [&'static str],
+}
+
+/// Checks a request as Plaid does, in its order: content type, API
+/// version, JSON, unknown fields, missing fields, field types, API keys.
+fn parse<T: DeserializeOwned>(
     sandbox: &Sandbox,
     headers: &HeaderMap,
     body: &Bytes,
+    fields: &Fields,
 ) -> Result<T, Box<Response>> {
-    let req: T = serde_json::from_slice(body)
-        .map_err(|e| Box::new(invalid_request(format!("request body is not valid: {e}"))))?;
     let header = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let client_id = req.client_id().or_else(|| header("plaid-client-id"));
-    let secret = req.secret().or_else(|| header("plaid-secret"));
+    let json_body = header("content-type").is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !json_body {
+        return Err(Box::new(invalid_request(
+            "INVALID_BODY",
+            "body could not be parsed as JSON: the Content-Type header must be application/json",
+        )));
+    }
+    if let Some(v) = header("plaid-version")
+        && !API_VERSIONS.contains(&v.as_str())
+    {
+        return Err(Box::new(invalid_request(
+            "INVALID_HEADERS",
+            format!(
+                "Plaid-Version header value {v:?} is not a valid API version; use one of {}",
+                API_VERSIONS.join(", ")
+            ),
+        )));
+    }
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
+        Box::new(invalid_request(
+            "INVALID_BODY",
+            format!("body could not be parsed as JSON: {e}"),
+        ))
+    })?;
+    let Some(object) = value.as_object_mut() else {
+        return Err(Box::new(invalid_request(
+            "INVALID_BODY",
+            "body must be a JSON object",
+        )));
+    };
+    let unknown: Vec<&str> = object
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !["client_id", "secret"].contains(k) && !fields.known.contains(k))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Box::new(invalid_request(
+            "UNKNOWN_FIELDS",
+            format!(
+                "the following fields are not recognized by this endpoint: {}",
+                unknown.join(", ")
+            ),
+        )));
+    }
+    let mut keys = Vec::new();
+    for (name, header_name) in [("client_id", "plaid-client-id"), ("secret", "plaid-secret")] {
+        let from_body = object.remove(name);
+        match from_body {
+            Some(Value::String(s)) => keys.push(Some(s)),
+            Some(Value::Null) | None => keys.push(header(header_name)),
+            Some(_) => {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_REQUEST",
+                    "INVALID_FIELD",
+                    format!("{name} must be a string"),
+                )));
+            }
+        }
+    }
+    let missing: Vec<&str> = ["client_id", "secret"]
+        .iter()
+        .zip(&keys)
+        .filter(|(_, v)| v.is_none())
+        .map(|(k, _)| *k)
+        .chain(
+            fields
+                .required
+                .iter()
+                .copied()
+                .filter(|k| object.get(*k).is_none_or(Value::is_null)),
+        )
+        .collect();
+    if !missing.is_empty() {
+        return Err(Box::new(invalid_request(
+            "MISSING_FIELDS",
+            format!(
+                "the following required fields are missing: {}",
+                missing.join(", ")
+            ),
+        )));
+    }
+    let req = serde_json::from_value(value).map_err(|e| {
+        Box::new(invalid_request(
+            "INVALID_FIELD",
+            format!("invalid field: {e}"),
+        ))
+    })?;
     let config = sandbox.config();
-    if client_id.as_deref() != Some(config.client_id.as_str())
-        || secret.as_deref() != Some(config.secret.as_str())
+    if keys[0].as_deref() != Some(config.client_id.as_str())
+        || keys[1].as_deref() != Some(config.secret.as_str())
     {
         return Err(Box::new(error(
             StatusCode::BAD_REQUEST,
             "INVALID_INPUT",
             "INVALID_API_KEYS",
-            "invalid client_id or secret provided".into(),
+            "invalid client_id or secret provided",
         )));
     }
     Ok(req)
 }
 
-trait HasKeys {
-    fn client_id(&self) -> Option<String>;
-    fn secret(&self) -> Option<String>;
-}
-
-macro_rules! has_keys {
-    ($t:ty) => {
-        impl HasKeys for $t {
-            fn client_id(&self) -> Option<String> {
-                self.client_id.clone()
-            }
-            fn secret(&self) -> Option<String> {
-                self.secret.clone()
-            }
+/// Parses the request, or returns Plaid's error response from the handler.
+macro_rules! parse_or_return {
+    ($sandbox:expr, $headers:expr, $body:expr, $fields:expr) => {
+        match parse(&$sandbox, &$headers, &$body, &$fields) {
+            Ok(r) => r,
+            Err(e) => return *e,
         }
     };
 }
 
+/// `/sandbox/public_token/create` options: Plaid's (those we accept and
+/// ignore start with `_`), and (our extension) the item's size.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkOptions {
+    #[serde(default)]
+    webhook: Option<String>,
+    #[serde(default, rename = "override_username")]
+    _override_username: Option<Value>,
+    #[serde(default, rename = "override_password")]
+    _override_password: Option<Value>,
+    #[serde(default, rename = "transactions")]
+    _transactions: Option<Value>,
+    #[serde(default)]
+    accounts: Option<u32>,
+    #[serde(default)]
+    transactions_per_account: Option<u32>,
+}
+
 #[derive(Deserialize)]
 struct PublicTokenCreate {
-    client_id: Option<String>,
-    secret: Option<String>,
-    #[allow(dead_code)]
     institution_id: String,
-    #[allow(dead_code)]
     initial_products: Vec<String>,
     #[serde(default)]
-    options: Option<ItemSpec>,
+    options: Option<LinkOptions>,
 }
-has_keys!(PublicTokenCreate);
+
+const PUBLIC_TOKEN_CREATE: Fields = Fields {
+    known: &[
+        "institution_id",
+        "initial_products",
+        "options",
+        "user_token",
+        "user_id",
+    ],
+    required: &["institution_id", "initial_products"],
+};
 
 async fn public_token_create(
     State(sandbox): State<Sandbox>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let req: PublicTokenCreate = match authenticate(&sandbox, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return *e,
-    };
+    let req: PublicTokenCreate = parse_or_return!(sandbox, headers, body, PUBLIC_TOKEN_CREATE);
+    if req.institution_id.trim().is_empty() {
+        return invalid_request("INVALID_FIELD", "institution_id must be a non-empty string");
+    }
+    if req.initial_products.is_empty() {
+        return invalid_request("INVALID_FIELD", "initial_products must not be empty");
+    }
+    let options = req.options.unwrap_or_default();
     let mut inner = sandbox.lock();
-    let token = format!("public-sandbox-{:016x}", inner.rng.u64(..));
-    inner
-        .public_tokens
-        .insert(token.clone(), req.options.unwrap_or_default());
-    Json(serde_json::json!({ "public_token": token, "request_id": request_id() })).into_response()
+    let token = format!(
+        "public-sandbox-{}",
+        uuid::Uuid::from_u64_pair(inner.rng.u64(..), inner.rng.u64(..))
+    );
+    inner.public_tokens.insert(
+        token.clone(),
+        (
+            ItemSpec {
+                accounts: options.accounts,
+                transactions_per_account: options.transactions_per_account,
+            },
+            options.webhook,
+        ),
+    );
+    Json(json!({ "public_token": token, "request_id": request_id() })).into_response()
 }
 
 #[derive(Deserialize)]
 struct Exchange {
-    client_id: Option<String>,
-    secret: Option<String>,
     public_token: String,
 }
-has_keys!(Exchange);
+
+const EXCHANGE: Fields = Fields {
+    known: &["public_token"],
+    required: &["public_token"],
+};
 
 async fn public_token_exchange(
     State(sandbox): State<Sandbox>,
@@ -170,74 +360,353 @@ async fn public_token_exchange(
     body: Bytes,
 ) -> Response {
     sandbox.auth_latency().await;
-    let req: Exchange = match authenticate(&sandbox, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return *e,
-    };
+    let req: Exchange = parse_or_return!(sandbox, headers, body, EXCHANGE);
     let mut inner = sandbox.lock();
     inner.stats.exchange_calls += 1;
-    let Some(spec) = inner.public_tokens.remove(&req.public_token) else {
+    let Some((spec, webhook)) = inner.public_tokens.remove(&req.public_token) else {
         return error(
             StatusCode::BAD_REQUEST,
             "INVALID_INPUT",
             "INVALID_PUBLIC_TOKEN",
-            "provided public token is in an invalid format or expired".into(),
+            "provided public token is in an invalid format. expected format: public-<environment>-<identifier>",
         );
     };
     let access_token = crate::data::create_item(&mut inner, spec);
-    let item_id = inner.items[&access_token].item_id.clone();
-    Json(serde_json::json!({
+    let item = inner
+        .items
+        .get_mut(&access_token)
+        .expect("the item just created");
+    item.webhook = webhook;
+    Json(json!({
         "access_token": access_token,
-        "item_id": item_id,
+        "item_id": item.item_id,
         "request_id": request_id(),
     }))
     .into_response()
 }
 
+/// Requests that name an item and nothing else.
 #[derive(Deserialize)]
-struct ItemRemove {
-    client_id: Option<String>,
-    secret: Option<String>,
+struct ItemRequest {
     access_token: String,
 }
-has_keys!(ItemRemove);
+
+const ITEM_REQUEST: Fields = Fields {
+    known: &["access_token"],
+    required: &["access_token"],
+};
+
+const ACCOUNTS_GET: Fields = Fields {
+    known: &["access_token", "options"],
+    required: &["access_token"],
+};
+
+/// Plaid's `Item` object.
+fn item_json(item: &Item) -> Value {
+    let error = item
+        .login_required
+        .then(|| login_error(StatusCode::BAD_REQUEST));
+    json!({
+        "item_id": item.item_id,
+        "institution_id": "ins_109508",
+        "institution_name": "First Platypus Bank",
+        "webhook": item.webhook,
+        "auth_method": null,
+        "error": error,
+        "available_products": ["balance", "identity", "investments"],
+        "billed_products": ["transactions"],
+        "products": ["transactions"],
+        "consented_products": ["transactions"],
+        "consent_expiration_time": null,
+        "update_type": "background",
+    })
+}
+
+fn login_error(status: StatusCode) -> PlaidError {
+    PlaidError::new(
+        status,
+        "ITEM_ERROR",
+        "ITEM_LOGIN_REQUIRED",
+        "the login details of this item have changed (credentials, MFA, or required user action) and a user login is required to update this information. use Link's update mode to restore the item to a good state".into(),
+    )
+}
+
+/// Runs `f` on the item `access_token` names, or answers Plaid's error.
+fn with_item<R>(
+    sandbox: &Sandbox,
+    access_token: &str,
+    f: impl FnOnce(&mut Item) -> R,
+) -> Result<R, Box<Response>> {
+    let mut inner = sandbox.lock();
+    match inner.items.get_mut(access_token) {
+        Some(item) => Ok(f(item)),
+        None => Err(Box::new(invalid_access_token())),
+    }
+}
+
+async fn accounts_get(State(sandbox): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: ItemRequest = parse_or_return!(sandbox, headers, body, ACCOUNTS_GET);
+    let latency = {
+        let mut inner = sandbox.lock();
+        inner.stats.accounts_get_calls += 1;
+        crate::latency(inner.faults.latency_ms)
+    };
+    if let Some(d) = latency {
+        tokio::time::sleep(d).await;
+    }
+    let found = with_item(&sandbox, &req.access_token, |item| {
+        (!item.login_required).then(|| {
+            let ids = item.account_ids();
+            json!({
+                "accounts": accounts(item.index(), ids),
+                "item": item_json(item),
+                "request_id": request_id(),
+            })
+        })
+    });
+    match found {
+        Ok(Some(body)) => Json(body).into_response(),
+        Ok(None) => login_required(),
+        Err(e) => *e,
+    }
+}
+
+async fn item_get(State(sandbox): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: ItemRequest = parse_or_return!(sandbox, headers, body, ITEM_REQUEST);
+    // `/item/get` answers `ItemWithConsentFields`: an Item and when it was
+    // made.
+    let item = with_item(&sandbox, &req.access_token, |item| {
+        let mut json = item_json(item);
+        json["created_at"] = item
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            .into();
+        json
+    });
+    match item {
+        Ok(item) => Json(json!({
+            "item": item,
+            "status": null,
+            "request_id": request_id(),
+        }))
+        .into_response(),
+        Err(e) => *e,
+    }
+}
 
 /// Ends the item: its access token is refused from now on.
 async fn item_remove(State(sandbox): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
     sandbox.auth_latency().await;
-    let req: ItemRemove = match authenticate(&sandbox, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return *e,
-    };
+    let req: ItemRequest = parse_or_return!(sandbox, headers, body, ITEM_REQUEST);
     if !sandbox.forget_item(&req.access_token) {
+        return invalid_access_token();
+    }
+    Json(json!({ "request_id": request_id() })).into_response()
+}
+
+#[derive(Deserialize)]
+struct WebhookUpdate {
+    access_token: String,
+    #[serde(default)]
+    webhook: Option<String>,
+}
+
+const WEBHOOK_UPDATE: Fields = Fields {
+    known: &["access_token", "webhook"],
+    required: &["access_token"],
+};
+
+/// Registers (or, with `null`, removes) the item's webhook URL.
+async fn item_webhook_update(
+    State(sandbox): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let req: WebhookUpdate = parse_or_return!(sandbox, headers, body, WEBHOOK_UPDATE);
+    if let Some(url) = &req.webhook
+        && reqwest::Url::parse(url).is_err()
+    {
+        return invalid_request("INVALID_FIELD", "webhook must be a valid URL");
+    }
+    match with_item(&sandbox, &req.access_token, |item| {
+        item.webhook = req.webhook;
+        item_json(item)
+    }) {
+        Ok(item) => Json(json!({ "item": item, "request_id": request_id() })).into_response(),
+        Err(e) => *e,
+    }
+}
+
+#[derive(Deserialize)]
+struct KeyRequest {
+    key_id: String,
+}
+
+const KEY_REQUEST: Fields = Fields {
+    known: &["key_id"],
+    required: &["key_id"],
+};
+
+async fn webhook_verification_key_get(
+    State(sandbox): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let req: KeyRequest = parse_or_return!(sandbox, headers, body, KEY_REQUEST);
+    sandbox.lock().stats.verification_key_calls += 1;
+    if req.key_id != sandbox.key.kid {
         return error(
             StatusCode::BAD_REQUEST,
             "INVALID_INPUT",
-            "INVALID_ACCESS_TOKEN",
-            "provided access token is in an invalid format".into(),
+            "INVALID_WEBHOOK_VERIFICATION_KEY_ID",
+            "invalid key_id provided",
         );
     }
-    Json(serde_json::json!({ "request_id": request_id() })).into_response()
+    Json(json!({ "key": sandbox.key.jwk(), "request_id": request_id() })).into_response()
+}
+
+/// The webhook a `(webhook_type, webhook_code)` names, for `item`.
+fn webhook_body(item: &Item, webhook_type: &str, code: &str) -> Option<Value> {
+    let base = |extra: Value| {
+        let mut body = json!({
+            "webhook_type": webhook_type,
+            "webhook_code": code,
+            "item_id": item.item_id,
+            "environment": "sandbox",
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        body
+    };
+    let soon = (chrono::Utc::now() + chrono::Duration::days(7))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    Some(match (webhook_type, code) {
+        ("TRANSACTIONS", "SYNC_UPDATES_AVAILABLE") => base(json!({
+            "initial_update_complete": true,
+            "historical_update_complete": true,
+        })),
+        ("TRANSACTIONS", "DEFAULT_UPDATE") => base(json!({ "new_transactions": 0 })),
+        ("ITEM", "ERROR") => base(json!({ "error": login_error(StatusCode::BAD_REQUEST) })),
+        ("ITEM", "PENDING_EXPIRATION") => base(json!({ "consent_expiration_time": soon })),
+        ("ITEM", "PENDING_DISCONNECT") => base(json!({
+            "reason": "INSTITUTION_TOKEN_EXPIRATION",
+            "disconnect_time": soon,
+        })),
+        ("ITEM", "USER_PERMISSION_REVOKED") => base(json!({ "error": null })),
+        ("ITEM", "LOGIN_REPAIRED" | "NEW_ACCOUNTS_AVAILABLE") => base(json!({})),
+        _ => return None,
+    })
+}
+
+/// The `webhook_type` Plaid pairs with a `webhook_code` when the request
+/// does not say.
+fn default_type(code: &str) -> &'static str {
+    match code {
+        "SYNC_UPDATES_AVAILABLE" | "DEFAULT_UPDATE" | "RECURRING_TRANSACTIONS_UPDATE" => {
+            "TRANSACTIONS"
+        }
+        _ => "ITEM",
+    }
+}
+
+/// Sends the webhook to the item's URL; `Ok(false)`: it has none.
+fn fire(
+    sandbox: &Sandbox,
+    access_token: &str,
+    webhook_type: &str,
+    code: &str,
+) -> Result<bool, Box<Response>> {
+    let target = with_item(sandbox, access_token, |item| {
+        if code == "ERROR" {
+            item.login_required = true;
+        }
+        if code == "LOGIN_REPAIRED" {
+            item.login_required = false;
+        }
+        (item.webhook.clone(), webhook_body(item, webhook_type, code))
+    })?;
+    match target {
+        (_, None) => Err(Box::new(invalid_request(
+            "INVALID_FIELD",
+            format!("webhook_code {code} cannot be fired for webhook_type {webhook_type}"),
+        ))),
+        (None, Some(_)) => Ok(false),
+        (Some(url), Some(body)) => {
+            sandbox.deliver(url, body);
+            Ok(true)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct FireWebhook {
+    access_token: String,
+    #[serde(default)]
+    webhook_type: Option<String>,
+    webhook_code: String,
+}
+
+const FIRE_WEBHOOK: Fields = Fields {
+    known: &["access_token", "webhook_type", "webhook_code"],
+    required: &["access_token", "webhook_code"],
+};
+
+/// Plaid's `/sandbox/item/fire_webhook`.
+async fn fire_webhook(State(sandbox): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: FireWebhook = parse_or_return!(sandbox, headers, body, FIRE_WEBHOOK);
+    let webhook_type = req
+        .webhook_type
+        .unwrap_or_else(|| default_type(&req.webhook_code).to_owned());
+    match fire(
+        &sandbox,
+        &req.access_token,
+        &webhook_type,
+        &req.webhook_code,
+    ) {
+        Ok(true) => {
+            Json(json!({ "webhook_fired": true, "request_id": request_id() })).into_response()
+        }
+        Ok(false) => error(
+            StatusCode::BAD_REQUEST,
+            "SANDBOX_ERROR",
+            "SANDBOX_WEBHOOK_INVALID",
+            "the webhook for this Item is not set; set it with /item/webhook/update",
+        ),
+        Err(e) => *e,
+    }
+}
+
+/// Plaid's `/sandbox/item/reset_login`: the item needs its user to log in
+/// again (data calls answer `ITEM_LOGIN_REQUIRED`), and an `ITEM`/`ERROR`
+/// webhook says so.
+async fn reset_login(State(sandbox): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: ItemRequest = parse_or_return!(sandbox, headers, body, ITEM_REQUEST);
+    match fire(&sandbox, &req.access_token, "ITEM", "ERROR") {
+        Ok(_) => Json(json!({ "reset_login": true, "request_id": request_id() })).into_response(),
+        Err(e) => *e,
+    }
 }
 
 #[derive(Deserialize)]
 struct SyncRequest {
-    client_id: Option<String>,
-    secret: Option<String>,
     access_token: String,
     #[serde(default)]
     cursor: Option<String>,
     #[serde(default)]
     count: Option<i64>,
-    #[allow(dead_code)]
-    #[serde(default)]
-    options: Option<serde_json::Value>,
 }
-has_keys!(SyncRequest);
 
-/// Opaque to clients: offset into the item's log, the item's generation
-/// when issued, and whether more pages were pending then.
+const SYNC_REQUEST: Fields = Fields {
+    known: &["access_token", "cursor", "count", "options"],
+    required: &["access_token"],
+};
+
+/// Opaque to clients: the item it belongs to, offset into the item's log,
+/// the item's generation when issued, and whether more pages were pending
+/// then.
 struct Cursor {
+    item: u64,
     offset: u64,
     generation: u64,
     more: bool,
@@ -246,7 +715,8 @@ struct Cursor {
 impl Cursor {
     fn encode(&self) -> String {
         URL_SAFE_NO_PAD.encode(format!(
-            "v1:{}:{}:{}",
+            "v2:{}:{}:{}:{}",
+            self.item,
             self.offset,
             self.generation,
             u8::from(self.more)
@@ -255,11 +725,13 @@ impl Cursor {
 
     fn decode(s: &str) -> Option<Cursor> {
         let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(s).ok()?).ok()?;
-        let mut parts = raw.strip_prefix("v1:")?.split(':');
+        let mut parts = raw.strip_prefix("v2:")?.split(':');
+        let item = parts.next()?.parse().ok()?;
         let offset = parts.next()?.parse().ok()?;
         let generation = parts.next()?.parse().ok()?;
         let more = parts.next()? == "1";
         parts.next().is_none().then_some(Cursor {
+            item,
             offset,
             generation,
             more,
@@ -332,7 +804,7 @@ struct TransactionWire {
     category: Option<Vec<String>>,
     category_id: Option<String>,
     check_number: Option<String>,
-    counterparties: Vec<serde_json::Value>,
+    counterparties: Vec<Value>,
     date: NaiveDate,
     datetime: Option<String>,
     authorized_date: Option<NaiveDate>,
@@ -348,7 +820,8 @@ struct TransactionWire {
     pending: bool,
     pending_transaction_id: Option<String>,
     personal_finance_category: Option<PersonalFinanceCategory>,
-    personal_finance_category_icon_url: Option<String>,
+    /// A string, never `null` (Plaid's reference; its clients refuse null).
+    personal_finance_category_icon_url: String,
     transaction_code: Option<String>,
     transaction_id: String,
     transaction_type: &'static str,
@@ -404,7 +877,10 @@ impl From<Txn> for TransactionWire {
                 detailed: t.category.1,
                 confidence_level: "VERY_HIGH",
             }),
-            personal_finance_category_icon_url: None,
+            personal_finance_category_icon_url: format!(
+                "https://plaid-category-icons.plaid.com/PFC_{}.png",
+                t.category.0
+            ),
             transaction_code: None,
             transaction_id: t.transaction_id,
             transaction_type: if t.payment_channel == "online" {
@@ -441,12 +917,18 @@ const ACCOUNT_KINDS: [(&str, &str, &str); 3] = [
     ("Plaid Credit Card", "credit", "credit card"),
 ];
 
+/// The item's accounts with ids `ids` (its `n`-th account is
+/// `acc-{item}-{n}`).
 fn accounts(item_index: u64, ids: Vec<String>) -> Vec<AccountWire> {
     ids.into_iter()
-        .enumerate()
-        .map(|(n, account_id)| {
-            let (name, kind, subtype) = ACCOUNT_KINDS[n % ACCOUNT_KINDS.len()];
-            let current = 1000.0 + ((item_index * 7 + n as u64 * 131) % 9000) as f64 + 0.25;
+        .map(|account_id| {
+            let n = account_id
+                .rsplit('-')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            let (name, kind, subtype) = ACCOUNT_KINDS[(n % ACCOUNT_KINDS.len() as u64) as usize];
+            let current = 1000.0 + ((item_index * 7 + n * 131) % 9000) as f64 + 0.25;
             AccountWire {
                 account_id,
                 balances: Balances {
@@ -457,7 +939,7 @@ fn accounts(item_index: u64, ids: Vec<String>) -> Vec<AccountWire> {
                     unofficial_currency_code: None,
                     last_updated_datetime: None,
                 },
-                mask: Some(format!("{:04}", (item_index * 31 + n as u64 * 17) % 10_000)),
+                mask: Some(format!("{:04}", (item_index * 31 + n * 17) % 10_000)),
                 name: name.to_owned(),
                 official_name: Some(format!("{name} Account")),
                 account_type: kind,
@@ -468,36 +950,40 @@ fn accounts(item_index: u64, ids: Vec<String>) -> Vec<AccountWire> {
         .collect()
 }
 
+fn mutation_during_pagination() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "TRANSACTIONS_ERROR",
+        "TRANSACTIONS_SYNC_MUTATION_DURING_PAGINATION",
+        "Underlying transaction data changed since last page was fetched. Please restart pagination from last update.",
+    )
+}
+
 async fn transactions_sync(
     State(sandbox): State<Sandbox>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let req: SyncRequest = match authenticate(&sandbox, &headers, &body) {
-        Ok(r) => r,
-        Err(e) => return *e,
-    };
+    let req: SyncRequest = parse_or_return!(sandbox, headers, body, SYNC_REQUEST);
     let count = req.count.unwrap_or(100);
     if !(1..=500).contains(&count) {
-        return invalid_request("count must be an integer between 1 and 500".into());
+        return invalid_request(
+            "INVALID_FIELD",
+            "count must be an integer between 1 and 500",
+        );
     }
     let cursor = match req.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => None,
         Some(c) => match Cursor::decode(c) {
             Some(c) => Some(c),
             None => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "INVALID_INPUT",
-                    "INVALID_CURSOR",
-                    "cursor is not valid".into(),
-                );
+                return invalid_request("INVALID_FIELD", "cursor is not a valid cursor");
             }
         },
     };
 
     // Decide everything under the lock; generate the page outside it.
-    let (latency, fault, seed, item_index, generation, from, to, len, account_ids) = {
+    let (latency, fault, seed, item_index, generation, from, to, len) = {
         let mut guard = sandbox.lock();
         let inner = &mut *guard;
         inner.stats.transactions_sync_calls += 1;
@@ -510,36 +996,37 @@ async fn transactions_sync(
             .by_item
             .entry(req.access_token.clone())
             .or_default() += 1;
-        let Some(item) = inner.items.get(&req.access_token) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "INVALID_INPUT",
-                "INVALID_ACCESS_TOKEN",
-                "provided access token is in an invalid format".into(),
-            );
+        let Some(item) = inner.items.get_mut(&req.access_token) else {
+            return invalid_access_token();
         };
+        if item.login_required {
+            return login_required();
+        }
+        if cursor.as_ref().is_some_and(|c| c.item != item.index()) {
+            return invalid_request("INVALID_FIELD", "cursor not associated with access_token");
+        }
+        item.synced = true;
         let paginating = cursor.as_ref().is_some_and(|c| c.more);
-        let fault = draw_fault(&mut inner.faults, &mut inner.rng, paginating);
         let mutated = cursor
             .as_ref()
             .is_some_and(|c| c.more && c.generation != item.generation);
+        let (len, index, generation) = (item.len(), item.index(), item.generation);
+        let fault = draw_fault(&mut inner.faults, &mut inner.rng, paginating);
         let fault = fault.or(mutated.then_some(ScriptedFault::MutationDuringPagination));
         if fault.is_some() {
             inner.stats.faults_injected += 1;
         }
-        let len = item.len();
         let from = cursor.as_ref().map_or(0, |c| c.offset).min(len);
         let to = (from + count as u64).min(len);
         (
             crate::latency(inner.faults.latency_ms),
             fault,
             inner.config.seed,
-            item.index(),
-            item.generation,
+            index,
+            generation,
             from,
             to,
             len,
-            item.account_ids(),
         )
     };
     if let Some(d) = latency {
@@ -551,7 +1038,7 @@ async fn transactions_sync(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "API_ERROR",
                 "INTERNAL_SERVER_ERROR",
-                "an unexpected error occurred".into(),
+                "an unexpected error occurred",
             );
         }
         Some(ScriptedFault::RateLimited {
@@ -564,8 +1051,7 @@ async fn transactions_sync(
                 StatusCode::TOO_MANY_REQUESTS,
                 "RATE_LIMIT_EXCEEDED",
                 "TRANSACTIONS_SYNC_LIMIT",
-                "rate limit exceeded for attempts to access this item. please try again later"
-                    .into(),
+                "rate limit exceeded for attempts to access this item. please try again later",
             );
             if retry_after_secs > 0 {
                 resp.headers_mut().insert(
@@ -575,14 +1061,7 @@ async fn transactions_sync(
             }
             return resp;
         }
-        Some(ScriptedFault::MutationDuringPagination) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "TRANSACTIONS_ERROR",
-                "TRANSACTIONS_SYNC_MUTATION_DURING_PAGINATION",
-                "underlying transaction data changed since last page was fetched. Please restart pagination from last update.".into(),
-            );
-        }
+        Some(ScriptedFault::MutationDuringPagination) => return mutation_during_pagination(),
         None => {}
     }
 
@@ -591,38 +1070,43 @@ async fn transactions_sync(
         match inner.items.get(&req.access_token) {
             // Re-read: the log only grows, and we serve the range decided above.
             Some(item) if item.generation == generation => item.events(seed, from, to),
-            Some(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "TRANSACTIONS_ERROR",
-                    "TRANSACTIONS_SYNC_MUTATION_DURING_PAGINATION",
-                    "underlying transaction data changed since last page was fetched. Please restart pagination from last update.".into(),
-                );
-            }
+            Some(_) => return mutation_during_pagination(),
             None => Vec::new(),
         }
     };
     let (mut added, mut modified, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+    // Plaid lists only the accounts the page's transactions belong to.
+    let mut account_ids = std::collections::BTreeSet::new();
     for e in events {
         match e {
-            Event::Added(t) => added.push(TransactionWire::from(t)),
-            Event::Modified(t) => modified.push(TransactionWire::from(t)),
+            Event::Added(t) => {
+                account_ids.insert(t.account_id.clone());
+                added.push(TransactionWire::from(t));
+            }
+            Event::Modified(t) => {
+                account_ids.insert(t.account_id.clone());
+                modified.push(TransactionWire::from(t));
+            }
             Event::Removed {
                 transaction_id,
                 account_id,
-            } => removed.push(RemovedWire {
-                account_id,
-                transaction_id,
-            }),
+            } => {
+                account_ids.insert(account_id.clone());
+                removed.push(RemovedWire {
+                    account_id,
+                    transaction_id,
+                });
+            }
         }
     }
     let has_more = to < len;
     Json(SyncResponse {
-        accounts: accounts(item_index, account_ids),
+        accounts: accounts(item_index, account_ids.into_iter().collect()),
         added,
         modified,
         removed,
         next_cursor: Cursor {
+            item: item_index,
             offset: to,
             generation,
             more: has_more,
@@ -633,6 +1117,17 @@ async fn transactions_sync(
         transactions_update_status: "HISTORICAL_UPDATE_COMPLETE",
     })
     .into_response()
+}
+
+/// The `SYNC_UPDATES_AVAILABLE` webhook an item whose data changed is
+/// owed: where to send it and what, if it has a webhook and was synced
+/// before (Plaid sends none before the first `/transactions/sync`).
+pub(crate) fn sync_updates(item: &Item) -> Option<(String, Value)> {
+    let url = item.webhook.clone().filter(|_| item.synced)?;
+    Some((
+        url,
+        webhook_body(item, "TRANSACTIONS", "SYNC_UPDATES_AVAILABLE")?,
+    ))
 }
 
 async fn set_faults(State(sandbox): State<Sandbox>, Json(faults): Json<Faults>) -> StatusCode {
@@ -648,6 +1143,12 @@ async fn push_fault(
     StatusCode::NO_CONTENT
 }
 
+/// The sandbox's control error: plain JSON, not Plaid's shape (these
+/// endpoints are ours).
+fn control_error(status: StatusCode, msg: String) -> Response {
+    (status, Json(json!({ "error": msg }))).into_response()
+}
+
 async fn advance(
     State(sandbox): State<Sandbox>,
     Path(access_token): Path<String>,
@@ -655,11 +1156,42 @@ async fn advance(
 ) -> Response {
     let advance: Advance = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return invalid_request(format!("request body is not valid: {e}")),
+        Err(e) => {
+            return control_error(
+                StatusCode::BAD_REQUEST,
+                format!("request body is not valid: {e}"),
+            );
+        }
     };
     match sandbox.advance(&access_token, advance) {
         Some(done) => Json(done).into_response(),
-        None => (StatusCode::NOT_FOUND, "no such item").into_response(),
+        None => control_error(StatusCode::NOT_FOUND, "no such item".into()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SendWebhook {
+    webhook_type: String,
+    webhook_code: String,
+}
+
+/// Any webhook the sandbox knows, including those Plaid's
+/// `/sandbox/item/fire_webhook` does not fire (`PENDING_EXPIRATION`).
+async fn send_webhook(
+    State(sandbox): State<Sandbox>,
+    Path(access_token): Path<String>,
+    Json(req): Json<SendWebhook>,
+) -> Response {
+    match fire(
+        &sandbox,
+        &access_token,
+        &req.webhook_type,
+        &req.webhook_code,
+    ) {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => control_error(StatusCode::CONFLICT, "the item has no webhook".into()),
+        Err(e) => *e,
     }
 }
 

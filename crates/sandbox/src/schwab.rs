@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -33,6 +34,8 @@ pub struct OAuthSettings {
     pub access_ttl_secs: i64,
     pub refresh_ttl_secs: i64,
     pub rotation: Rotation,
+    /// How a refresh with an expired refresh token is refused.
+    pub expired_refresh: ExpiredRefresh,
 }
 
 impl Default for OAuthSettings {
@@ -41,8 +44,21 @@ impl Default for OAuthSettings {
             access_ttl_secs: 1800,
             refresh_ttl_secs: 7 * 24 * 3600,
             rotation: Rotation::Same,
+            expired_refresh: ExpiredRefresh::InvalidGrant,
         }
     }
+}
+
+/// The answer to a refresh whose 7-day refresh token has expired.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpiredRefresh {
+    /// RFC 6749's `invalid_grant`.
+    #[default]
+    InvalidGrant,
+    /// What Schwab API users report seeing: HTTP 400
+    /// `{"error":"unsupported_token_type","error_description":"… refresh_token_authentication_error …"}`.
+    UnsupportedTokenType,
 }
 
 /// What a refresh returns as `refresh_token`.
@@ -337,15 +353,12 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
         .into_response()
 }
 
+/// A Trader API error: `{"message": …, "errors": [ … ]}`.
 fn api_error(status: StatusCode, detail: &str) -> Response {
+    let message = status.canonical_reason().unwrap_or("Error");
     (
         status,
-        Json(json!({ "errors": [{
-            "id": format!("{:016x}", fastrand::u64(..)),
-            "status": status.as_u16().to_string(),
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "detail": detail,
-        }]})),
+        Json(json!({ "message": message, "errors": [detail] })),
     )
         .into_response()
 }
@@ -437,16 +450,27 @@ async fn authorize(State(sandbox): State<Sandbox>, Query(q): Query<AuthorizeQuer
     Redirect::to(&to).into_response()
 }
 
+/// HTTP Basic client authentication as RFC 6749 §2.3.1 has it: the client
+/// id and secret are each form-urlencoded, then joined by `:` and base64
+/// encoded (so a secret with `+`, `/` or `=` arrives as `%2B`, `%2F`,
+/// `%3D`).
 fn client_ok(inner: &Inner, headers: &HeaderMap) -> bool {
-    let expected = STANDARD.encode(format!(
-        "{}:{}",
-        inner.config.client_id, inner.config.secret
-    ));
-    headers
+    let decoded = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .is_some_and(|v| v.trim() == expected)
+        .and_then(|v| STANDARD.decode(v.trim()).ok())
+        .and_then(|v| String::from_utf8(v).ok());
+    let Some((id, secret)) = decoded.as_deref().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let form_decode = |s: &str| -> String {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    form_decode(id) == inner.config.client_id && form_decode(secret) == inner.config.secret
 }
 
 #[derive(Deserialize)]
@@ -571,11 +595,18 @@ async fn token_endpoint(
                 );
             }
             if Utc::now() >= g.refresh_expires_at {
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_grant",
-                    "Refresh token has expired; the user must authorize again",
-                );
+                return match inner.oauth.settings.expired_refresh {
+                    ExpiredRefresh::InvalidGrant => oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_grant",
+                        "Refresh token has expired; the user must authorize again",
+                    ),
+                    ExpiredRefresh::UnsupportedTokenType => oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "unsupported_token_type",
+                        "400 Bad Request: \"{\"error_description\":\"Exception while authenticating refresh token [ref-token-expired], refresh_token_authentication_error\",\"error\":\"refresh_token_authentication_error\"}\"",
+                    ),
+                };
             }
             let refresh = match inner.oauth.settings.rotation {
                 Rotation::Same => Some(presented),
@@ -720,13 +751,37 @@ async fn accounts(State(sandbox): State<Sandbox>, headers: HeaderMap) -> Respons
     Json(list).into_response()
 }
 
+/// The transaction types the Trader API knows (`types` takes one or a
+/// comma-separated list).
+const TRANSACTION_TYPES: [&str; 15] = [
+    "TRADE",
+    "RECEIVE_AND_DELIVER",
+    "DIVIDEND_OR_INTEREST",
+    "ACH_RECEIPT",
+    "ACH_DISBURSEMENT",
+    "CASH_RECEIPT",
+    "CASH_DISBURSEMENT",
+    "ELECTRONIC_FUND",
+    "WIRE_OUT",
+    "WIRE_IN",
+    "JOURNAL",
+    "MEMORANDUM",
+    "MARGIN_CALL",
+    "MONEY_MARKET",
+    "SMA_ADJUSTMENT",
+];
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WindowQuery {
-    start_date: String,
-    end_date: String,
+    #[serde(default)]
+    start_date: Option<String>,
+    #[serde(default)]
+    end_date: Option<String>,
     #[serde(default)]
     types: Option<String>,
+    #[serde(default)]
+    symbol: Option<String>,
 }
 
 fn parse_time(s: &str) -> Option<DateTime<Utc>> {
@@ -735,27 +790,62 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// The window and filters of a transactions request, or what is wrong
+/// with it (the Trader API's 400).
+struct Window {
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    types: Vec<String>,
+    symbol: Option<String>,
+}
+
+fn window(q: Result<Query<WindowQuery>, QueryRejection>) -> Result<Window, String> {
+    let Query(q) = q.map_err(|e| format!("Invalid query parameters: {e}"))?;
+    let time = |name: &str, v: Option<String>| match v {
+        None => Err(format!("{name} is required")),
+        Some(v) => parse_time(&v).ok_or_else(|| {
+            format!("{name} must be an ISO-8601 date-time, e.g. 2024-03-28T21:10:42.000Z")
+        }),
+    };
+    let start = time("startDate", q.start_date)?;
+    let end = time("endDate", q.end_date)?;
+    if end < start || end - start > Span::days(365) {
+        return Err("The date range must be positive and at most one year".into());
+    }
+    let types: Vec<String> = match q.types.as_deref().map(str::trim) {
+        None | Some("") => return Err("types is required".into()),
+        Some(t) => t.split(',').map(|t| t.trim().to_owned()).collect(),
+    };
+    if let Some(unknown) = types
+        .iter()
+        .find(|t| !TRANSACTION_TYPES.contains(&t.as_str()))
+    {
+        return Err(format!(
+            "Invalid value for types: {unknown}; expected one of {}",
+            TRANSACTION_TYPES.join(", ")
+        ));
+    }
+    Ok(Window {
+        start,
+        end,
+        types,
+        symbol: q.symbol.filter(|s| !s.is_empty()),
+    })
+}
+
 async fn transactions(
     State(sandbox): State<Sandbox>,
     headers: HeaderMap,
     Path(hash): Path<String>,
-    Query(q): Query<WindowQuery>,
+    q: Result<Query<WindowQuery>, QueryRejection>,
 ) -> Response {
     if let Some(r) = faults(&sandbox).await {
         return r;
     }
-    let (Some(start), Some(end)) = (parse_time(&q.start_date), parse_time(&q.end_date)) else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "startDate and endDate must be ISO-8601 date-times, e.g. 2024-03-28T21:10:42.000Z",
-        );
+    let w = match window(q) {
+        Ok(w) => w,
+        Err(detail) => return api_error(StatusCode::BAD_REQUEST, &detail),
     };
-    if end < start || end - start > Span::days(365) {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "The date range must be positive and at most one year",
-        );
-    }
     let inner = sandbox.lock();
     let g = match bearer(&inner, &headers) {
         Ok(g) => g,
@@ -765,17 +855,17 @@ async fn transactions(
     let Some(account) = grant.accounts.iter().position(|a| a.hash == hash) else {
         return api_error(StatusCode::NOT_FOUND, "Unknown account hash");
     };
-    let types: Option<Vec<&str>> = q.types.as_deref().map(|t| t.split(',').collect());
     let list: Vec<Value> = grant
         .activities
         .iter()
-        .filter(|x| x.account == account && x.time >= start && x.time <= end)
-        .map(|x| x.wire(&grant.accounts[account]))
-        .filter(|v| {
-            types
-                .as_ref()
-                .is_none_or(|t| t.contains(&v["type"].as_str().unwrap_or("")))
+        .filter(|x| x.account == account && x.time >= w.start && x.time <= w.end)
+        .filter(|x| {
+            w.symbol.as_deref().is_none_or(|s| {
+                matches!(x.kind, Kind::Buy | Kind::Sell | Kind::Dividend) && x.symbol == s
+            })
         })
+        .map(|x| x.wire(&grant.accounts[account]))
+        .filter(|v| w.types.iter().any(|t| v["type"] == t.as_str()))
         .collect();
     Json(list).into_response()
 }

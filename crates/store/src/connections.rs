@@ -53,6 +53,9 @@ pub struct NewConnection<'a> {
     pub credentials: &'a ProviderCredentials,
     pub access_token_expires_at: Option<DateTime<Utc>>,
     pub refresh_token_expires_at: Option<DateTime<Utc>>,
+    /// The provider's id for the connection (Plaid's `item_id`), which its
+    /// webhooks name.
+    pub provider_item_id: Option<&'a str>,
     pub correlation_id: Option<String>,
 }
 
@@ -74,6 +77,7 @@ impl Store {
             .bind(&blob)
             .bind(new.access_token_expires_at)
             .bind(new.refresh_token_expires_at)
+            .bind(new.provider_item_id)
             .fetch_one(&mut *tx)
             .await?;
         audit::append(

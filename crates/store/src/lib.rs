@@ -15,6 +15,7 @@ pub mod providers;
 pub mod reads;
 pub mod sweeps;
 pub mod sync;
+pub mod webhooks;
 
 use std::sync::Arc;
 

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub provider_breaker_transitions: IntCounterVec,
     pub provider_breaker_open: IntGaugeVec,
     pub provider_budget_decisions: IntCounterVec,
+    pub webhooks: IntCounterVec,
     pub transactions_ingested: IntCounterVec,
     pub token_refreshes: IntCounterVec,
     pub scheduler_leader: IntGauge,
@@ -137,6 +138,16 @@ impl Metrics {
                  was snoozed), fail_open (Redis unreachable: this process's share of \
                  the budget decided).",
                 &["provider", "decision"],
+            ),
+            webhooks: counter(
+                &r,
+                "dashtam_webhooks_total",
+                "Provider webhooks received, by provider, kind (sync_updates_available, \
+                 login_required, reauth_soon, permission_revoked, login_repaired, other, \
+                 none when refused before it was read) and result (applied, coalesced, \
+                 ignored, unknown_item, unsigned, forged, stale, replayed, malformed, \
+                 key_unavailable).",
+                &["provider", "kind", "result"],
             ),
             transactions_ingested: counter(
                 &r,

@@ -174,6 +174,19 @@ impl Handler for SyncHandler {
             .map_err(|e| JobError::permanent(format!("sync job payload does not parse: {e}")))?;
         let connection = job.connection_id();
         tracing::Span::current().record("connection_id", tracing::field::display(connection));
+        // A follow-up waits (no attempt, no audit record) until the sync it
+        // follows has ended: two syncs of one connection never overlap.
+        if let Some(first) = job.waits_for()
+            && ctx
+                .is_running(first.0)
+                .await
+                .map_err(|e| JobError::retry(e.to_string()))?
+        {
+            return Err(JobError::Snooze {
+                after: Duration::from_secs(2),
+                reason: "after_running_sync".into(),
+            });
+        }
         // A provider that is down or paused for everyone: wait, without an
         // attempt or an audit record.
         if let Some(provider) = &ctx.throttle_key
@@ -390,6 +403,17 @@ impl SyncHandler {
                 pass.batch.absorb(page);
                 self.page_done(ctx, &pass).await?;
                 if !has_more {
+                    // A page lists only the accounts its transactions
+                    // belong to: every account's balances come from
+                    // `/accounts/get`, committed with the pages.
+                    let accounts = call_provider(
+                        &self.gate,
+                        state.provider.as_str(),
+                        self.settings.page_retries,
+                        || source.accounts(&state.credentials),
+                    )
+                    .await?;
+                    pass.batch.absorb_accounts(accounts);
                     return Ok(pass);
                 }
             }

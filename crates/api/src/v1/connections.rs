@@ -178,14 +178,14 @@ async fn create(
     })?;
     let public = ("public_token", &body.public_token);
     let code = ("authorization_code", &body.authorization_code);
-    let (credentials, access_expires, refresh_expires) = match source {
+    let (credentials, access_expires, refresh_expires, item_id) = match &source {
         Source::Cursor(source) => {
             let token = credential_field(public, code, body.provider)?;
-            let credentials = source
+            let linked = source
                 .exchange_public_token(token)
                 .await
                 .map_err(|e| exchange_failed(e, "public_token"))?;
-            (credentials, None, None)
+            (linked.credentials, None, None, Some(linked.item_id))
         }
         Source::Window(source) => {
             let code = credential_field(code, public, body.provider)?;
@@ -202,6 +202,7 @@ async fn create(
                 },
                 Some(now + lifetime(grant.access_expires_in)),
                 Some(now + lifetime(source.refresh_token_lifetime())),
+                None,
             )
         }
     };
@@ -213,6 +214,7 @@ async fn create(
             credentials: &credentials,
             access_token_expires_at: access_expires,
             refresh_token_expires_at: refresh_expires,
+            provider_item_id: item_id.as_deref(),
             correlation_id: Some(request_id.0.to_string()),
         })
         .await;
@@ -230,6 +232,13 @@ async fn create(
             return Err(e.into());
         }
     };
+    // Webhook-driven syncs: the provider tells us when there is new data.
+    // Without it the stale-sync sweep still syncs the connection.
+    if let (Source::Cursor(source), Some(url)) = (&source, &state.providers.plaid_webhook_url)
+        && let Err(e) = source.register_webhook(&credentials, url).await
+    {
+        tracing::warn!(error = %e, connection_id = %conn.id, "could not register the connection's webhook");
+    }
     let loc = location(format!("/api/v1/connections/{}", conn.id));
     Ok((StatusCode::CREATED, loc, Json(conn)).into_response())
 }
@@ -348,15 +357,7 @@ async fn enqueue_sync(
         )));
     }
     let job = SyncJob::new(ConnectionId(conn.id));
-    let mut new = NewJob::new(
-        QUEUE_SYNC,
-        KIND_SYNC,
-        serde_json::to_value(&job).map_err(ApiError::internal)?,
-    );
-    new.unique_key = Some(job.unique_key());
-    new.owner = Some(caller.user.to_string());
-    new.throttle_key = Some(conn.provider.clone());
-    new.max_attempts = state.jobs.sync_max_attempts;
+    let new = sync_job(&state, &job, caller.user.as_str(), &conn.provider)?;
     let enqueued = state.queue.enqueue(new).await?;
     let status = match enqueued {
         Enqueued::Created(_) => StatusCode::ACCEPTED,
@@ -365,4 +366,23 @@ async fn enqueue_sync(
     let view = JobView::from(enqueued.job().clone());
     let loc = location(format!("/api/v1/jobs/{}", view.id));
     Ok((status, loc, Json(view)).into_response())
+}
+
+/// The queue job for `job`, a sync of `user`'s connection at `provider`.
+pub(super) fn sync_job(
+    state: &AppState,
+    job: &SyncJob,
+    user: &str,
+    provider: &str,
+) -> Result<NewJob, ApiError> {
+    let mut new = NewJob::new(
+        QUEUE_SYNC,
+        KIND_SYNC,
+        serde_json::to_value(job).map_err(ApiError::internal)?,
+    );
+    new.unique_key = Some(job.unique_key());
+    new.owner = Some(user.to_owned());
+    new.throttle_key = Some(provider.to_owned());
+    new.max_attempts = state.jobs.sync_max_attempts;
+    Ok(new)
 }

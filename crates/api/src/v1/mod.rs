@@ -5,6 +5,7 @@ mod connections;
 mod data;
 mod jobs;
 mod scheduler;
+mod webhooks;
 
 use utoipa_axum::router::OpenApiRouter;
 
@@ -17,4 +18,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(jobs::router())
         .merge(data::router())
         .merge(scheduler::router())
+        .merge(webhooks::router())
 }

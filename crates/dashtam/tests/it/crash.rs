@@ -124,6 +124,7 @@ async fn setup(pool: &PgPool) -> Setup {
             },
             access_token_expires_at: None,
             refresh_token_expires_at: None,
+            provider_item_id: None,
             correlation_id: None,
         })
         .await

@@ -150,20 +150,32 @@ pub async fn spawn_app_on(url: &str, roles: &[Role], config: Config) -> TestApp 
     spawn_app_with(pool, roles, config).await
 }
 
+/// Set as `providers.plaid.webhook_url` to register the test daemon's own
+/// webhook endpoint (its address is known only once it listens).
+pub const OWN_WEBHOOK: &str = "own";
+
 /// Starts the sandbox and the daemon (`roles`) against `pool`'s database.
 pub async fn spawn_app_with(pool: PgPool, roles: &[Role], mut config: Config) -> TestApp {
     let shutdown = CancellationToken::new();
     let sandbox = Sandbox::new(SandboxConfig {
         accounts_per_item: 2,
         transactions_per_account: 150,
+        // `+`, `/` and `=` must survive HTTP Basic (RFC 6749 §2.3.1).
+        secret: "dashtam+sandbox/secret==".into(),
         ..SandboxConfig::default()
     });
     let sandbox_url = serve_sandbox(&sandbox, &shutdown).await;
     config.use_sandbox(&sandbox_url, &sandbox.config());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    if config.providers.plaid.webhook_url.as_deref() == Some(OWN_WEBHOOK) {
+        config.providers.plaid.webhook_url = Some(format!(
+            "http://{}/api/v1/webhooks/plaid",
+            listener.local_addr().unwrap()
+        ));
+    }
     let secrets = Secrets::ephemeral(&config).unwrap();
     let jwt_secret = secrets.jwt.clone().unwrap().current();
     let daemon = Daemon::new(config.clone(), pool.clone(), &secrets).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let running = daemon
         .start(roles, Some(listener), shutdown.clone())
         .await

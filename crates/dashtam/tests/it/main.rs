@@ -19,3 +19,4 @@ mod scheduler;
 mod secrets;
 mod sync;
 mod tokens;
+mod webhooks;

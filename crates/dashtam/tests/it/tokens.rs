@@ -13,7 +13,7 @@ use dashtam_domain::ports::{LiveSecret, ProviderCredentials, WindowSyncSource};
 use dashtam_domain::{ConnectionId, UserId};
 use dashtam_providers::{SchwabClient, SchwabConfig};
 use dashtam_queue::{NewJob, Queue};
-use dashtam_sandbox::{Faults, OAuthSettings, Rotation, Sandbox, SandboxConfig};
+use dashtam_sandbox::{ExpiredRefresh, Faults, OAuthSettings, Rotation, Sandbox, SandboxConfig};
 use dashtam_store::connections::NewConnection;
 use dashtam_store::{Cipher, Store};
 use secrecy::ExposeSecret;
@@ -187,6 +187,31 @@ async fn a_dead_refresh_token_requires_reauthorization_without_retries(pool: PgP
     app.stop().await;
 }
 
+/// Schwab users report an expired 7-day refresh token answered not with
+/// `invalid_grant` but with HTTP 400 `unsupported_token_type` naming
+/// `refresh_token_authentication_error`: that too is a dead grant, so the
+/// connection needs its user (not a permanent failure, not retries).
+#[sqlx::test(migrations = "../../migrations")]
+async fn an_expired_refresh_token_in_schwabs_reported_shape_requires_reauthorization(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.sandbox.set_oauth_settings(OAuthSettings {
+        refresh_ttl_secs: 0,
+        expired_refresh: ExpiredRefresh::UnsupportedTokenType,
+        ..OAuthSettings::default()
+    });
+    let (id, _) = app.connect_schwab("carol", 1, 5).await;
+    expiring_now(&app, &id).await;
+    let job = app.sync("carol", &id).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempt"], 1, "no retries: {job}");
+    assert_eq!(
+        connection(&app, "carol", &id).await["status"],
+        "reauth_required"
+    );
+    assert_eq!(audits(&app, "reauth_required").await, 1);
+    app.stop().await;
+}
+
 #[sqlx::test(migrations = "../../migrations")]
 async fn deleting_a_connection_revokes_and_wipes_its_tokens(pool: PgPool) {
     let app = spawn_app(pool).await;
@@ -287,6 +312,7 @@ async fn schwab_connection(pool: &PgPool, sandbox_url: &str, cipher: Arc<Cipher>
             },
             access_token_expires_at: Some(Utc::now() + chrono::Duration::minutes(30)),
             refresh_token_expires_at: Some(Utc::now() + chrono::Duration::days(7)),
+            provider_item_id: None,
             correlation_id: None,
         })
         .await
