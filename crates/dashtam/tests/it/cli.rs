@@ -1,7 +1,10 @@
 //! The binary's command-line contract.
 
 use std::process::Command;
+use std::time::Duration;
 
+use dashtam_testkit::wait_for;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 fn dashtam() -> Command {
@@ -102,10 +105,88 @@ fn every_command_explains_its_flags() {
     }
 }
 
+/// `dashtam sandbox` lets time pass at the provider every
+/// `sandbox.evolve_every_secs`: a synced item gets new data.
+#[tokio::test]
+async fn the_sandbox_command_evolves_its_data() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dashtam"))
+        .args(["sandbox", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DASHTAM__SANDBOX__EVOLVE_EVERY_SECS", "1")
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_for("the sandbox to listen", Duration::from_secs(30), || async {
+        http.get(format!("{url}/healthz")).send().await.map(drop)
+    })
+    .await;
+    let public = crate::helpers::sandbox_public_token(&http, &url).await;
+    let plaid = |path: &'static str, body: Value| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let sc = dashtam_sandbox::SandboxConfig::default();
+            http.post(format!("{url}{path}"))
+                .header("PLAID-CLIENT-ID", sc.client_id)
+                .header("PLAID-SECRET", sc.secret)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let token = plaid(
+        "/item/public_token/exchange",
+        json!({ "public_token": public }),
+    )
+    .await["access_token"]
+        .clone();
+    // Sync to the end, then wait for the provider's data to move on.
+    let mut cursor = Value::Null;
+    loop {
+        let mut body = json!({ "access_token": token, "count": 500 });
+        if !cursor.is_null() {
+            body["cursor"] = cursor.clone();
+        }
+        let page = plaid("/transactions/sync", body).await;
+        cursor = page["next_cursor"].clone();
+        if page["has_more"] == false {
+            break;
+        }
+    }
+    wait_for(
+        "new data at the provider",
+        Duration::from_secs(30),
+        || async {
+            let page = plaid(
+                "/transactions/sync",
+                json!({ "access_token": token, "cursor": cursor }),
+            )
+            .await;
+            if page["added"].as_array().is_some_and(|a| !a.is_empty()) {
+                Ok(())
+            } else {
+                Err(page["next_cursor"].clone())
+            }
+        },
+    )
+    .await;
+    child.kill().await.unwrap();
+}
+
 #[sqlx::test(migrations = false)]
 async fn demo_syncs_everything_and_exits_zero(pool: PgPool) {
     // 2 Plaid-style and 2 OAuth connections, synced twice; between the
-    // rounds the OAuth access tokens expire.
+    // rounds the OAuth access tokens expire; then a webhook starts a sync.
     let url = url_of(&pool);
     let out = dashtam()
         .args([
@@ -126,8 +207,9 @@ async fn demo_syncs_everything_and_exits_zero(pool: PgPool) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("summary: 8 jobs (8 succeeded, 0 failed), 4 connections"),
+        stdout.contains("summary: 9 jobs (9 succeeded, 0 failed), 4 connections"),
         "{stdout}"
     );
+    assert!(stdout.contains("started by a webhook"), "{stdout}");
     assert!(stdout.contains("2 token refreshes"), "{stdout}");
 }
