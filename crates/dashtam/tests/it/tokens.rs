@@ -166,20 +166,27 @@ async fn refresh_handles_same_new_and_missing_refresh_tokens(pool: PgPool) {
     app.stop().await;
 }
 
+/// Carol's sync of `id`, whose access token is made to expire, needs a
+/// refresh that the provider refuses for good: the job fails on its first
+/// attempt and the connection needs its user.
+async fn sync_ends_in_reauth(app: &TestApp, id: &str) {
+    expiring_now(app, id).await;
+    let job = app.sync("carol", id).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempt"], 1, "no retries: {job}");
+    assert_eq!(
+        connection(app, "carol", id).await["status"],
+        "reauth_required"
+    );
+}
+
 #[sqlx::test(migrations = "../../migrations")]
 async fn a_dead_refresh_token_requires_reauthorization_without_retries(pool: PgPool) {
     let app = spawn_app(pool).await;
     let (id, grant) = app.connect_schwab("carol", 1, 5).await;
     app.control(&format!("oauth/grants/{grant}/revoke"), json!({}))
         .await;
-    expiring_now(&app, &id).await;
-    let job = app.sync("carol", &id).await;
-    assert_eq!(job["state"], "failed", "{job}");
-    assert_eq!(job["attempt"], 1, "no retries: {job}");
-    assert_eq!(
-        connection(&app, "carol", &id).await["status"],
-        "reauth_required"
-    );
+    sync_ends_in_reauth(&app, &id).await;
     assert_eq!(app.sandbox.oauth_grants()[0].refresh_calls, 1);
     assert_eq!(audits(&app, "reauth_required").await, 1);
     // A reauth_required connection does not sync.
@@ -200,14 +207,7 @@ async fn an_expired_refresh_token_in_schwabs_reported_shape_requires_reauthoriza
         ..OAuthSettings::default()
     });
     let (id, _) = app.connect_schwab("carol", 1, 5).await;
-    expiring_now(&app, &id).await;
-    let job = app.sync("carol", &id).await;
-    assert_eq!(job["state"], "failed", "{job}");
-    assert_eq!(job["attempt"], 1, "no retries: {job}");
-    assert_eq!(
-        connection(&app, "carol", &id).await["status"],
-        "reauth_required"
-    );
+    sync_ends_in_reauth(&app, &id).await;
     assert_eq!(audits(&app, "reauth_required").await, 1);
     app.stop().await;
 }
