@@ -30,6 +30,7 @@ from plaid.model.sandbox_public_token_create_request import SandboxPublicTokenCr
 from plaid.model.sandbox_public_token_create_request_options import (
     SandboxPublicTokenCreateRequestOptions,
 )
+from plaid.model.transactions_refresh_request import TransactionsRefreshRequest
 from plaid.model.transactions_sync_request import TransactionsSyncRequest
 from plaid.model.webhook_verification_key_get_request import WebhookVerificationKeyGetRequest
 
@@ -132,6 +133,11 @@ header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
 check(header["alg"] == "ES256", "ES256")
 key = client.webhook_verification_key_get(WebhookVerificationKeyGetRequest(key_id=header["kid"]))
 check(key.key.kid == header["kid"] and key.key.crv == "P-256", "the verification key")
+
+client.transactions_refresh(TransactionsRefreshRequest(access_token=token))
+_, body = webhook("SYNC_UPDATES_AVAILABLE")
+page = client.transactions_sync(TransactionsSyncRequest(access_token=token, cursor=cursor))
+check(len(page.added) > 0, "the refresh found new transactions")
 
 client.item_webhook_update(ItemWebhookUpdateRequest(access_token=token, webhook=hook_url))
 client.sandbox_item_reset_login(SandboxItemResetLoginRequest(access_token=token))

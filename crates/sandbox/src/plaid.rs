@@ -34,6 +34,7 @@ pub(crate) fn router(sandbox: Sandbox) -> Router {
         .route("/item/public_token/exchange", post(public_token_exchange))
         .route("/transactions/sync", post(transactions_sync))
         .route("/accounts/get", post(accounts_get))
+        .route("/transactions/refresh", post(transactions_refresh))
         .route("/item/get", post(item_get))
         .route("/item/remove", post(item_remove))
         .route("/item/webhook/update", post(item_webhook_update))
@@ -469,6 +470,30 @@ async fn accounts_get(State(sandbox): State<Sandbox>, headers: HeaderMap, body: 
         Ok(None) => login_required(),
         Err(e) => *e,
     }
+}
+
+/// `/transactions/refresh`: an on-demand extraction at the institution.
+/// Here it finds a few new transactions; as at Plaid, an item with a
+/// webhook that was synced before is then sent `SYNC_UPDATES_AVAILABLE`.
+async fn transactions_refresh(
+    State(sandbox): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let req: ItemRequest = parse_or_return!(sandbox, headers, body, ITEM_REQUEST);
+    match with_item(&sandbox, &req.access_token, |item| item.login_required) {
+        Err(e) => return *e,
+        Ok(true) => return login_required(),
+        Ok(false) => {}
+    }
+    let step = Advance {
+        add: 2,
+        ..Advance::default()
+    };
+    if sandbox.advance(&req.access_token, step).is_none() {
+        return invalid_access_token();
+    }
+    Json(json!({ "request_id": request_id() })).into_response()
 }
 
 async fn item_get(State(sandbox): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {

@@ -325,6 +325,15 @@ async fn every_response_matches_plaids_reference() {
     assert!(!page["removed"].as_array().unwrap().is_empty());
     assert!(!page["modified"].as_array().unwrap().is_empty());
 
+    // An on-demand refresh finds new transactions and says so.
+    h.ok(
+        "/transactions/refresh",
+        json!({ "access_token": token }),
+        "TransactionsRefreshResponse",
+    )
+    .await;
+    h.webhook("SyncUpdatesAvailableWebhook").await;
+
     // Webhooks on demand, as Plaid's sandbox fires them.
     h.ok(
         "/sandbox/item/fire_webhook",

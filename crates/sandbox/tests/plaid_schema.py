@@ -16,7 +16,7 @@ ROOTS = [
     "ItemPublicTokenExchangeResponse", "SandboxPublicTokenCreateResponse",
     "ItemRemoveResponse", "ItemWebhookUpdateResponse",
     "WebhookVerificationKeyGetResponse", "SandboxItemFireWebhookResponse",
-    "SandboxItemResetLoginResponse", "PlaidError",
+    "SandboxItemResetLoginResponse", "TransactionsRefreshResponse", "PlaidError",
     "SyncUpdatesAvailableWebhook", "ItemErrorWebhook", "PendingExpirationWebhook",
     "PendingDisconnectWebhook", "UserPermissionRevokedWebhook", "ItemLoginRepairedWebhook",
 ]
