@@ -453,7 +453,8 @@ async fn authorize(State(sandbox): State<Sandbox>, Query(q): Query<AuthorizeQuer
 /// HTTP Basic client authentication as RFC 6749 §2.3.1 has it: the client
 /// id and secret are each form-urlencoded, then joined by `:` and base64
 /// encoded (so a secret with `+`, `/` or `=` arrives as `%2B`, `%2F`,
-/// `%3D`).
+/// `%3D`). Many clients (authlib, hence schwab-py; `requests`' basic auth)
+/// send them unencoded instead, which is accepted too.
 fn client_ok(inner: &Inner, headers: &HeaderMap) -> bool {
     let decoded = headers
         .get(header::AUTHORIZATION)
@@ -470,7 +471,9 @@ fn client_ok(inner: &Inner, headers: &HeaderMap) -> bool {
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default()
     };
-    form_decode(id) == inner.config.client_id && form_decode(secret) == inner.config.secret
+    let (want_id, want_secret) = (&inner.config.client_id, &inner.config.secret);
+    (form_decode(id) == *want_id && form_decode(secret) == *want_secret)
+        || (id == want_id && secret == want_secret)
 }
 
 #[derive(Deserialize)]

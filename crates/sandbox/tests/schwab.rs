@@ -127,20 +127,26 @@ fn trader_error(v: &Value) {
 #[tokio::test]
 async fn client_credentials_are_form_decoded() {
     let (s, _) = Schwab::start(OAuthSettings::default()).await;
-    s.authorize().await;
-    // The raw secret (not form-encoded) is a different secret: `+` is a space.
+    // The code exchange in `authorize` sends them form-encoded (RFC 6749).
+    let tokens = s.authorize().await;
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    let form = [("grant_type", "refresh_token"), ("refresh_token", refresh)];
+    // Unencoded, as authlib (schwab-py) and `requests` send them: accepted.
     let raw = format!(
         "Basic {}",
         STANDARD.encode(format!("dashtam-sandbox-client:{SECRET}"))
     );
-    let (status, body) = s
-        .token(
-            &raw,
-            &[("grant_type", "refresh_token"), ("refresh_token", "x")],
-        )
-        .await;
-    assert_eq!(status, 401, "{body}");
-    assert_eq!(body["error"], "invalid_client");
+    let (status, body) = s.token(&raw, &form).await;
+    assert_eq!(status, 200, "{body}");
+    // A wrong secret, either way: refused.
+    for wrong in [
+        basic("dashtam-sandbox-client", "s3c r/t=="),
+        basic("x", SECRET),
+    ] {
+        let (status, body) = s.token(&wrong, &form).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"], "invalid_client");
+    }
 }
 
 #[tokio::test]
