@@ -445,8 +445,22 @@ fn with_item<R>(
     }
 }
 
+#[derive(Deserialize)]
+struct AccountsGet {
+    access_token: String,
+    #[serde(default)]
+    options: AccountsGetOptions,
+}
+
+#[derive(Default, Deserialize)]
+struct AccountsGetOptions {
+    /// Only these accounts.
+    #[serde(default)]
+    account_ids: Option<Vec<String>>,
+}
+
 async fn accounts_get(State(sandbox): State<Sandbox>, headers: HeaderMap, body: Bytes) -> Response {
-    let req: ItemRequest = parse_or_return!(sandbox, headers, body, ACCOUNTS_GET);
+    let req: AccountsGet = parse_or_return!(sandbox, headers, body, ACCOUNTS_GET);
     let latency = {
         let mut inner = sandbox.lock();
         inner.stats.accounts_get_calls += 1;
@@ -456,19 +470,33 @@ async fn accounts_get(State(sandbox): State<Sandbox>, headers: HeaderMap, body: 
         tokio::time::sleep(d).await;
     }
     let found = with_item(&sandbox, &req.access_token, |item| {
-        (!item.login_required).then(|| {
-            let ids = item.account_ids();
-            json!({
-                "accounts": accounts(item.index(), ids),
-                "item": item_json(item),
-                "request_id": request_id(),
-            })
-        })
+        if item.login_required {
+            return Err(Box::new(login_required()));
+        }
+        let ids = item.account_ids();
+        let wanted = match &req.options.account_ids {
+            None => ids,
+            Some(asked) => match asked.iter().find(|a| !ids.contains(a)) {
+                Some(unknown) => {
+                    return Err(Box::new(error(
+                        StatusCode::BAD_REQUEST,
+                        "INVALID_INPUT",
+                        "INVALID_ACCOUNT_ID",
+                        format!("account_id {unknown} is not an account of this item"),
+                    )));
+                }
+                None => asked.clone(),
+            },
+        };
+        Ok(json!({
+            "accounts": accounts(item.index(), wanted),
+            "item": item_json(item),
+            "request_id": request_id(),
+        }))
     });
     match found {
-        Ok(Some(body)) => Json(body).into_response(),
-        Ok(None) => login_required(),
-        Err(e) => *e,
+        Ok(Ok(body)) => Json(body).into_response(),
+        Ok(Err(refused)) | Err(refused) => *refused,
     }
 }
 
@@ -720,6 +748,20 @@ struct SyncRequest {
     cursor: Option<String>,
     #[serde(default)]
     count: Option<i64>,
+    #[serde(default)]
+    options: SyncOptions,
+}
+
+/// The `/transactions/sync` options the sandbox acts on (the others are
+/// accepted and make no difference here).
+#[derive(Default, Deserialize)]
+struct SyncOptions {
+    /// Fill `original_description` (else `null`).
+    #[serde(default)]
+    include_original_description: Option<bool>,
+    /// Only this account's transactions.
+    #[serde(default)]
+    account_id: Option<String>,
 }
 
 const SYNC_REQUEST: Fields = Fields {
@@ -1102,15 +1144,30 @@ async fn transactions_sync(
     let (mut added, mut modified, mut removed) = (Vec::new(), Vec::new(), Vec::new());
     // Plaid lists only the accounts the page's transactions belong to.
     let mut account_ids = std::collections::BTreeSet::new();
+    let wire = |t: Txn| {
+        let mut w = TransactionWire::from(t);
+        if req.options.include_original_description == Some(true) {
+            w.original_description = Some(w.name.to_uppercase());
+        }
+        w
+    };
+    let wanted = |account: &str| {
+        req.options
+            .account_id
+            .as_deref()
+            .is_none_or(|a| a == account)
+    };
     for e in events {
         match e {
+            Event::Added(t) | Event::Modified(t) if !wanted(&t.account_id) => {}
+            Event::Removed { ref account_id, .. } if !wanted(account_id) => {}
             Event::Added(t) => {
                 account_ids.insert(t.account_id.clone());
-                added.push(TransactionWire::from(t));
+                added.push(wire(t));
             }
             Event::Modified(t) => {
                 account_ids.insert(t.account_id.clone());
-                modified.push(TransactionWire::from(t));
+                modified.push(wire(t));
             }
             Event::Removed {
                 transaction_id,

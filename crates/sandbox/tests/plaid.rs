@@ -302,6 +302,40 @@ async fn every_response_matches_plaids_reference() {
         "ItemGetResponse",
     )
     .await;
+    // Options: one account's balances; one account's transactions, with
+    // their original descriptions.
+    let first = accounts["accounts"][0]["account_id"].clone();
+    let one = h
+        .ok(
+            "/accounts/get",
+            json!({ "access_token": token, "options": { "account_ids": [first] } }),
+            "AccountsGetResponse",
+        )
+        .await;
+    assert_eq!(one["accounts"].as_array().unwrap().len(), 1);
+    let r = h
+        .post(
+            "/accounts/get",
+            json!({ "access_token": token, "options": { "account_ids": ["acc-nope"] } }),
+        )
+        .await;
+    h.refused(r, "INVALID_ACCOUNT_ID");
+    let page = h
+        .ok(
+            "/transactions/sync",
+            json!({ "access_token": token, "count": 50, "options": {
+                "account_id": first, "include_original_description": true,
+                "include_personal_finance_category": true } }),
+            "TransactionsSyncResponse",
+        )
+        .await;
+    let added = page["added"].as_array().unwrap();
+    assert!(!added.is_empty());
+    assert!(
+        added
+            .iter()
+            .all(|t| t["account_id"] == first && t["original_description"].is_string())
+    );
 
     // Data changes: the item was synced and has a webhook, so it is told.
     h.sandbox.advance(
