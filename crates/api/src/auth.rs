@@ -252,6 +252,31 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// An authenticated caller with the operator role; anyone else is a 403.
+#[derive(Clone, Debug)]
+pub struct Operator(pub Caller);
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if caller.role == Role::Operator {
+            Ok(Self(caller))
+        } else {
+            Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                "this endpoint is for operators",
+            ))
+        }
+    }
+}
+
 /// The bearer token of `Authorization`, whatever the case of the scheme
 /// (RFC 9110 §11.1: authentication schemes are case-insensitive).
 pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {

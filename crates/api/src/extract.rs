@@ -1,8 +1,10 @@
 //! Extractors that turn every malformed input into a clear 4xx problem.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
+use dashtam_domain::{ConnectionId, JobId};
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, FieldError};
@@ -73,4 +75,33 @@ fn json_rejection(r: JsonRejection) -> ApiError {
 pub fn parse_id<T: std::str::FromStr>(field: &str, raw: &str) -> Result<T, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::invalid_field(field, format!("{raw:?} is not a valid UUID")))
+}
+
+/// An id type that names itself as a route parameter.
+pub trait PathParam: std::str::FromStr {
+    /// The route's parameter, as the OpenAPI description names it.
+    const NAME: &'static str;
+}
+
+impl PathParam for ConnectionId {
+    const NAME: &'static str = "connection_id";
+}
+
+impl PathParam for JobId {
+    const NAME: &'static str = "job_id";
+}
+
+/// The route's one path parameter as a typed id: a malformed one is a 400
+/// naming the parameter.
+pub struct PathId<T>(pub T);
+
+impl<S: Send + Sync, T: PathParam> FromRequestParts<S> for PathId<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        parse_id(T::NAME, &raw).map(Self)
+    }
 }

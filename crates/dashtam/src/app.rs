@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use dashtam_api::{AppState, Auth, JobSettings};
+use dashtam_domain::jobs::{SyncJob, TokenRefreshJob};
 use dashtam_domain::ports::LiveSecret;
 use dashtam_providers::{
     PlaidClient, PlaidConfig, PlaidWebhooks, Providers, SchwabClient, SchwabConfig,
@@ -347,11 +348,8 @@ impl Daemon {
             );
             let pool = WorkerPool::new(queue_pool.clone(), c.worker_config(name))
                 .on_abandoned(Arc::new(AuditAbandoned))
-                .handle(dashtam_domain::jobs::KIND_SYNC, Arc::new(sync))
-                .handle(
-                    dashtam_domain::jobs::KIND_TOKEN_REFRESH,
-                    Arc::new(RefreshHandler::new(tokens)),
-                );
+                .work::<SyncJob>(Arc::new(sync))
+                .work::<TokenRefreshJob>(Arc::new(RefreshHandler::new(tokens)));
             let stop = shutdown.clone();
             tasks.spawn(async move { pool.run(stop).await.context("worker pool failed") });
         }

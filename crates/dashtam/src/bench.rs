@@ -4,20 +4,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use dashtam_domain::jobs::{KIND_SYNC, QUEUE_SYNC, SyncJob};
+use dashtam_domain::jobs::{JobArgs, SyncJob};
 use dashtam_domain::model::ProviderKind;
 use dashtam_domain::ports::ProviderCredentials;
 use dashtam_domain::{ConnectionId, UserId};
-use dashtam_queue::{NewJob, Queue};
+use dashtam_queue::{JobState, NewJob, Queue};
 use dashtam_sandbox::{ItemSpec, Sandbox, SandboxConfig};
 use dashtam_store::connections::NewConnection;
 use secrecy::SecretString;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{self, Daemon, Role};
-use crate::config::{Config, QueueSection};
-use crate::secrets::Secrets;
+use dashtam::app::{self, Daemon, Role};
+use dashtam::config::{Config, QueueSection};
+use dashtam::secrets::Secrets;
 
 pub struct SyncBenchOptions {
     pub database_url: String,
@@ -57,7 +57,7 @@ pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<
     // 40 calls/s, would hold this bench to ~20k transactions/s).
     config.budgets.providers.clear();
     config.worker.queues.insert(
-        QUEUE_SYNC.into(),
+        SyncJob::KIND.queue().into(),
         QueueSection {
             concurrency: opts.concurrency,
             fetch_batch: opts.concurrency,
@@ -149,27 +149,23 @@ async fn round(queue: &Queue, connections: &[ConnectionId]) -> anyhow::Result<Du
     let jobs: Vec<NewJob> = connections
         .iter()
         .map(|c| {
-            let mut j = NewJob::new(
-                QUEUE_SYNC,
-                KIND_SYNC,
-                serde_json::to_value(SyncJob::new(*c))?,
-            );
+            let mut j = NewJob::from_args(&SyncJob::new(*c))?;
             j.max_attempts = 3;
             Ok(j)
         })
         .collect::<Result<_, serde_json::Error>>()?;
     queue.enqueue_many(&jobs).await?;
     loop {
-        let counts = queue.state_counts(Some(KIND_SYNC)).await?;
+        let counts = queue.state_counts(Some(SyncJob::KIND.as_str())).await?;
         let unfinished: i64 = counts
             .iter()
-            .filter(|(s, _)| !matches!(s.as_str(), "succeeded" | "failed" | "cancelled"))
+            .filter(|(s, _)| !s.is_finished())
             .map(|(_, n)| n)
             .sum();
         if unfinished == 0 {
             let failed: i64 = counts
                 .iter()
-                .filter(|(s, _)| s == "failed")
+                .filter(|(s, _)| *s == JobState::Failed)
                 .map(|(_, n)| n)
                 .sum();
             if failed > 0 {

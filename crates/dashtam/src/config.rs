@@ -515,7 +515,7 @@ impl Config {
         check(
             self.worker
                 .queues
-                .contains_key(dashtam_domain::jobs::QUEUE_SYNC),
+                .contains_key(dashtam_domain::jobs::JobKind::Sync.queue()),
             "worker.queues.sync",
             "the sync queue must be configured",
         );

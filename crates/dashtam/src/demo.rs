@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use dashtam_api::{Role as TokenRole, issue_token};
 use dashtam_domain::UserId;
+use dashtam_queue::JobState;
 use dashtam_sandbox::{Advance, Sandbox, SandboxConfig};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{self, Daemon, Role};
-use crate::config::Config;
-use crate::secrets::Secrets;
+use dashtam::app::{self, Daemon, Role};
+use dashtam::config::Config;
+use dashtam::secrets::Secrets;
 
 pub struct DemoOptions {
     pub database_url: String,
@@ -278,7 +279,7 @@ async fn drive(
         .await?;
     let succeeded = outcomes
         .values()
-        .filter(|s| s.as_str() == "succeeded")
+        .filter(|s| JobState::parse(s) == Some(JobState::Succeeded))
         .count();
     let failed = outcomes.len() - succeeded;
     let refreshes: u64 = sandbox.oauth_grants().iter().map(|g| g.refresh_calls).sum();
@@ -355,7 +356,7 @@ async fn sync_round(
                 println!("{line}");
                 last.insert(id.clone(), line);
             }
-            if matches!(state.as_str(), "succeeded" | "failed" | "cancelled") {
+            if finished(&state) {
                 finals.insert(id.clone(), state);
             }
         }
@@ -391,7 +392,7 @@ async fn webhook_sync(
         });
         if let Some(job) = new {
             let state = job["state"].as_str().unwrap_or("?");
-            if matches!(state, "succeeded" | "failed" | "cancelled") {
+            if finished(state) {
                 let id = job["id"].as_str().unwrap_or_default().to_owned();
                 return Ok((id, state.to_owned()));
             }
@@ -401,6 +402,11 @@ async fn webhook_sync(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A job state the API reported is one the job ends in.
+fn finished(state: &str) -> bool {
+    JobState::parse(state).is_some_and(JobState::is_finished)
 }
 
 fn fastrand_u32() -> u32 {

@@ -1,8 +1,7 @@
-//! The `dashtam` binary's library: configuration, wiring, the demo and the
-//! benchmarks. `main.rs` is only the command line.
+//! The `dashtam` daemon's library: configuration, secrets and wiring.
+//! `main.rs` is the command line (with the demo and the benchmarks, which
+//! are the binary's own).
 
 pub mod app;
-pub mod bench;
 pub mod config;
-pub mod demo;
 pub mod secrets;

@@ -1,4 +1,9 @@
-//! `dashtam`: one binary, several roles. See `dashtam --help`.
+//! `dashtam`: one binary, several roles. See `dashtam --help`. The demo and
+//! the benchmarks are modules of the binary, not of the library the daemon
+//! runs on.
+
+mod bench;
+mod demo;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -240,8 +245,8 @@ enum BenchCommand {
     },
 }
 
-fn queue_bench(jobs: usize, a: QueueBenchArgs) -> dashtam::bench::QueueBenchOptions {
-    dashtam::bench::QueueBenchOptions {
+fn queue_bench(jobs: usize, a: QueueBenchArgs) -> bench::QueueBenchOptions {
+    bench::QueueBenchOptions {
         database_url: a.db.url,
         jobs,
         concurrency: a.concurrency,
@@ -303,78 +308,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         config.log.filter.as_str()
     };
     dashtam_telemetry::init(config.log.format, filter)?;
-    let db_url = |db: DbArgs| {
-        db.database_url
-            .unwrap_or_else(|| config.database.url.clone())
-    };
-
     match cli.command {
         Command::Serve {
             listen,
             db,
             roles,
             migrate,
-        } => {
-            let mut config = config.clone();
-            if let Some(l) = listen {
-                config.http.listen = l;
-            }
-            let url = db_url(db);
-            let roles = if roles.is_empty() {
-                vec![Role::Api, Role::Worker, Role::Scheduler]
-            } else {
-                roles
-            };
-            let secrets = Secrets::load(&config, roles.contains(&Role::Api)).await?;
-            let pool = app::connect(&config, &url).await?;
-            app::ensure_schema(&pool, migrate).await?;
-            let shutdown = CancellationToken::new();
-            secrets.spawn_refresher(shutdown.clone());
-            let daemon = Daemon::new(config, pool, &secrets)?;
-            app::cancel_on_signals(shutdown.clone());
-            info!(roles = ?roles, "dashtam starting");
-            daemon.start(&roles, None, shutdown).await?.wait().await?;
-            info!("dashtam stopped");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Migrate { db } => {
-            let url = db_url(db);
-            let pool = app::connect(&config, &url).await?;
-            dashtam_store::migrate::run(&pool)
-                .await
-                .context("migration failed")?;
-            println!("database {} is up to date", app::redact(&url));
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Sandbox { listen, db: _ } => {
-            let s = &config.sandbox;
-            let sandbox = Sandbox::new(SandboxConfig {
-                client_id: s.client_id.clone(),
-                secret: s.secret.clone(),
-                seed: s.seed,
-                accounts_per_item: s.accounts_per_item,
-                transactions_per_account: s.transactions_per_account,
-                oauth: s.oauth.clone(),
-            });
-            let addr = listen.unwrap_or(s.listen);
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            info!(addr = %listener.local_addr()?, "sandbox provider listening");
-            let shutdown = CancellationToken::new();
-            app::cancel_on_signals(shutdown.clone());
-            // Time passes at the provider: pendings post, rows change and
-            // go, new ones arrive (and items with a webhook are told).
-            if s.evolve_every_secs > 0 {
-                let (sandbox, stop) = (sandbox.clone(), shutdown.clone());
-                let every = Duration::from_secs(s.evolve_every_secs);
-                tokio::spawn(async move { sandbox.evolve(every, stop.cancelled()).await });
-            }
-            sandbox
-                .serve(listener, async move { shutdown.cancelled().await })
-                .await?;
-            Ok(ExitCode::SUCCESS)
-        }
+        } => serve(config, listen, db, roles, migrate).await,
+        Command::Migrate { db } => migrate(&config, db).await,
+        Command::Sandbox { listen, db: _ } => sandbox(&config, listen).await,
         Command::Demo {
             db,
             listen,
@@ -383,19 +325,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             accounts,
             transactions_per_account,
         } => {
-            let url = db_url(db);
-            let ok = dashtam::demo::run(
-                config,
-                dashtam::demo::DemoOptions {
-                    database_url: url,
-                    listen,
-                    connections,
-                    oauth_connections,
-                    accounts,
-                    transactions_per_account,
-                },
-            )
-            .await?;
+            let opts = demo::DemoOptions {
+                database_url: db_url(&config, db),
+                listen,
+                connections,
+                oauth_connections,
+                accounts,
+                transactions_per_account,
+            };
+            let ok = demo::run(config, opts).await?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -404,24 +342,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Token {
             command: TokenCommand::Issue { sub, role, ttl },
-        } => {
-            let role = match role.as_str() {
-                "client" => dashtam_api::Role::Client,
-                "operator" => dashtam_api::Role::Operator,
-                other => anyhow::bail!("--role {other:?}: expected client or operator"),
-            };
-            dashtam_domain::UserId::parse(&sub).map_err(|e| anyhow::anyhow!("--sub: {e}"))?;
-            let token = dashtam_api::issue_token(
-                &config.jwt_secret()?,
-                &config.auth.issuer,
-                &config.auth.audience,
-                &sub,
-                role,
-                parse_ttl(&ttl)?,
-            )?;
-            println!("{token}");
-            Ok(ExitCode::SUCCESS)
-        }
+        } => issue_token(&config, &sub, &role, &ttl),
         Command::Config => {
             let line = serde_json::json!({
                 "valid": true,
@@ -439,114 +360,194 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Keys {
             command: KeysCommand::Rotate { db, batch },
-        } => {
-            let secrets = Secrets::load(&config, false).await?;
-            let url = db_url(db);
-            let pool = app::connect(&config, &url).await?;
-            app::ensure_schema(&pool, false).await?;
-            let store = dashtam_store::Store::new(pool, secrets.cipher.clone());
-            let mut total = 0;
-            loop {
-                let n = store.rotate_credentials(batch.max(1)).await?;
-                if n == 0 {
-                    break;
-                }
-                total += n;
-            }
-            println!(
-                "re-encrypted {total} connection credential(s) under key {:?}",
-                secrets.cipher.active_key()
-            );
-            Ok(ExitCode::SUCCESS)
+        } => rotate_keys(&config, db, batch).await,
+        Command::Bench { command } => run_bench(config, command).await.map(|()| ExitCode::SUCCESS),
+    }
+}
+
+/// The database URL: the flag, else the configuration's.
+fn db_url(config: &Config, db: DbArgs) -> String {
+    db.database_url
+        .unwrap_or_else(|| config.database.url.clone())
+}
+
+/// `dashtam serve`: the daemon, with its roles, until a signal.
+async fn serve(
+    mut config: Config,
+    listen: Option<SocketAddr>,
+    db: DbArgs,
+    roles: Vec<Role>,
+    migrate: bool,
+) -> anyhow::Result<ExitCode> {
+    if let Some(l) = listen {
+        config.http.listen = l;
+    }
+    let url = db_url(&config, db);
+    let roles = if roles.is_empty() {
+        vec![Role::Api, Role::Worker, Role::Scheduler]
+    } else {
+        roles
+    };
+    let secrets = Secrets::load(&config, roles.contains(&Role::Api)).await?;
+    let pool = app::connect(&config, &url).await?;
+    app::ensure_schema(&pool, migrate).await?;
+    let shutdown = CancellationToken::new();
+    secrets.spawn_refresher(shutdown.clone());
+    let daemon = Daemon::new(config, pool, &secrets)?;
+    app::cancel_on_signals(shutdown.clone());
+    info!(roles = ?roles, "dashtam starting");
+    daemon.start(&roles, None, shutdown).await?.wait().await?;
+    info!("dashtam stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dashtam migrate`.
+async fn migrate(config: &Config, db: DbArgs) -> anyhow::Result<ExitCode> {
+    let url = db_url(config, db);
+    let pool = app::connect(config, &url).await?;
+    dashtam_store::migrate::run(&pool)
+        .await
+        .context("migration failed")?;
+    println!("database {} is up to date", app::redact(&url));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dashtam sandbox`: the sandbox provider alone, its data evolving every
+/// `sandbox.evolve_every_secs`.
+async fn sandbox(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+    let s = &config.sandbox;
+    let sandbox = Sandbox::new(SandboxConfig {
+        client_id: s.client_id.clone(),
+        secret: s.secret.clone(),
+        seed: s.seed,
+        accounts_per_item: s.accounts_per_item,
+        transactions_per_account: s.transactions_per_account,
+        oauth: s.oauth.clone(),
+    });
+    let addr = listen.unwrap_or(s.listen);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    info!(addr = %listener.local_addr()?, "sandbox provider listening");
+    let shutdown = CancellationToken::new();
+    app::cancel_on_signals(shutdown.clone());
+    // Time passes at the provider: pendings post, rows change and go, new
+    // ones arrive (and items with a webhook are told).
+    if s.evolve_every_secs > 0 {
+        let (sandbox, stop) = (sandbox.clone(), shutdown.clone());
+        let every = Duration::from_secs(s.evolve_every_secs);
+        tokio::spawn(async move { sandbox.evolve(every, stop.cancelled()).await });
+    }
+    sandbox
+        .serve(listener, async move { shutdown.cancelled().await })
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dashtam token issue`: a development access token.
+fn issue_token(config: &Config, sub: &str, role: &str, ttl: &str) -> anyhow::Result<ExitCode> {
+    let role = match role {
+        "client" => dashtam_api::Role::Client,
+        "operator" => dashtam_api::Role::Operator,
+        other => anyhow::bail!("--role {other:?}: expected client or operator"),
+    };
+    dashtam_domain::UserId::parse(sub).map_err(|e| anyhow::anyhow!("--sub: {e}"))?;
+    let token = dashtam_api::issue_token(
+        &config.jwt_secret()?,
+        &config.auth.issuer,
+        &config.auth.audience,
+        sub,
+        role,
+        parse_ttl(ttl)?,
+    )?;
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dashtam keys rotate`: every credential re-encrypted under the active
+/// key, in batches.
+async fn rotate_keys(config: &Config, db: DbArgs, batch: i64) -> anyhow::Result<ExitCode> {
+    let secrets = Secrets::load(config, false).await?;
+    let url = db_url(config, db);
+    let pool = app::connect(config, &url).await?;
+    app::ensure_schema(&pool, false).await?;
+    let store = dashtam_store::Store::new(pool, secrets.cipher.clone());
+    let mut total = 0;
+    loop {
+        let n = store.rotate_credentials(batch.max(1)).await?;
+        if n == 0 {
+            break;
         }
-        Command::Bench {
-            command: BenchCommand::Drain { jobs, owners, args },
-        } => {
-            let opts = dashtam::bench::QueueBenchOptions {
+        total += n;
+    }
+    println!(
+        "re-encrypted {total} connection credential(s) under key {:?}",
+        secrets.cipher.active_key()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dashtam bench …`: one JSON line per run.
+async fn run_bench(config: Config, command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Drain { jobs, owners, args } => {
+            let opts = bench::QueueBenchOptions {
                 owners,
                 ..queue_bench(jobs, args)
             };
-            dashtam::bench::drain(config, opts).await?;
-            Ok(ExitCode::SUCCESS)
+            bench::drain(config, opts).await
         }
-        Command::Bench {
-            command:
-                BenchCommand::Fairness {
-                    backlog,
-                    small_owners,
-                    jobs_per_owner,
-                    job_ms,
-                    args,
-                },
+        BenchCommand::Fairness {
+            backlog,
+            small_owners,
+            jobs_per_owner,
+            job_ms,
+            args,
         } => {
-            dashtam::bench::fairness(
-                config,
-                dashtam::bench::FairnessBenchOptions {
-                    queue: queue_bench(0, args),
-                    backlog,
-                    owners: small_owners,
-                    jobs_per_owner,
-                    job_ms,
-                },
-            )
-            .await?;
-            Ok(ExitCode::SUCCESS)
+            let opts = bench::FairnessBenchOptions {
+                queue: queue_bench(0, args),
+                backlog,
+                owners: small_owners,
+                jobs_per_owner,
+                job_ms,
+            };
+            bench::fairness(config, opts).await
         }
-        Command::Bench {
-            command: BenchCommand::Latency { jobs, args },
-        } => {
-            dashtam::bench::latency(config, queue_bench(jobs, args)).await?;
-            Ok(ExitCode::SUCCESS)
+        BenchCommand::Latency { jobs, args } => {
+            bench::latency(config, queue_bench(jobs, args)).await
         }
-        Command::Bench {
-            command:
-                BenchCommand::Api {
-                    db,
-                    connections,
-                    duration,
-                    wrk_connections,
-                },
+        BenchCommand::Api {
+            db,
+            connections,
+            duration,
+            wrk_connections,
         } => {
-            dashtam::bench::api(
-                config,
-                dashtam::bench::ApiBenchOptions {
-                    database_url: db.url,
-                    connections,
-                    duration_secs: duration,
-                    wrk_connections,
-                },
-            )
-            .await?;
-            Ok(ExitCode::SUCCESS)
+            let opts = bench::ApiBenchOptions {
+                database_url: db.url,
+                connections,
+                duration_secs: duration,
+                wrk_connections,
+            };
+            bench::api(config, opts).await
         }
-        Command::Bench {
-            command: BenchCommand::Schedule { db, connections },
-        } => {
-            dashtam::bench::schedule(config, &db.url, connections).await?;
-            Ok(ExitCode::SUCCESS)
+        BenchCommand::Schedule { db, connections } => {
+            bench::schedule(config, &db.url, connections).await
         }
-        Command::Bench {
-            command:
-                BenchCommand::Sync {
-                    db,
-                    connections,
-                    transactions,
-                    accounts,
-                    concurrency,
-                },
+        BenchCommand::Sync {
+            db,
+            connections,
+            transactions,
+            accounts,
+            concurrency,
         } => {
-            dashtam::bench::sync(
-                config,
-                dashtam::bench::SyncBenchOptions {
-                    database_url: db.url,
-                    connections,
-                    transactions,
-                    accounts,
-                    concurrency,
-                },
-            )
-            .await?;
-            Ok(ExitCode::SUCCESS)
+            let opts = bench::SyncBenchOptions {
+                database_url: db.url,
+                connections,
+                transactions,
+                accounts,
+                concurrency,
+            };
+            bench::sync(config, opts).await
         }
     }
 }

@@ -5,10 +5,54 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ConnectionId, JobId};
 
-pub const QUEUE_SYNC: &str = "sync";
-pub const KIND_SYNC: &str = "sync";
-pub const QUEUE_TOKEN_REFRESH: &str = "token_refresh";
-pub const KIND_TOKEN_REFRESH: &str = "token_refresh";
+/// The kinds of job the daemon runs; each has a queue of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Sync one connection ([`SyncJob`]).
+    Sync,
+    /// Make sure one connection's access token is fresh
+    /// ([`TokenRefreshJob`]).
+    TokenRefresh,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 2] = [Self::Sync, Self::TokenRefresh];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sync => "sync",
+            Self::TokenRefresh => "token_refresh",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The queue jobs of this kind go to.
+    pub fn queue(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+/// What a job's arguments declare about it, once (River's `JobArgs`,
+/// Oban's `use Oban.Worker`): its kind (and so its queue), the key that
+/// keeps duplicates out, and the domain object it is about. Enqueue sites
+/// add only what varies per call (attempts from configuration, owner, when
+/// it runs).
+pub trait JobArgs: Serialize {
+    const KIND: JobKind;
+    /// Lower runs first.
+    const PRIORITY: i16 = 0;
+
+    /// At most one pending or running job per key; `None`: no limit.
+    fn unique_key(&self) -> Option<String>;
+
+    /// What the job is about (a connection id), indexed so its jobs can be
+    /// listed.
+    fn subject(&self) -> Option<String>;
+}
 
 /// Sync one connection's transactions from its provider.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,9 +61,10 @@ pub enum SyncJob {
     #[serde(rename = "1")]
     V1 {
         connection_id: ConnectionId,
-        /// A follow-up: it starts only once this sync of the same
-        /// connection has ended (news of data that arrived while that one
-        /// ran).
+        /// A follow-up: news of data that arrived while this sync of the
+        /// same connection ran (it has a unique key of its own, so one can
+        /// wait behind the running one; like every sync it starts only
+        /// once no older sync of its connection runs).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<JobId>,
     },
@@ -47,20 +92,28 @@ impl SyncJob {
         }
     }
 
-    /// The sync this one waits for, if it is a follow-up.
+    /// The sync that was running when this follow-up was enqueued.
     pub fn waits_for(&self) -> Option<JobId> {
         match self {
             Self::V1 { after, .. } => *after,
         }
     }
+}
+
+impl JobArgs for SyncJob {
+    const KIND: JobKind = JobKind::Sync;
 
     /// At most one pending or running sync per connection, plus at most
     /// one follow-up queued behind a running one.
-    pub fn unique_key(&self) -> String {
-        match self.waits_for() {
+    fn unique_key(&self) -> Option<String> {
+        Some(match self.waits_for() {
             None => format!("sync:{}", self.connection_id()),
             Some(_) => format!("sync:{}:next", self.connection_id()),
-        }
+        })
+    }
+
+    fn subject(&self) -> Option<String> {
+        Some(self.connection_id().to_string())
     }
 }
 
@@ -102,10 +155,19 @@ impl TokenRefreshJob {
             Self::V1 { stale_version, .. } => *stale_version,
         }
     }
+}
 
-    /// At most one pending refresh per connection from the sweep.
-    pub fn unique_key(&self) -> String {
-        format!("token_refresh:{}", self.connection_id())
+impl JobArgs for TokenRefreshJob {
+    const KIND: JobKind = JobKind::TokenRefresh;
+
+    /// At most one pending refresh per connection from the sweep (a
+    /// trigger that must not be folded into it clears the key).
+    fn unique_key(&self) -> Option<String> {
+        Some(format!("token_refresh:{}", self.connection_id()))
+    }
+
+    fn subject(&self) -> Option<String> {
+        Some(self.connection_id().to_string())
     }
 }
 

@@ -1,10 +1,11 @@
 -- Newest first (ids are UUIDv7), filtered; $1 limits to one owner (a
--- client's own jobs; operators pass NULL). $5 is the previous page's last id.
+-- client's own jobs; operators pass NULL), $4 to one subject. $5 is the
+-- previous page's last id.
 SELECT * FROM jobs
 WHERE ($1::text IS NULL OR owner = $1)
   AND ($2::text IS NULL OR state = $2)
   AND ($3::text IS NULL OR kind = $3)
-  AND ($4::text IS NULL OR payload->>'connection_id' = $4)
+  AND ($4::text IS NULL OR subject = $4)
   AND ($5::uuid IS NULL OR id < $5)
 ORDER BY id DESC
 LIMIT $6

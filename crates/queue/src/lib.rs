@@ -14,21 +14,24 @@ mod backoff;
 mod coalesce;
 pub mod events;
 mod fair;
+pub mod leadership;
 mod ledger;
 pub mod ops;
-pub mod schedule;
+mod state;
 mod worker;
 
 use chrono::{DateTime, Utc};
+use dashtam_domain::jobs::JobArgs;
 use dashtam_telemetry::metrics::METRICS;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 pub use backoff::Backoff;
+pub use state::JobState;
 pub use worker::{
-    Handler, JobContext, JobError, QueueConfig, Retention, WorkerConfig, WorkerPool, maintain,
-    rescue_once,
+    ArgsHandler, Handler, JobContext, JobError, QueueConfig, Retention, WorkerConfig, WorkerPool,
+    maintain, rescue_once,
 };
 
 /// An attempt taken from its worker without an outcome: rescued from a dead
@@ -88,9 +91,26 @@ pub struct NewJob {
     /// The key whose breaker and pauses apply to the job (its provider),
     /// so its pending jobs can be snoozed and woken together.
     pub throttle_key: Option<String>,
+    /// What the job is about (e.g. a connection id), for listing.
+    pub subject: Option<String>,
 }
 
 impl NewJob {
+    /// The job `args` describe: its kind, queue, unique key, priority and
+    /// subject as its type declares them. Attempts, owner, throttle key and
+    /// run time are the caller's.
+    pub fn from_args<A: JobArgs>(args: &A) -> Result<Self, serde_json::Error> {
+        let mut job = Self::new(
+            A::KIND.queue(),
+            A::KIND.as_str(),
+            serde_json::to_value(args)?,
+        );
+        job.priority = A::PRIORITY;
+        job.unique_key = args.unique_key();
+        job.subject = args.subject();
+        Ok(job)
+    }
+
     pub fn new(queue: &str, kind: &str, payload: serde_json::Value) -> Self {
         Self {
             queue: queue.to_owned(),
@@ -102,6 +122,7 @@ impl NewJob {
             unique_key: None,
             owner: None,
             throttle_key: None,
+            subject: None,
         }
     }
 }
@@ -113,7 +134,7 @@ pub struct JobRecord {
     pub queue: String,
     pub kind: String,
     pub payload: serde_json::Value,
-    pub state: String,
+    pub state: JobState,
     pub priority: i16,
     pub attempt: i32,
     pub max_attempts: i32,
@@ -121,6 +142,8 @@ pub struct JobRecord {
     pub unique_key: Option<String>,
     pub owner: Option<String>,
     pub throttle_key: Option<String>,
+    /// What the job is about (a connection id).
+    pub subject: Option<String>,
     /// Why a snoozed job waits: `{"reason": …, "until": …}`.
     pub waiting: Option<serde_json::Value>,
     pub locked_by: Option<Uuid>,
@@ -135,7 +158,7 @@ pub struct JobRecord {
 impl JobRecord {
     /// Whether the job will not run again by itself.
     pub fn is_finished(&self) -> bool {
-        matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
+        self.state.is_finished()
     }
 }
 
@@ -178,9 +201,10 @@ impl Enqueued {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct JobFilter<'a> {
     pub owner: Option<&'a str>,
-    pub state: Option<&'a str>,
+    pub state: Option<JobState>,
     pub kind: Option<&'a str>,
-    pub connection_id: Option<&'a str>,
+    /// Jobs about this subject only.
+    pub subject: Option<&'a str>,
     pub after: Option<Uuid>,
 }
 
@@ -219,7 +243,7 @@ impl Queue {
             Err(job) => self.enqueue_one(&job).await?,
         };
         if let Enqueued::Created(job) = &enqueued {
-            if job.state == "available" {
+            if job.state == JobState::Available {
                 self.wakeups.wake(&self.pool, &job.queue);
             }
             METRICS
@@ -250,14 +274,25 @@ impl Queue {
         enqueue_many_in(&self.pool, jobs).await
     }
 
-    /// How many jobs are in each state (for one kind, or all).
-    pub async fn state_counts(&self, kind: Option<&str>) -> Result<Vec<(String, i64)>, QueueError> {
-        Ok(sqlx::query_as(
-            "SELECT state, count(*) FROM jobs WHERE $1::text IS NULL OR kind = $1 GROUP BY state",
+    /// The pending or running job holding `unique_key`, if any.
+    pub async fn holder_of(&self, unique_key: &str) -> Result<Option<JobRecord>, QueueError> {
+        Ok(
+            sqlx::query_as(include_str!("../queries/pending_by_key.sql"))
+                .bind(unique_key)
+                .fetch_optional(&self.pool)
+                .await?,
         )
-        .bind(kind)
-        .fetch_all(&self.pool)
-        .await?)
+    }
+
+    /// How many jobs are in each state (for one kind, or all).
+    pub async fn state_counts(
+        &self,
+        kind: Option<&str>,
+    ) -> Result<Vec<(JobState, i64)>, QueueError> {
+        Ok(sqlx::query_as(include_str!("../queries/state_counts.sql"))
+            .bind(kind)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Jobs newest first, filtered; `after` is the previous page's last id.
@@ -268,9 +303,9 @@ impl Queue {
     ) -> Result<Vec<JobRecord>, QueueError> {
         Ok(sqlx::query_as(include_str!("../queries/list_jobs.sql"))
             .bind(filter.owner)
-            .bind(filter.state)
+            .bind(filter.state.map(JobState::as_str))
             .bind(filter.kind)
-            .bind(filter.connection_id)
+            .bind(filter.subject)
             .bind(filter.after)
             .bind(limit)
             .fetch_all(&self.pool)
@@ -308,6 +343,7 @@ pub(crate) fn bind_jobs<'q, O>(
         .bind(text(|j| j.owner.as_deref()))
         .bind(text(|j| j.unique_key.as_deref()))
         .bind(text(|j| j.throttle_key.as_deref()))
+        .bind(text(|j| j.subject.as_deref()))
 }
 
 /// [`Queue::enqueue_many`] on any executor: inside a caller's transaction,

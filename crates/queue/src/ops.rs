@@ -155,10 +155,10 @@ pub async fn depth(pool: &PgPool) -> Result<Depth, QueueError> {
 
 pub async fn stats(pool: &PgPool) -> Result<Vec<QueueStats>, QueueError> {
     let counts: Vec<(String, String, i64)> =
-        sqlx::query_as("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state")
+        sqlx::query_as(include_str!("../queries/queue_state_counts.sql"))
             .fetch_all(pool)
             .await?;
-    let paused: Vec<String> = sqlx::query_scalar("SELECT queue FROM queue_pauses")
+    let paused: Vec<String> = sqlx::query_scalar(include_str!("../queries/paused_queues.sql"))
         .fetch_all(pool)
         .await?;
     let mut by_queue: std::collections::BTreeMap<String, QueueStats> = Default::default();

@@ -1,25 +1,23 @@
 //! The scheduler role: periodic cycles (token refresh sweep, stale sync
 //! sweep, pruning) run once per tick for the whole cluster.
 //!
-//! Every scheduler process competes for one lease (`dashtam_queue::schedule`);
+//! Every scheduler process competes for one lease (`dashtam_queue::leadership`);
 //! the holder evaluates the cycles' cron schedules and processes each due
 //! tick, oldest first, catching up ticks missed while nobody led. A tick's
 //! row is inserted in the transaction that enqueues its jobs, so a tick is
 //! processed exactly once even if two processes believe they lead.
 //!
 //! Architecture invariant: no SQL here; sweeps are `store::sweeps`, the
-//! lease and ticks are `queue::schedule`, and jobs are enqueued with
+//! lease and ticks are `queue::leadership`, and jobs are enqueued with
 //! `queue::enqueue_many_in` inside the tick's transaction.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dashtam_domain::jobs::{
-    KIND_SYNC, KIND_TOKEN_REFRESH, QUEUE_SYNC, QUEUE_TOKEN_REFRESH, SyncJob, TokenRefreshJob,
-};
+use dashtam_domain::jobs::{SyncJob, TokenRefreshJob};
 use dashtam_domain::model::ProviderKind;
-use dashtam_queue::schedule::{self, LEASE};
+use dashtam_queue::leadership::{self, LEASE};
 use dashtam_queue::{NewJob, QueueError, Retention, enqueue_many_in};
 use dashtam_store::{Store, StoreError, sweeps};
 use dashtam_telemetry::metrics::METRICS;
@@ -35,6 +33,8 @@ pub enum ScheduleError {
     Store(#[from] StoreError),
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("a job's arguments do not serialize: {0}")]
+    Args(#[from] serde_json::Error),
 }
 
 /// The periodic cycles.
@@ -136,7 +136,7 @@ impl Scheduler {
         let mut term: Option<i64> = None;
         let mut leading_since = Utc::now();
         loop {
-            let now_term = match schedule::lead(&self.pool, LEASE, &s.holder, s.lease_ttl).await {
+            let now_term = match leadership::lead(&self.pool, LEASE, &s.holder, s.lease_ttl).await {
                 Ok(t) => t,
                 Err(e) => {
                     warn!(error = %e, "could not renew the scheduler lease");
@@ -170,7 +170,7 @@ impl Scheduler {
         }
         if term.is_some() {
             METRICS.scheduler_leader.set(0);
-            if let Err(e) = schedule::resign(&self.pool, LEASE, &s.holder).await {
+            if let Err(e) = leadership::resign(&self.pool, LEASE, &s.holder).await {
                 warn!(error = %e, "could not give the scheduler lease up");
             }
         }
@@ -187,7 +187,7 @@ impl Scheduler {
         let name = spec.cycle.as_str();
         let now = Utc::now();
         // With no history, the cluster's schedule starts when it first led.
-        let from = schedule::last_tick(&self.pool, name)
+        let from = leadership::last_tick(&self.pool, name)
             .await?
             .unwrap_or(leading_since);
         let mut due: Vec<DateTime<Utc>> = spec
@@ -232,7 +232,7 @@ impl Scheduler {
         let name = cycle.as_str();
         let holder = &self.settings.holder;
         let mut tx = self.pool.begin().await?;
-        if !schedule::claim_tick(&mut *tx, name, tick, holder, term).await? {
+        if !leadership::claim_tick(&mut *tx, name, tick, holder, term).await? {
             return Ok(None);
         }
         let outcome = match cycle {
@@ -243,14 +243,14 @@ impl Scheduler {
                 // is committed first so no second process prunes this tick.
                 tx.commit().await?;
                 let outcome = self.prune().await?;
-                schedule::finish_tick(&self.pool, name, tick, 0, outcome).await?;
+                leadership::finish_tick(&self.pool, name, tick, 0, outcome).await?;
                 return Ok(Some(TickOutcome {
                     enqueued: 0,
                     flagged: outcome,
                 }));
             }
         };
-        schedule::finish_tick(&mut *tx, name, tick, outcome.enqueued, outcome.flagged).await?;
+        leadership::finish_tick(&mut *tx, name, tick, outcome.enqueued, outcome.flagged).await?;
         tx.commit().await?;
         Ok(Some(outcome))
     }
@@ -266,20 +266,14 @@ impl Scheduler {
         let jobs: Vec<NewJob> = due
             .into_iter()
             .map(|(id, user, provider)| {
-                let job = TokenRefreshJob::new(id, None);
-                let mut new = NewJob::new(
-                    QUEUE_TOKEN_REFRESH,
-                    KIND_TOKEN_REFRESH,
-                    serde_json::to_value(&job).unwrap_or_default(),
-                );
-                new.unique_key = Some(job.unique_key());
+                let mut new = NewJob::from_args(&TokenRefreshJob::new(id, None))?;
                 new.max_attempts = s.token_refresh_max_attempts;
                 // The user the work is for sees the job in the API.
                 new.owner = Some(user);
                 new.throttle_key = Some(provider);
-                new
+                Ok(new)
             })
-            .collect();
+            .collect::<Result<_, serde_json::Error>>()?;
         let enqueued = enqueue_many_in(&mut *tx, &jobs).await?;
         let correlation = format!(
             "tick:{}:{}",
@@ -302,13 +296,7 @@ impl Scheduler {
                 sweeps::sync_due(&mut *tx, *provider, now - span(*interval), s.syncs_per_user)
                     .await?;
             for (id, user) in due {
-                let job = SyncJob::new(id);
-                let mut new = NewJob::new(
-                    QUEUE_SYNC,
-                    KIND_SYNC,
-                    serde_json::to_value(&job).unwrap_or_default(),
-                );
-                new.unique_key = Some(job.unique_key());
+                let mut new = NewJob::from_args(&SyncJob::new(id))?;
                 new.max_attempts = s.sync_max_attempts;
                 new.owner = Some(user);
                 new.throttle_key = Some(provider.as_str().to_owned());

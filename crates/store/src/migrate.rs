@@ -27,11 +27,11 @@ pub enum SchemaStatus {
 }
 
 pub async fn status(pool: &PgPool) -> Result<SchemaStatus, sqlx::Error> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+    let exists: bool = sqlx::query_scalar(include_str!("../queries/migrations_table_exists.sql"))
         .fetch_one(pool)
         .await?;
     let applied: Vec<i64> = if exists {
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        sqlx::query_scalar(include_str!("../queries/applied_migrations.sql"))
             .fetch_all(pool)
             .await?
     } else {
@@ -66,11 +66,10 @@ pub async fn ensure_database(url: &str) -> Result<bool, sqlx::Error> {
     let target: PgConnectOptions = url.parse()?;
     let name = target.get_database().unwrap_or("postgres").to_owned();
     let mut admin = target.clone().database("postgres").connect().await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut admin)
-            .await?;
+    let exists: bool = sqlx::query_scalar(include_str!("../queries/database_exists.sql"))
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await?;
     if exists {
         return Ok(false);
     }

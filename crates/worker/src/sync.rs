@@ -15,7 +15,7 @@ use dashtam_domain::ports::{
     LimitScope, ProviderCredentials, ProviderError, TransactionSyncSource, WindowSyncSource,
 };
 use dashtam_providers::{Providers, Source};
-use dashtam_queue::{Handler, JobContext, JobError};
+use dashtam_queue::{ArgsHandler, JobContext, JobError};
 use dashtam_store::Store;
 use dashtam_store::connections::SyncState;
 use dashtam_store::sync::{Fence, SyncStats};
@@ -168,23 +168,20 @@ impl SyncHandler {
 }
 
 #[async_trait]
-impl Handler for SyncHandler {
-    async fn handle(&self, ctx: &JobContext) -> Result<(), JobError> {
-        let job: SyncJob = serde_json::from_value(ctx.payload.clone())
-            .map_err(|e| JobError::permanent(format!("sync job payload does not parse: {e}")))?;
+impl ArgsHandler<SyncJob> for SyncHandler {
+    async fn handle(&self, job: SyncJob, ctx: &JobContext) -> Result<(), JobError> {
         let connection = job.connection_id();
-        tracing::Span::current().record("connection_id", tracing::field::display(connection));
-        // A follow-up waits (no attempt, no audit record) until the sync it
-        // follows has ended: two syncs of one connection never overlap.
-        if let Some(first) = job.waits_for()
-            && ctx
-                .is_running(first.0)
-                .await
-                .map_err(|e| JobError::retry(e.to_string()))?
+        // Two syncs of one connection never overlap: one enqueued while an
+        // older one runs (a webhook's follow-up, an API request, the
+        // sweep) waits for it, with no attempt and no audit record.
+        if ctx
+            .older_running(&connection.to_string())
+            .await
+            .map_err(|e| JobError::retry(e.to_string()))?
         {
             return Err(JobError::Snooze {
                 after: Duration::from_secs(2),
-                reason: "after_running_sync".into(),
+                reason: "sync_running".into(),
             });
         }
         // A provider that is down or paused for everyone: wait, without an

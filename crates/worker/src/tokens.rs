@@ -20,7 +20,7 @@ use dashtam_domain::audit::{AuditAction, AuditOutcome, AuditPhase};
 use dashtam_domain::jobs::TokenRefreshJob;
 use dashtam_domain::ports::{ProviderCredentials, ProviderError};
 use dashtam_providers::{Providers, Source};
-use dashtam_queue::{Handler, JobContext, JobError};
+use dashtam_queue::{ArgsHandler, JobContext, JobError};
 use dashtam_store::{CredentialLease, Store};
 use dashtam_telemetry::metrics::METRICS;
 use secrecy::ExposeSecret;
@@ -238,13 +238,9 @@ impl RefreshHandler {
 }
 
 #[async_trait]
-impl Handler for RefreshHandler {
-    async fn handle(&self, ctx: &JobContext) -> Result<(), JobError> {
-        let job: TokenRefreshJob = serde_json::from_value(ctx.payload.clone()).map_err(|e| {
-            JobError::permanent(format!("token_refresh job payload does not parse: {e}"))
-        })?;
+impl ArgsHandler<TokenRefreshJob> for RefreshHandler {
+    async fn handle(&self, job: TokenRefreshJob, ctx: &JobContext) -> Result<(), JobError> {
         let connection = job.connection_id();
-        tracing::Span::current().record("connection_id", tracing::field::display(connection));
         self.keeper
             .fresh(ctx, connection, job.stale_version())
             .await

@@ -5,13 +5,14 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use dashtam_domain::JobId;
-use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
+use dashtam_domain::audit::AuditAction;
 use dashtam_queue::ops;
 
 use super::jobs::JobView;
-use crate::auth::{Caller, Role};
+use super::shared::{action, begin, commit_audited};
+use crate::auth::{Caller, Operator};
 use crate::error::ApiError;
-use crate::extract::parse_id;
+use crate::extract::PathId;
 use crate::openapi::{IdempotencyKey, JobIdPath, Problems};
 use crate::{AppState, RequestId};
 use dashtam_queue::ops::QueueStats;
@@ -27,40 +28,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(resume))
         .routes(routes!(retry))
         .routes(routes!(discard))
-}
-
-pub fn require_operator(caller: &Caller) -> Result<(), ApiError> {
-    if caller.role == Role::Operator {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "Forbidden",
-            "this endpoint is for operators",
-        ))
-    }
-}
-
-/// An audit OUTCOME for an operator (or client) action.
-pub fn action(
-    action: AuditAction,
-    caller: &Caller,
-    resource_type: &'static str,
-    resource_id: String,
-    request_id: &RequestId,
-) -> AuditEntry {
-    AuditEntry {
-        action,
-        phase: AuditPhase::Outcome,
-        outcome: AuditOutcome::Succeeded,
-        actor: format!("user:{}", caller.user),
-        resource_type,
-        resource_id,
-        correlation_id: Some(request_id.0.to_string()),
-        reason: None,
-        context: serde_json::json!({}),
-    }
 }
 
 fn valid_queue(name: &str) -> Result<(), ApiError> {
@@ -88,11 +55,7 @@ struct QueueList {
     get, path = "/admin/queues", tag = "admin",
     responses((status = 200, body = QueueList), Problems),
 )]
-async fn queues(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<Json<QueueList>, ApiError> {
-    require_operator(&caller)?;
+async fn queues(State(state): State<AppState>, _: Operator) -> Result<Json<QueueList>, ApiError> {
     Ok(Json(QueueList {
         data: ops::stats(state.queue.pool()).await?,
     }))
@@ -138,9 +101,8 @@ struct ProviderList {
 )]
 async fn providers(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Operator,
 ) -> Result<Json<ProviderList>, ApiError> {
-    require_operator(&caller)?;
     let health = state.store.provider_health().await?;
     let snoozed = ops::snoozed_counts(state.queue.pool()).await?;
     let book = &state.budgets;
@@ -201,7 +163,7 @@ struct QueuePath {
 )]
 async fn pause(
     State(state): State<AppState>,
-    caller: Caller,
+    Operator(caller): Operator,
     axum::Extension(rid): axum::Extension<RequestId>,
     Path(queue): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -215,7 +177,7 @@ async fn pause(
 )]
 async fn resume(
     State(state): State<AppState>,
-    caller: Caller,
+    Operator(caller): Operator,
     axum::Extension(rid): axum::Extension<RequestId>,
     Path(queue): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -229,7 +191,6 @@ async fn set_paused(
     queue: String,
     paused: bool,
 ) -> Result<StatusCode, ApiError> {
-    require_operator(caller)?;
     valid_queue(&queue)?;
     let mut tx = begin(state).await?;
     let audit = if paused {
@@ -241,29 +202,6 @@ async fn set_paused(
     };
     commit_audited(tx, action(audit, caller, "queue", queue, rid)).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// A transaction on the queue's database for an action and its audit record.
-pub async fn begin(
-    state: &AppState,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
-    state
-        .queue
-        .pool()
-        .begin()
-        .await
-        .map_err(|e| ApiError::database(&e))
-}
-
-/// Appends the audit record for the action done in `tx`, and commits both.
-pub async fn commit_audited(
-    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-    entry: AuditEntry,
-) -> Result<(), ApiError> {
-    dashtam_store::audit::append(&mut *tx, &entry)
-        .await
-        .map_err(|e| ApiError::database(&e))?;
-    tx.commit().await.map_err(|e| ApiError::database(&e))
 }
 
 /// Why a job action did not apply: the job is gone, or in the wrong state.
@@ -282,12 +220,10 @@ async fn refusal(state: &AppState, id: JobId, why: &str) -> ApiError {
 )]
 async fn retry(
     State(state): State<AppState>,
-    caller: Caller,
+    Operator(caller): Operator,
     axum::Extension(rid): axum::Extension<RequestId>,
-    Path(id): Path<String>,
+    PathId(id): PathId<JobId>,
 ) -> Result<Json<JobView>, ApiError> {
-    require_operator(&caller)?;
-    let id: JobId = parse_id("job_id", &id)?;
     let mut tx = begin(&state).await?;
     let job = match ops::retry(&mut tx, id.0).await? {
         ops::Retry::Retried(job) => *job,
@@ -320,12 +256,10 @@ async fn retry(
 )]
 async fn discard(
     State(state): State<AppState>,
-    caller: Caller,
+    Operator(caller): Operator,
     axum::Extension(rid): axum::Extension<RequestId>,
-    Path(id): Path<String>,
+    PathId(id): PathId<JobId>,
 ) -> Result<StatusCode, ApiError> {
-    require_operator(&caller)?;
-    let id: JobId = parse_id("job_id", &id)?;
     let mut tx = begin(&state).await?;
     if ops::discard(&mut *tx, id.0).await?.is_none() {
         return Err(refusal(&state, id, "cancel it before discarding it").await);

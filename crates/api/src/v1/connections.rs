@@ -1,24 +1,25 @@
 //! Connections and the syncs enqueued for them.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use dashtam_domain::ConnectionId;
 use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
-use dashtam_domain::jobs::{KIND_SYNC, QUEUE_SYNC, SyncJob};
+use dashtam_domain::jobs::SyncJob;
 use dashtam_domain::model::{ConnectionStatus, ProviderKind};
 use dashtam_domain::ports::{ProviderCredentials, ProviderError};
 use dashtam_providers::Source;
-use dashtam_queue::{Enqueued, NewJob};
+use dashtam_queue::Enqueued;
 use dashtam_store::connections::{Connection, NewConnection};
 use serde::{Deserialize, Serialize};
 
 use super::jobs::JobView;
+use super::shared::sync_job;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{ApiJson, parse_id};
+use crate::extract::{ApiJson, PathId};
 use crate::openapi::{ConnectionIdPath, IdempotencyKey, Problems};
 use crate::{AppState, RequestId};
 use utoipa::ToSchema;
@@ -258,8 +259,11 @@ async fn list(
     }))
 }
 
-async fn owned(state: &AppState, caller: &Caller, raw_id: &str) -> Result<Connection, ApiError> {
-    let id: ConnectionId = parse_id("connection_id", raw_id)?;
+async fn owned(
+    state: &AppState,
+    caller: &Caller,
+    id: ConnectionId,
+) -> Result<Connection, ApiError> {
     state
         .store
         .connection(&caller.user, id)
@@ -275,9 +279,9 @@ async fn owned(state: &AppState, caller: &Caller, raw_id: &str) -> Result<Connec
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId<ConnectionId>,
 ) -> Result<Json<Connection>, ApiError> {
-    Ok(Json(owned(&state, &caller, &id).await?))
+    Ok(Json(owned(&state, &caller, id).await?))
 }
 
 /// Revokes the connection's tokens at the provider and wipes them here;
@@ -291,9 +295,9 @@ async fn remove(
     State(state): State<AppState>,
     caller: Caller,
     axum::Extension(request_id): axum::Extension<RequestId>,
-    Path(id): Path<String>,
+    PathId(id): PathId<ConnectionId>,
 ) -> Result<StatusCode, ApiError> {
-    let conn = owned(&state, &caller, &id).await?;
+    let conn = owned(&state, &caller, id).await?;
     let id = ConnectionId(conn.id);
     // The token lease (not a transaction: nothing stays open in the
     // database while the provider answers) keeps a refresh from racing the
@@ -347,9 +351,9 @@ async fn remove(
 async fn enqueue_sync(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId<ConnectionId>,
 ) -> Result<Response, ApiError> {
-    let conn = owned(&state, &caller, &id).await?;
+    let conn = owned(&state, &caller, id).await?;
     if conn.status != ConnectionStatus::Active.as_str() {
         return Err(ApiError::conflict(format!(
             "connection {} is {}; only active connections can sync",
@@ -368,21 +372,4 @@ async fn enqueue_sync(
     Ok((status, loc, Json(view)).into_response())
 }
 
-/// The queue job for `job`, a sync of `user`'s connection at `provider`.
-pub(super) fn sync_job(
-    state: &AppState,
-    job: &SyncJob,
-    user: &str,
-    provider: &str,
-) -> Result<NewJob, ApiError> {
-    let mut new = NewJob::new(
-        QUEUE_SYNC,
-        KIND_SYNC,
-        serde_json::to_value(job).map_err(ApiError::internal)?,
-    );
-    new.unique_key = Some(job.unique_key());
-    new.owner = Some(user.to_owned());
-    new.throttle_key = Some(provider.to_owned());
-    new.max_attempts = state.jobs.sync_max_attempts;
-    Ok(new)
-}
+//END

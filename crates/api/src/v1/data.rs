@@ -18,6 +18,8 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::parse_id;
+
+use super::shared::{next_page, page_size, query, storable_year};
 use crate::openapi::Problems;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -41,42 +43,6 @@ struct Page<T> {
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
-}
-
-/// A page size from the query: `default` when absent, else 1 to `max`.
-pub(super) fn page_size(limit: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
-    let limit = limit.unwrap_or(default);
-    if (1..=max).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::invalid_field(
-            "limit",
-            format!("must be between 1 and {max}"),
-        ))
-    }
-}
-
-/// Keeps the first `limit` of `rows` (fetched with `limit + 1`) and returns
-/// the cursor of the last kept one if more followed.
-pub(super) fn next_page<T>(
-    rows: &mut Vec<T>,
-    limit: i64,
-    cursor: impl Fn(&T) -> String,
-) -> Option<String> {
-    let limit = usize::try_from(limit).unwrap_or(0);
-    if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last().map(cursor)
-    } else {
-        None
-    }
-}
-
-pub(super) fn query<T: serde::de::DeserializeOwned>(
-    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
-) -> Result<T, ApiError> {
-    q.map(|Query(v)| v)
-        .map_err(|e| ApiError::bad_request(e.body_text()))
 }
 
 /// The caller's accounts (of one connection, or all).
@@ -154,12 +120,6 @@ fn range<T: PartialOrd>(
         )),
         _ => Ok((low, high)),
     }
-}
-
-/// Dates a user may send: years 1 to 9999. chrono parses signed and
-/// five-digit years, which Postgres (or any sane client) does not take.
-pub(super) fn storable_year(year: i32) -> bool {
-    (1..=9999).contains(&year)
 }
 
 /// A `YYYY-MM-DD` query parameter.

@@ -1,16 +1,17 @@
 //! Job status.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use chrono::{DateTime, Utc};
 use dashtam_domain::JobId;
-use dashtam_queue::JobRecord;
+use dashtam_domain::jobs::JobKind;
+use dashtam_queue::{JobRecord, JobState};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
-use crate::extract::parse_id;
+use crate::extract::{PathId, parse_id};
 use crate::openapi::{IdempotencyKey, JobIdPath, Problems};
 use crate::{AppState, RequestId};
 use dashtam_domain::audit::AuditAction;
@@ -24,44 +25,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(show))
         .routes(routes!(cancel))
         .routes(routes!(events))
-}
-
-const STATES: [&str; 7] = [
-    "scheduled",
-    "available",
-    "running",
-    "retryable",
-    "succeeded",
-    "failed",
-    "cancelled",
-];
-const KINDS: [&str; 2] = ["sync", "token_refresh"];
-
-/// A job's state.
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)] // Documents `JobView::state` and the `state` filter.
-pub enum JobState {
-    /// Waits for its `run_at`.
-    Scheduled,
-    /// Ready to be claimed by a worker.
-    Available,
-    Running,
-    /// Failed an attempt; waits for its retry.
-    Retryable,
-    Succeeded,
-    /// Dead: out of attempts, or a permanent error.
-    Failed,
-    Cancelled,
-}
-
-/// A job's kind.
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)] // Documents `JobView::kind` and the `kind` filter.
-pub enum JobKind {
-    Sync,
-    TokenRefresh,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -100,16 +63,30 @@ async fn list(
     caller: Caller,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<JobPage>, ApiError> {
-    let q = super::data::query(q)?;
-    let one_of = |field: &str, value: &Option<String>, allowed: &[&str]| match value {
-        Some(v) if !allowed.contains(&v.as_str()) => Err(ApiError::invalid_field(
-            field,
-            format!("{v:?} is not one of {}", allowed.join(", ")),
-        )),
-        _ => Ok(()),
-    };
-    one_of("state", &q.state, &STATES)?;
-    one_of("kind", &q.kind, &KINDS)?;
+    let q = super::shared::query(q)?;
+    fn one_of<T: Copy>(
+        field: &str,
+        value: Option<&str>,
+        all: &[T],
+        name: fn(T) -> &'static str,
+    ) -> Result<Option<T>, ApiError> {
+        let Some(v) = value else { return Ok(None) };
+        all.iter()
+            .copied()
+            .find(|t| name(*t) == v)
+            .map(Some)
+            .ok_or_else(|| {
+                let names: Vec<&str> = all.iter().map(|t| name(*t)).collect();
+                ApiError::invalid_field(field, format!("{v:?} is not one of {}", names.join(", ")))
+            })
+    }
+    let job_state = one_of(
+        "state",
+        q.state.as_deref(),
+        &JobState::ALL,
+        JobState::as_str,
+    )?;
+    let kind = one_of("kind", q.kind.as_deref(), &JobKind::ALL, JobKind::as_str)?;
     let connection: Option<dashtam_domain::ConnectionId> = q
         .connection_id
         .as_deref()
@@ -120,17 +97,17 @@ async fn list(
         .as_deref()
         .map(|c| parse_id("cursor", c))
         .transpose()?;
-    let limit = super::data::page_size(q.limit, 50, 500)?;
+    let limit = super::shared::page_size(q.limit, 50, 500)?;
     let connection = connection.map(|c| c.to_string());
     let filter = dashtam_queue::JobFilter {
         owner: (caller.role != Role::Operator).then(|| caller.user.as_str()),
-        state: q.state.as_deref(),
-        kind: q.kind.as_deref(),
-        connection_id: connection.as_deref(),
+        state: job_state,
+        kind: kind.map(JobKind::as_str),
+        subject: connection.as_deref(),
         after: after.map(|a| a.0),
     };
     let mut jobs = state.queue.list(&filter, limit + 1).await?;
-    let next_cursor = super::data::next_page(&mut jobs, limit, |j| j.id.to_string());
+    let next_cursor = super::shared::next_page(&mut jobs, limit, |j| j.id.to_string());
     Ok(Json(JobPage {
         data: jobs.into_iter().map(JobView::from).collect(),
         next_cursor,
@@ -138,8 +115,7 @@ async fn list(
 }
 
 /// The job, if the caller may see it: its owner, or any operator.
-async fn visible(state: &AppState, caller: &Caller, raw: &str) -> Result<JobRecord, ApiError> {
-    let id: JobId = parse_id("job_id", raw)?;
+async fn visible(state: &AppState, caller: &Caller, id: JobId) -> Result<JobRecord, ApiError> {
     state
         .queue
         .get(id.0)
@@ -164,24 +140,24 @@ async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     axum::Extension(rid): axum::Extension<RequestId>,
-    Path(id): Path<String>,
+    PathId(id): PathId<JobId>,
 ) -> Result<Json<JobView>, ApiError> {
-    let job = visible(&state, &caller, &id).await?;
-    let mut tx = super::admin::begin(&state).await?;
+    let job = visible(&state, &caller, id).await?;
+    let mut tx = super::shared::begin(&state).await?;
     let Some(job) = dashtam_queue::ops::cancel(&mut *tx, job.id).await? else {
         return Err(ApiError::conflict(format!(
             "job {} already finished ({}); nothing to cancel",
             job.id, job.state
         )));
     };
-    let entry = super::admin::action(
+    let entry = super::shared::action(
         AuditAction::JobCancelled,
         &caller,
         "job",
         job.id.to_string(),
         &rid,
     );
-    super::admin::commit_audited(tx, entry).await?;
+    super::shared::commit_audited(tx, entry).await?;
     Ok(Json(job.into()))
 }
 
@@ -192,8 +168,7 @@ pub struct JobView {
     pub queue: String,
     #[schema(value_type = JobKind)]
     pub kind: String,
-    #[schema(value_type = JobState)]
-    pub state: String,
+    pub state: JobState,
     /// A running job asked to stop (it will, at its next checkpoint).
     pub cancel_requested: bool,
     pub connection_id: Option<String>,
@@ -216,11 +191,8 @@ pub struct JobView {
 impl From<JobRecord> for JobView {
     fn from(j: JobRecord) -> Self {
         let last_error = j.errors.as_array().and_then(|a| a.last()).cloned();
-        let connection_id = j
-            .payload
-            .get("connection_id")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
+        // Every kind of ours is about a connection.
+        let connection_id = j.subject.filter(|_| JobKind::parse(&j.kind).is_some());
         Self {
             id: j.id,
             queue: j.queue,
@@ -252,9 +224,9 @@ impl From<JobRecord> for JobView {
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId<JobId>,
 ) -> Result<Json<JobView>, ApiError> {
-    Ok(Json(visible(&state, &caller, &id).await?.into()))
+    Ok(Json(visible(&state, &caller, id).await?.into()))
 }
 
 /// One Server-Sent Event of `GET /jobs/{job_id}/events`.
@@ -287,12 +259,12 @@ const EVENTS_FALLBACK: std::time::Duration = std::time::Duration::from_secs(10);
 async fn events(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    PathId(id): PathId<JobId>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     use axum::response::sse::{Event, KeepAlive, Sse};
 
-    let job = visible(&state, &caller, &id).await?;
+    let job = visible(&state, &caller, id).await?;
     let events = state
         .job_events
         .clone()

@@ -5,6 +5,7 @@ mod connections;
 mod data;
 mod jobs;
 mod scheduler;
+mod shared;
 mod webhooks;
 
 use utoipa_axum::router::OpenApiRouter;

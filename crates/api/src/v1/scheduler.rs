@@ -4,13 +4,12 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use chrono::{DateTime, Datelike, Utc};
-use dashtam_queue::schedule::{self, Lease, TickRecord};
+use dashtam_queue::leadership::{self, Lease, TickRecord};
 use serde::{Deserialize, Serialize};
 
-use super::admin::require_operator;
-use super::data::query;
+use super::shared::query;
 use crate::AppState;
-use crate::auth::Caller;
+use crate::auth::Operator;
 use crate::error::ApiError;
 use crate::openapi::Problems;
 use utoipa::{IntoParams, ToSchema};
@@ -64,10 +63,9 @@ struct CyclesView {
 )]
 async fn cycles(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Operator,
     q: Result<Query<CyclesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<CyclesView>, ApiError> {
-    require_operator(&caller)?;
     let q = query(q)?;
     if let Some(c) = q.cycle.as_deref().filter(|c| !CYCLES.contains(c)) {
         return Err(ApiError::invalid_field(
@@ -75,22 +73,24 @@ async fn cycles(
             format!("{c:?} is not a cycle (token_refresh, stale_sync, prune)"),
         ));
     }
-    let limit = super::data::page_size(q.limit, 100, 1000)?;
+    let limit = super::shared::page_size(q.limit, 100, 1000)?;
     let after = match q.cursor.as_deref() {
         None => None,
         Some(c) => Some(
             c.split_once('/')
                 .and_then(|(t, cycle)| Some((t.parse::<DateTime<Utc>>().ok()?, cycle)))
-                .filter(|(t, cycle)| super::data::storable_year(t.year()) && CYCLES.contains(cycle))
+                .filter(|(t, cycle)| {
+                    super::shared::storable_year(t.year()) && CYCLES.contains(cycle)
+                })
                 .ok_or_else(|| {
                     ApiError::invalid_field("cursor", "is not a cursor this API issued")
                 })?,
         ),
     };
     let pool = state.queue.pool();
-    let leader = schedule::lease(pool, schedule::LEASE).await?;
-    let mut data = schedule::ticks(pool, q.cycle.as_deref(), after, limit + 1).await?;
-    let next_cursor = super::data::next_page(&mut data, limit, |t| {
+    let leader = leadership::lease(pool, leadership::LEASE).await?;
+    let mut data = leadership::ticks(pool, q.cycle.as_deref(), after, limit + 1).await?;
+    let next_cursor = super::shared::next_page(&mut data, limit, |t| {
         format!("{}/{}", t.tick.to_rfc3339(), t.cycle)
     });
     Ok(Json(CyclesView {

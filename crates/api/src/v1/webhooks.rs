@@ -17,10 +17,10 @@ use chrono::Utc;
 use dashtam_domain::ConnectionId;
 use dashtam_domain::JobId;
 use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
-use dashtam_domain::jobs::SyncJob;
+use dashtam_domain::jobs::{JobArgs, SyncJob};
 use dashtam_domain::model::{ConnectionStatus, ProviderKind};
 use dashtam_domain::ports::{ProviderEvent, WebhookRejected};
-use dashtam_queue::Enqueued;
+use dashtam_queue::{Enqueued, JobState};
 use dashtam_store::webhooks::{ConnectionEvent, ItemConnection};
 use dashtam_telemetry::metrics::METRICS;
 use serde::Serialize;
@@ -28,7 +28,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::connections::sync_job;
+use super::shared::sync_job;
 use crate::error::ApiError;
 use crate::openapi::Problems;
 use crate::{AppState, RequestId};
@@ -233,10 +233,18 @@ async fn enqueue_sync(
     user: &str,
 ) -> Result<WebhookAck, ApiError> {
     let provider = ProviderKind::Plaid.as_str();
+    // A follow-up still waiting will fetch this news too.
+    let next_key = SyncJob::after(id, JobId::default()).unique_key();
+    if let Some(key) = next_key.as_deref()
+        && let Some(next) = state.queue.holder_of(key).await?
+        && next.state != JobState::Running
+    {
+        return Ok(ack("coalesced", Some(next.id)));
+    }
     let first = sync_job(state, &SyncJob::new(id), user, provider)?;
     let job = match state.queue.enqueue(first).await? {
         Enqueued::Created(job) => return Ok(ack("applied", Some(job.id))),
-        Enqueued::Existing(job) if job.state != "running" => {
+        Enqueued::Existing(job) if job.state != JobState::Running => {
             return Ok(ack("coalesced", Some(job.id)));
         }
         Enqueued::Existing(running) => running,

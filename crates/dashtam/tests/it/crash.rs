@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dashtam_testkit::wait_for;
 
-use dashtam_domain::jobs::{KIND_SYNC, QUEUE_SYNC, SyncJob};
+use dashtam_domain::jobs::SyncJob;
 use dashtam_domain::model::ProviderKind;
 use dashtam_domain::ports::ProviderCredentials;
 use dashtam_domain::{ConnectionId, UserId};
@@ -130,9 +130,7 @@ async fn setup(pool: &PgPool) -> Setup {
         .await
         .unwrap();
     let queue = Queue::new(pool.clone());
-    let job = SyncJob::new(ConnectionId(conn.id));
-    let mut new = NewJob::new(QUEUE_SYNC, KIND_SYNC, serde_json::to_value(&job).unwrap());
-    new.unique_key = Some(job.unique_key());
+    let new = NewJob::from_args(&SyncJob::new(ConnectionId(conn.id))).unwrap();
     let id = queue.enqueue(new).await.unwrap().job().id;
     Setup {
         url,

@@ -196,8 +196,9 @@ async fn log_lines_carry_request_and_job_context(pool: PgPool) {
         field(committed, "job", "job_id"),
         job["id"].as_str().map(str::to_owned)
     );
+    // The job's subject: the connection it syncs.
     assert_eq!(
-        field(committed, "job", "connection_id"),
+        field(committed, "job", "subject"),
         conn["id"].as_str().map(str::to_owned)
     );
     assert_eq!(field(committed, "job", "attempt").as_deref(), Some("1"));

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use dashtam_domain::jobs::{KIND_TOKEN_REFRESH, QUEUE_TOKEN_REFRESH, TokenRefreshJob};
+use dashtam_domain::jobs::TokenRefreshJob;
 use dashtam_domain::model::ProviderKind;
 use dashtam_domain::ports::{LiveSecret, ProviderCredentials, WindowSyncSource};
 use dashtam_domain::{ConnectionId, UserId};
 use dashtam_providers::{SchwabClient, SchwabConfig};
-use dashtam_queue::{NewJob, Queue};
+use dashtam_queue::{JobState, NewJob, Queue};
 use dashtam_sandbox::{ExpiredRefresh, Faults, OAuthSettings, Rotation, Sandbox, SandboxConfig};
 use dashtam_store::connections::NewConnection;
 use dashtam_store::{Cipher, Store};
@@ -364,11 +364,10 @@ async fn fifty_concurrent_refresh_triggers_in_two_daemons_make_one_provider_call
     let queue = Queue::new(pool.clone());
     let jobs: Vec<NewJob> = (0..50)
         .map(|_| {
-            NewJob::new(
-                QUEUE_TOKEN_REFRESH,
-                KIND_TOKEN_REFRESH,
-                serde_json::to_value(TokenRefreshJob::new(connection, Some(1))).unwrap(),
-            )
+            // Fifty separate triggers: none folded into another.
+            let mut j = NewJob::from_args(&TokenRefreshJob::new(connection, Some(1))).unwrap();
+            j.unique_key = None;
+            j
         })
         .collect();
     queue.enqueue_many(&jobs).await.unwrap();
@@ -575,24 +574,20 @@ async fn a_refresh_that_meets_a_provider_outage_retries_and_succeeds(pool: PgPoo
             http_date: false,
         });
     let connection = ConnectionId(id.parse().unwrap());
-    let mut job = NewJob::new(
-        QUEUE_TOKEN_REFRESH,
-        KIND_TOKEN_REFRESH,
-        serde_json::to_value(TokenRefreshJob::new(connection, Some(1))).unwrap(),
-    );
+    let mut job = NewJob::from_args(&TokenRefreshJob::new(connection, Some(1))).unwrap();
     job.max_attempts = 5;
     let job = Queue::new(pool).enqueue(job).await.unwrap().job().id;
     let (state, attempt) = wait_for(
         "the refresh job to finish",
         Duration::from_secs(30),
         || async {
-            let (state, attempt): (String, i32) =
+            let (state, attempt): (JobState, i32) =
                 sqlx::query_as("SELECT state, attempt FROM jobs WHERE id = $1")
                     .bind(job)
                     .fetch_one(&app.pool)
                     .await
                     .unwrap();
-            if state == "succeeded" || state == "failed" {
+            if state.is_finished() {
                 Ok((state, attempt))
             } else {
                 Err(state)

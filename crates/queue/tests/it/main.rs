@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::Utc;
 use dashtam_queue::{
-    Backoff, Enqueued, Handler, JobContext, JobError, NewJob, Queue, QueueConfig, WorkerConfig,
-    WorkerPool,
+    Backoff, Enqueued, Handler, JobContext, JobError, JobState, NewJob, Queue, QueueConfig,
+    WorkerConfig, WorkerPool,
 };
 use dashtam_testkit::{PrivatePg, wait_for};
 use serde_json::json;
@@ -106,7 +106,7 @@ fn start(pool: &PgPool, config: WorkerConfig, kind: &str, handler: Arc<dyn Handl
     }
 }
 
-async fn wait_state(queue: &Queue, id: Uuid, state: &str) -> dashtam_queue::JobRecord {
+async fn wait_state(queue: &Queue, id: Uuid, state: JobState) -> dashtam_queue::JobRecord {
     wait_for(
         &format!("job {id} to be {state}"),
         Duration::from_secs(30),
@@ -154,7 +154,7 @@ async fn retries_are_scheduled_in_the_database_with_backoff(pool: PgPool) {
     });
     let w = start(&pool, config(&[("q", 2)]), "k", h.clone());
     let id = enqueue(&queue, NewJob::new("q", "k", json!({}))).await;
-    let job = wait_state(&queue, id, "succeeded").await;
+    let job = wait_state(&queue, id, JobState::Succeeded).await;
     w.stop().await;
     assert_eq!(job.attempt, 3);
     let errors = job.errors.as_array().unwrap();
@@ -187,7 +187,7 @@ async fn a_retry_after_hint_is_honoured(pool: PgPool) {
     });
     let w = start(&pool, config(&[("q", 1)]), "k", h.clone());
     let id = enqueue(&queue, NewJob::new("q", "k", json!({}))).await;
-    let retrying = wait_state(&queue, id, "retryable").await;
+    let retrying = wait_state(&queue, id, JobState::Retryable).await;
     // Scheduled 700 ms after the failure was recorded.
     let failed_at: chrono::DateTime<Utc> =
         serde_json::from_value(retrying.errors[0]["at"].clone()).unwrap();
@@ -195,7 +195,7 @@ async fn a_retry_after_hint_is_honoured(pool: PgPool) {
         retrying.run_at - failed_at >= chrono::Duration::milliseconds(690),
         "{retrying:?}"
     );
-    wait_state(&queue, id, "succeeded").await;
+    wait_state(&queue, id, JobState::Succeeded).await;
     w.stop().await;
     let calls = h.calls();
     assert!(calls[1].0 - calls[0].0 >= Duration::from_millis(700));
@@ -216,8 +216,8 @@ async fn permanent_errors_and_the_last_attempt_kill_the_job(pool: PgPool) {
     let mut limited = NewJob::new("q", "k", json!({"permanent": false}));
     limited.max_attempts = 2;
     let limited = enqueue(&queue, limited).await;
-    let p = wait_state(&queue, permanent, "failed").await;
-    let l = wait_state(&queue, limited, "failed").await;
+    let p = wait_state(&queue, permanent, JobState::Failed).await;
+    let l = wait_state(&queue, limited, JobState::Failed).await;
     w.stop().await;
     assert_eq!(p.attempt, 1);
     assert_eq!(p.errors[0]["error"], "bad input");
@@ -235,8 +235,11 @@ async fn scheduled_jobs_wait_for_their_time(pool: PgPool) {
     let due = Utc::now() + chrono::Duration::milliseconds(800);
     job.run_at = Some(due);
     let id = enqueue(&queue, job).await;
-    assert_eq!(queue.get(id).await.unwrap().unwrap().state, "scheduled");
-    let done = wait_state(&queue, id, "succeeded").await;
+    assert_eq!(
+        queue.get(id).await.unwrap().unwrap().state,
+        JobState::Scheduled
+    );
+    let done = wait_state(&queue, id, JobState::Succeeded).await;
     w.stop().await;
     assert!(done.started_at.unwrap() >= due);
 }
@@ -272,7 +275,7 @@ async fn a_backlog_in_one_queue_does_not_starve_another(pool: PgPool) {
     let w = start(&pool, config(&[("slow", 2), ("fast", 2)]), "k", h.clone());
     wait_calls(&h, 1).await;
     let id = enqueue(&queue, NewJob::new("fast", "k", json!({}))).await;
-    wait_state(&queue, id, "succeeded").await;
+    wait_state(&queue, id, JobState::Succeeded).await;
     // It ran right away, not behind the backlog of slow jobs: most of them
     // have not even started yet.
     let slow_waiting: i64 = sqlx::query_scalar(
@@ -415,7 +418,7 @@ async fn unique_keys_allow_one_pending_job(pool: PgPool) {
     assert!(matches!(&second, Enqueued::Existing(e) if e.id == first.job().id));
     let h = Scripted::new(Duration::ZERO, |_, _| Ok(()));
     let w = start(&pool, config(&[("q", 1)]), "k", h);
-    wait_state(&queue, first.job().id, "succeeded").await;
+    wait_state(&queue, first.job().id, JobState::Succeeded).await;
     w.stop().await;
     // Finished jobs do not hold the key.
     assert!(matches!(
@@ -504,7 +507,7 @@ async fn jobs_of_a_dead_worker_are_rescued_and_completed(pool: PgPool) {
         .unwrap();
     let h = Scripted::new(Duration::ZERO, |_, _| Ok(()));
     let w = start(&pool, config(&[("q", 1)]), "k", h.clone());
-    let job = wait_state(&queue, id, "succeeded").await;
+    let job = wait_state(&queue, id, JobState::Succeeded).await;
     w.stop().await;
     assert_eq!(h.calls().len(), 1, "ran exactly once more");
     assert_eq!(job.attempt, 2);
@@ -518,7 +521,7 @@ async fn a_live_worker_keeps_its_jobs(pool: PgPool) {
     let h = Scripted::new(Duration::from_millis(2500), |_, _| Ok(()));
     let w = start(&pool, config(&[("q", 1)]), "k", h.clone());
     let id = enqueue(&queue, NewJob::new("q", "k", json!({}))).await;
-    let job = wait_state(&queue, id, "succeeded").await;
+    let job = wait_state(&queue, id, JobState::Succeeded).await;
     w.stop().await;
     assert_eq!(job.attempt, 1);
     assert_eq!(h.calls().len(), 1);
@@ -536,7 +539,10 @@ async fn shutdown_finishes_short_jobs_and_hands_back_long_ones(pool: PgPool) {
     // claimed, a moment before the handler starts).
     wait_calls(&short, 1).await;
     w.stop().await;
-    assert_eq!(queue.get(a).await.unwrap().unwrap().state, "succeeded");
+    assert_eq!(
+        queue.get(a).await.unwrap().unwrap().state,
+        JobState::Succeeded
+    );
 
     // Long jobs: handed back, the interrupted attempt not counted.
     let long = Scripted::new(Duration::from_secs(30), |_, _| Ok(()));
@@ -548,7 +554,7 @@ async fn shutdown_finishes_short_jobs_and_hands_back_long_ones(pool: PgPool) {
     w.stop().await;
     // Handed back, not waited for (it would have run for 30 s).
     let job = queue.get(b).await.unwrap().unwrap();
-    assert_eq!(job.state, "available");
+    assert_eq!(job.state, JobState::Available);
     assert_eq!(job.attempt, 0);
     assert!(job.locked_by.is_none());
     let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_workers")
@@ -558,7 +564,7 @@ async fn shutdown_finishes_short_jobs_and_hands_back_long_ones(pool: PgPool) {
     assert_eq!(workers, 0, "a stopped pool deregisters");
     // The next pool picks it up.
     let w = start(&pool, config(&[("q", 1)]), "k", h);
-    wait_state(&queue, b, "succeeded").await;
+    wait_state(&queue, b, JobState::Succeeded).await;
     w.stop().await;
 }
 
@@ -692,7 +698,7 @@ async fn a_lost_completion_is_written_again(pool: PgPool) {
     let s = stop.clone();
     let task = tokio::spawn(async move { worker.run(s).await });
     let id = enqueue(&queue, NewJob::new("q", "k", json!({}))).await;
-    wait_state(&queue, id, "succeeded").await;
+    wait_state(&queue, id, JobState::Succeeded).await;
     // Undo the completion, as the crash would.
     sqlx::query(
         "UPDATE jobs SET state = 'running', locked_by = $2, finished_at = NULL WHERE id = $1",
@@ -702,7 +708,7 @@ async fn a_lost_completion_is_written_again(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let job = wait_state(&queue, id, "succeeded").await;
+    let job = wait_state(&queue, id, JobState::Succeeded).await;
     assert_eq!(job.attempt, 1, "written again, not run again");
     assert_eq!(h.calls().len(), 1);
     stop.cancel();
@@ -753,7 +759,7 @@ async fn a_claim_the_worker_is_not_running_is_released(pool: PgPool) {
     .execute(&pool)
     .await
     .unwrap();
-    let job = wait_state(&queue, id, "succeeded").await;
+    let job = wait_state(&queue, id, JobState::Succeeded).await;
     assert_eq!(
         job.attempt, 2,
         "the phantom attempt counted, then a real one"

@@ -1,4 +1,4 @@
-//! The scheduler's bookkeeping: a leader lease and a row per processed
+//! Leadership of the scheduler: a leader lease and a row per processed
 //! tick (tables `scheduler_leases`, `scheduler_ticks`).
 //!
 //! Leadership is a lease row renewed by its holder; a holder that stops
@@ -26,7 +26,7 @@ pub async fn lead(
     ttl: std::time::Duration,
 ) -> Result<Option<i64>, QueueError> {
     Ok(
-        sqlx::query_scalar(include_str!("../queries/schedule/lead.sql"))
+        sqlx::query_scalar(include_str!("../queries/leadership/lead.sql"))
             .bind(name)
             .bind(holder)
             .bind(ttl.as_secs_f64())
@@ -37,13 +37,15 @@ pub async fn lead(
 
 /// Gives the lease up (at shutdown), if we hold it.
 pub async fn resign(pool: &PgPool, name: &str, holder: &str) -> Result<bool, QueueError> {
-    Ok(sqlx::query(include_str!("../queries/schedule/resign.sql"))
-        .bind(name)
-        .bind(holder)
-        .execute(pool)
-        .await?
-        .rows_affected()
-        == 1)
+    Ok(
+        sqlx::query(include_str!("../queries/leadership/resign.sql"))
+            .bind(name)
+            .bind(holder)
+            .execute(pool)
+            .await?
+            .rows_affected()
+            == 1,
+    )
 }
 
 /// Who holds lease `name`, if anyone ever did.
@@ -59,7 +61,7 @@ pub struct Lease {
 
 pub async fn lease(pool: &PgPool, name: &str) -> Result<Option<Lease>, QueueError> {
     Ok(
-        sqlx::query_as(include_str!("../queries/schedule/lease.sql"))
+        sqlx::query_as(include_str!("../queries/leadership/lease.sql"))
             .bind(name)
             .fetch_optional(pool)
             .await?,
@@ -69,7 +71,7 @@ pub async fn lease(pool: &PgPool, name: &str) -> Result<Option<Lease>, QueueErro
 /// The latest processed tick of `cycle`.
 pub async fn last_tick(pool: &PgPool, cycle: &str) -> Result<Option<DateTime<Utc>>, QueueError> {
     Ok(
-        sqlx::query_scalar(include_str!("../queries/schedule/last_tick.sql"))
+        sqlx::query_scalar(include_str!("../queries/leadership/last_tick.sql"))
             .bind(cycle)
             .fetch_one(pool)
             .await?,
@@ -86,7 +88,7 @@ pub async fn claim_tick<'e>(
     term: i64,
 ) -> Result<bool, QueueError> {
     let claimed: Option<bool> =
-        sqlx::query_scalar(include_str!("../queries/schedule/claim_tick.sql"))
+        sqlx::query_scalar(include_str!("../queries/leadership/claim_tick.sql"))
             .bind(cycle)
             .bind(tick)
             .bind(leader)
@@ -104,7 +106,7 @@ pub async fn finish_tick<'e>(
     enqueued: u64,
     flagged: u64,
 ) -> Result<(), QueueError> {
-    sqlx::query(include_str!("../queries/schedule/finish_tick.sql"))
+    sqlx::query(include_str!("../queries/leadership/finish_tick.sql"))
         .bind(cycle)
         .bind(tick)
         .bind(i64::try_from(enqueued).unwrap_or(i64::MAX))
@@ -135,7 +137,7 @@ pub async fn ticks(
     limit: i64,
 ) -> Result<Vec<TickRecord>, QueueError> {
     Ok(
-        sqlx::query_as(include_str!("../queries/schedule/list_ticks.sql"))
+        sqlx::query_as(include_str!("../queries/leadership/list_ticks.sql"))
             .bind(cycle)
             .bind(after.map(|a| a.0))
             .bind(after.map(|a| a.1))

@@ -1,0 +1,1 @@
+SELECT queue, state, count(*) FROM jobs GROUP BY queue, state

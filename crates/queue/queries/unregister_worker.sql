@@ -1,0 +1,1 @@
+DELETE FROM queue_workers WHERE id = $1
