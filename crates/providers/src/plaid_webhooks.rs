@@ -26,6 +26,11 @@ const MAX_AGE_SECS: i64 = 300;
 const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(60);
 /// Cached keys at most (Plaid rotates rarely; anything past this is noise).
 const MAX_KEYS: usize = 64;
+/// Key fetches from Plaid at most per minute. A forger naming a new key id
+/// on every request would otherwise make each unauthenticated request cost
+/// a call to Plaid; past this, an unknown key is "unavailable" (a 503: a
+/// genuine webhook is delivered again by Plaid).
+const MAX_FETCHES_PER_MINUTE: usize = 6;
 
 enum CachedKey {
     Known(DecodingKey),
@@ -36,6 +41,8 @@ enum CachedKey {
 pub struct PlaidWebhooks {
     client: PlaidClient,
     keys: Mutex<HashMap<String, CachedKey>>,
+    /// When the key fetches of the last minute started.
+    fetches: Mutex<std::collections::VecDeque<Instant>>,
 }
 
 impl PlaidWebhooks {
@@ -43,7 +50,24 @@ impl PlaidWebhooks {
         Self {
             client,
             keys: Mutex::new(HashMap::new()),
+            fetches: Mutex::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// Takes one of the minute's key fetches, if any is left.
+    fn may_fetch(&self) -> bool {
+        let mut fetches = self.fetches.lock().unwrap_or_else(|e| e.into_inner());
+        while fetches
+            .front()
+            .is_some_and(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            fetches.pop_front();
+        }
+        if fetches.len() >= MAX_FETCHES_PER_MINUTE {
+            return false;
+        }
+        fetches.push_back(Instant::now());
+        true
     }
 
     fn cached(&self, kid: &str) -> Option<Result<DecodingKey, WebhookRejected>> {
@@ -68,6 +92,11 @@ impl PlaidWebhooks {
     async fn key(&self, kid: &str) -> Result<DecodingKey, WebhookRejected> {
         if let Some(found) = self.cached(kid) {
             return found;
+        }
+        if !self.may_fetch() {
+            return Err(WebhookRejected::KeyUnavailable(
+                "too many unknown verification keys this minute".into(),
+            ));
         }
         #[derive(Deserialize)]
         struct Jwk {

@@ -354,6 +354,24 @@ async fn forged_altered_stale_and_replayed_webhooks_change_nothing(pool: PgPool)
     refused(app.post_webhook(&body, Some(&signed)).await, 409).await;
     assert_eq!(app.sync_jobs(&conn).await.len(), 1);
 
+    // A forger naming a new key on every request cannot make each one cost
+    // a call to Plaid: past a few fetches a minute, unknown keys get a 503.
+    let fetched = app.sandbox.stats().verification_key_calls;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let forger = Sandbox::new(SandboxConfig::default());
+        let jwt = forger.sign_webhook(&body, now);
+        statuses.push(app.post_webhook(&body, Some(&jwt)).await.status().as_u16());
+    }
+    let calls = app.sandbox.stats().verification_key_calls - fetched;
+    assert!(calls <= 6, "{calls} key fetches for 10 forged webhooks");
+    assert!(
+        statuses.iter().all(|s| [401, 503].contains(s)),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert_eq!(app.sync_jobs(&conn).await.len(), 1);
+
     let scrape = app.scrape().await;
     for result in ["unsigned", "forged", "stale"] {
         assert!(
