@@ -16,6 +16,7 @@ import queue
 import sys
 import threading
 
+import checks
 import plaid
 from plaid.api import plaid_api
 from plaid.model.accounts_get_request import AccountsGetRequest
@@ -61,14 +62,6 @@ configuration = plaid.Configuration(
     api_key={"clientId": CLIENT_ID, "secret": SECRET, "plaidVersion": "2020-09-14"},
 )
 client = plaid_api.PlaidApi(plaid.ApiClient(configuration))
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    if not cond:
-        raise SystemExit(f"FAILED: {what}")
-    checks += 1
 
 
 def refused(call, code):
@@ -76,18 +69,18 @@ def refused(call, code):
         call()
     except plaid.ApiException as e:
         body = json.loads(e.body)
-        check(body["error_code"] == code, f"expected {code}, got {body}")
+        checks.check(body["error_code"] == code, f"expected {code}, got {body}")
         for key in ("error_type", "error_message", "display_message", "request_id",
                     "causes", "status", "documentation_url"):
-            check(key in body, f"{key} in the error object {body}")
+            checks.check(key in body, f"{key} in the error object {body}")
         return body
     raise SystemExit(f"FAILED: expected {code}, the call succeeded")
 
 
 def webhook(code):
     jwt, body = hooks.get(timeout=30)
-    check(jwt and jwt.count(".") == 2, "a Plaid-Verification JWT")
-    check(body["webhook_code"] == code, f"webhook {code}: {body}")
+    checks.check(jwt and jwt.count(".") == 2, "a Plaid-Verification JWT")
+    checks.check(body["webhook_code"] == code, f"webhook {code}: {body}")
     return jwt, body
 
 
@@ -109,40 +102,40 @@ while True:
     pages += 1
     added += len(page.added)
     for t in page.added:
-        check(isinstance(t.personal_finance_category_icon_url, str), "icon url is a string")
-        check(t.amount is not None and t.date is not None, "amount and date")
+        checks.check(isinstance(t.personal_finance_category_icon_url, str), "icon url is a string")
+        checks.check(t.amount is not None and t.date is not None, "amount and date")
     cursor = page.next_cursor
     if not page.has_more:
         break
-check(added > 0, "transactions arrived")
+checks.check(added > 0, "transactions arrived")
 
 accounts = client.accounts_get(AccountsGetRequest(access_token=token))
-check(len(accounts.accounts) > 0, "accounts")
-check(accounts.item.item_id == exchanged.item_id, "the item is the one linked")
-check(accounts.item.webhook == hook_url, "the webhook is registered")
+checks.check(len(accounts.accounts) > 0, "accounts")
+checks.check(accounts.item.item_id == exchanged.item_id, "the item is the one linked")
+checks.check(accounts.item.webhook == hook_url, "the webhook is registered")
 item = client.item_get(ItemGetRequest(access_token=token))
-check(item.item.item_id == exchanged.item_id, "/item/get")
+checks.check(item.item.item_id == exchanged.item_id, "/item/get")
 
 fired = client.sandbox_item_fire_webhook(SandboxItemFireWebhookRequest(
     access_token=token, webhook_code="SYNC_UPDATES_AVAILABLE"))
-check(fired.webhook_fired, "webhook fired")
+checks.check(fired.webhook_fired, "webhook fired")
 jwt, body = webhook("SYNC_UPDATES_AVAILABLE")
-check(body["item_id"] == exchanged.item_id, "the webhook names the item")
+checks.check(body["item_id"] == exchanged.item_id, "the webhook names the item")
 head = jwt.split(".")[0]
 header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-check(header["alg"] == "ES256", "ES256")
+checks.check(header["alg"] == "ES256", "ES256")
 key = client.webhook_verification_key_get(WebhookVerificationKeyGetRequest(key_id=header["kid"]))
-check(key.key.kid == header["kid"] and key.key.crv == "P-256", "the verification key")
+checks.check(key.key.kid == header["kid"] and key.key.crv == "P-256", "the verification key")
 
 client.transactions_refresh(TransactionsRefreshRequest(access_token=token))
 _, body = webhook("SYNC_UPDATES_AVAILABLE")
 page = client.transactions_sync(TransactionsSyncRequest(access_token=token, cursor=cursor))
-check(len(page.added) > 0, "the refresh found new transactions")
+checks.check(len(page.added) > 0, "the refresh found new transactions")
 
 client.item_webhook_update(ItemWebhookUpdateRequest(access_token=token, webhook=hook_url))
 client.sandbox_item_reset_login(SandboxItemResetLoginRequest(access_token=token))
 _, body = webhook("ERROR")
-check(body["error"]["error_code"] == "ITEM_LOGIN_REQUIRED", "ITEM ERROR webhook")
+checks.check(body["error"]["error_code"] == "ITEM_LOGIN_REQUIRED", "ITEM ERROR webhook")
 refused(lambda: client.transactions_sync(TransactionsSyncRequest(access_token=token)),
         "ITEM_LOGIN_REQUIRED")
 refused(lambda: client.transactions_sync(
@@ -153,4 +146,4 @@ client.item_remove(ItemRemoveRequest(access_token=token))
 refused(lambda: client.item_get(ItemGetRequest(access_token=token)), "INVALID_ACCESS_TOKEN")
 
 print(json.dumps({"client": "plaid-python", "version": plaid.__version__, "pages": pages,
-                  "transactions": added, "checks": checks, "ok": True}))
+                  "transactions": added, "checks": checks.count, "ok": True}))

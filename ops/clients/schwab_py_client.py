@@ -12,6 +12,7 @@ import sys
 import urllib.parse
 import urllib.request
 
+import checks
 import httpx
 import schwab
 
@@ -33,14 +34,6 @@ def send(self, request, *args, **kwargs):
 
 
 httpx.Client.send = send
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    if not cond:
-        raise SystemExit(f"FAILED: {what}")
-    checks += 1
 
 
 # The user's consent: the sandbox redirects to the callback with a code.
@@ -59,28 +52,28 @@ try:
     raise SystemExit("FAILED: the consent step did not redirect")
 except urllib.error.HTTPError as e:
     received = e.headers["Location"]
-check(received.startswith(CALLBACK), f"redirected to the callback: {received}")
+checks.check(received.startswith(CALLBACK), f"redirected to the callback: {received}")
 
 tokens = []
 schwab.auth.client_from_received_url(
     APP_KEY, APP_SECRET, ctx, received, lambda t, *a, **k: tokens.append(t))
-check(len(tokens) == 1, "the code was exchanged")
+checks.check(len(tokens) == 1, "the code was exchanged")
 # As schwab-py's users do from then on: a client from the stored token,
 # which refreshes it (authlib) when it is about to expire.
 client = schwab.auth.client_from_access_functions(
     APP_KEY, APP_SECRET, lambda: tokens[-1], lambda t, *a, **k: tokens.append(t))
 
 numbers = client.get_account_numbers()
-check(numbers.status_code == 200, f"account numbers: {numbers.status_code} {numbers.text}")
+checks.check(numbers.status_code == 200, f"account numbers: {numbers.status_code} {numbers.text}")
 hashes = [a["hashValue"] for a in numbers.json()]
-check(len(hashes) > 0, "accounts")
+checks.check(len(hashes) > 0, "accounts")
 accounts = client.get_accounts()
-check(accounts.status_code == 200, f"accounts: {accounts.text}")
+checks.check(accounts.status_code == 200, f"accounts: {accounts.text}")
 
 rows = 0
 for h in hashes:
     r = client.get_transactions(h)
-    check(r.status_code == 200, f"transactions: {r.status_code} {r.text}")
+    checks.check(r.status_code == 200, f"transactions: {r.status_code} {r.text}")
     txns = r.json()
     rows += len(txns)
     trades = [t for t in txns if t["type"] == "TRADE"]
@@ -88,14 +81,14 @@ for h in hashes:
         symbol = trades[0]["transferItems"][1]["instrument"]["symbol"]
         only = client.get_transactions(
             h, transaction_types=[client.Transactions.TransactionType.TRADE], symbol=symbol)
-        check(only.status_code == 200, f"symbol filter: {only.text}")
-        check(all(t["transferItems"][1]["instrument"]["symbol"] == symbol for t in only.json()),
+        checks.check(only.status_code == 200, f"symbol filter: {only.text}")
+        checks.check(all(t["transferItems"][1]["instrument"]["symbol"] == symbol for t in only.json()),
               "the symbol filter holds")
-check(rows > 0, "transactions arrived")
+checks.check(rows > 0, "transactions arrived")
 # The sandbox runs with access tokens shorter than authlib's leeway, so every
 # call above refreshed first (HTTP Basic as authlib sends it).
-check(len(tokens) > 2, f"tokens were refreshed: {len(tokens)} written")
+checks.check(len(tokens) > 2, f"tokens were refreshed: {len(tokens)} written")
 
 print(json.dumps({"client": "schwab-py", "version": schwab.__version__, "accounts": len(hashes),
-                  "transactions": rows, "token_writes": len(tokens), "checks": checks,
+                  "transactions": rows, "token_writes": len(tokens), "checks": checks.count,
                   "ok": True}))
