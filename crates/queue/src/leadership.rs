@@ -9,7 +9,6 @@
 //! a second one.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{PgExecutor, PgPool};
 
 use crate::QueueError;
@@ -49,7 +48,7 @@ pub async fn resign(pool: &PgPool, name: &str, holder: &str) -> Result<bool, Que
 }
 
 /// Who holds lease `name`, if anyone ever did.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Lease {
     pub holder: String,
     pub term: i64,
@@ -117,7 +116,7 @@ pub async fn finish_tick<'e>(
 }
 
 /// One processed tick.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct TickRecord {
     pub cycle: String,
     pub tick: DateTime<Utc>,

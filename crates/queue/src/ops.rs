@@ -126,7 +126,7 @@ pub async fn resume<'e>(exec: impl PgExecutor<'e>, queue: &str) -> Result<(), Qu
 }
 
 /// Jobs per queue and state, and which queues are paused.
-#[derive(Clone, Debug, Default, serde::Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default)]
 pub struct QueueStats {
     pub queue: String,
     pub paused: bool,

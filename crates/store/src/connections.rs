@@ -5,13 +5,13 @@ use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
 use dashtam_domain::model::{ConnectionStatus, ProviderKind};
 use dashtam_domain::ports::ProviderCredentials;
 use dashtam_domain::{ConnectionId, UserId};
-use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{Store, StoreError, audit};
 
-/// A connection as its owner sees it: never any token material.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+/// A connection's row, without any token material (the API shows it as
+/// `ConnectionOut`).
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Connection {
     pub id: Uuid,
     pub user_id: String,

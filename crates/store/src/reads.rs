@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::{Store, StoreError};
 
-#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Account {
     pub id: Uuid,
     pub connection_id: Uuid,
@@ -18,22 +18,19 @@ pub struct Account {
     pub mask: Option<String>,
     pub account_type: String,
     pub account_subtype: Option<String>,
-    #[serde(with = "rust_decimal::serde::str_option")]
     pub balance_current: Option<Decimal>,
-    #[serde(with = "rust_decimal::serde::str_option")]
     pub balance_available: Option<Decimal>,
     pub currency: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct Transaction {
     pub id: Uuid,
     pub account_id: Uuid,
     pub provider_transaction_id: String,
     /// Decimal string; positive = money in.
-    #[serde(with = "rust_decimal::serde::str")]
     pub amount: Decimal,
     pub currency: String,
     pub status: String,
@@ -45,9 +42,7 @@ pub struct Transaction {
     pub txn_type: String,
     pub txn_subtype: Option<String>,
     pub symbol: Option<String>,
-    #[serde(with = "rust_decimal::serde::str_option")]
     pub quantity: Option<Decimal>,
-    #[serde(with = "rust_decimal::serde::str_option")]
     pub price: Option<Decimal>,
     pub replaces_transaction_id: Option<Uuid>,
     pub removed_at: Option<DateTime<Utc>>,

@@ -10,12 +10,12 @@ use dashtam_queue::ops;
 
 use super::jobs::JobView;
 use super::shared::{action, begin, commit_audited};
+use super::views::QueueStatsOut;
 use crate::auth::{Caller, Operator};
 use crate::error::ApiError;
 use crate::extract::PathId;
 use crate::openapi::{IdempotencyKey, JobIdPath, Problems};
 use crate::{AppState, RequestId};
-use dashtam_queue::ops::QueueStats;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -47,7 +47,7 @@ fn valid_queue(name: &str) -> Result<(), ApiError> {
 
 #[derive(serde::Serialize, ToSchema)]
 struct QueueList {
-    data: Vec<QueueStats>,
+    data: Vec<QueueStatsOut>,
 }
 
 /// Jobs per queue and state, and which queues are paused.
@@ -57,7 +57,11 @@ struct QueueList {
 )]
 async fn queues(State(state): State<AppState>, _: Operator) -> Result<Json<QueueList>, ApiError> {
     Ok(Json(QueueList {
-        data: ops::stats(state.queue.pool()).await?,
+        data: ops::stats(state.queue.pool())
+            .await?
+            .into_iter()
+            .map(QueueStatsOut::from)
+            .collect(),
     }))
 }
 

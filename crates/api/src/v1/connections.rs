@@ -13,6 +13,8 @@ use dashtam_domain::ports::{ProviderCredentials, ProviderError};
 use dashtam_providers::Source;
 use dashtam_queue::Enqueued;
 use dashtam_store::connections::{Connection, NewConnection};
+
+use super::views::ConnectionOut;
 use serde::{Deserialize, Serialize};
 
 use super::jobs::JobView;
@@ -144,7 +146,7 @@ fn exchange_failed(e: ProviderError, what: &str) -> ApiError {
 
 #[derive(Serialize, ToSchema)]
 struct ConnectionList {
-    data: Vec<Connection>,
+    data: Vec<ConnectionOut>,
 }
 
 fn location(path: String) -> [(header::HeaderName, HeaderValue); 1] {
@@ -161,7 +163,7 @@ fn location(path: String) -> [(header::HeaderName, HeaderValue); 1] {
     post, path = "/connections", tag = "connections", params(IdempotencyKey),
     request_body = CreateConnectionDoc,
     responses(
-        (status = 201, description = "Linked; `Location` names the connection", body = Connection),
+        (status = 201, description = "Linked; `Location` names the connection", body = ConnectionOut),
         Problems,
     ),
 )]
@@ -241,7 +243,7 @@ async fn create(
         tracing::warn!(error = %e, connection_id = %conn.id, "could not register the connection's webhook");
     }
     let loc = location(format!("/api/v1/connections/{}", conn.id));
-    Ok((StatusCode::CREATED, loc, Json(conn)).into_response())
+    Ok((StatusCode::CREATED, loc, Json(ConnectionOut::from(conn))).into_response())
 }
 
 /// The caller's connections, with status and token expiry times (never
@@ -255,7 +257,13 @@ async fn list(
     caller: Caller,
 ) -> Result<Json<ConnectionList>, ApiError> {
     Ok(Json(ConnectionList {
-        data: state.store.connections(&caller.user).await?,
+        data: state
+            .store
+            .connections(&caller.user)
+            .await?
+            .into_iter()
+            .map(ConnectionOut::from)
+            .collect(),
     }))
 }
 
@@ -274,14 +282,14 @@ async fn owned(
 /// One of the caller's connections.
 #[utoipa::path(
     get, path = "/connections/{connection_id}", tag = "connections", params(ConnectionIdPath),
-    responses((status = 200, body = Connection), Problems),
+    responses((status = 200, body = ConnectionOut), Problems),
 )]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
     PathId(id): PathId<ConnectionId>,
-) -> Result<Json<Connection>, ApiError> {
-    Ok(Json(owned(&state, &caller, id).await?))
+) -> Result<Json<ConnectionOut>, ApiError> {
+    Ok(Json(owned(&state, &caller, id).await?.into()))
 }
 
 /// Revokes the connection's tokens at the provider and wipes them here;

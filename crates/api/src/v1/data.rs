@@ -6,7 +6,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{Datelike, NaiveDate};
 use dashtam_domain::{AccountId, ConnectionId};
-use dashtam_store::reads::{Account, Transaction, TransactionFilter};
+use dashtam_store::reads::{Transaction, TransactionFilter};
+
+use super::views::{AccountOut, TransactionOut};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -48,13 +50,13 @@ struct Page<T> {
 /// The caller's accounts (of one connection, or all).
 #[utoipa::path(
     get, path = "/accounts", tag = "data", params(AccountsQuery),
-    responses((status = 200, body = Page<Account>), Problems),
+    responses((status = 200, body = Page<AccountOut>), Problems),
 )]
 async fn accounts(
     State(state): State<AppState>,
     caller: Caller,
     q: Result<Query<AccountsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Page<Account>>, ApiError> {
+) -> Result<Json<Page<AccountOut>>, ApiError> {
     let q = query(q)?;
     let connection: Option<ConnectionId> = q
         .connection_id
@@ -63,7 +65,7 @@ async fn accounts(
         .transpose()?;
     let data = state.store.accounts(&caller.user, connection).await?;
     Ok(Json(Page {
-        data,
+        data: data.into_iter().map(AccountOut::from).collect(),
         next_cursor: None,
     }))
 }
@@ -154,13 +156,13 @@ fn decode_cursor(raw: &str) -> Result<(NaiveDate, Uuid), ApiError> {
 /// with cursor pagination and optional date and amount ranges.
 #[utoipa::path(
     get, path = "/transactions", tag = "data", params(TransactionsQuery),
-    responses((status = 200, body = Page<Transaction>), Problems),
+    responses((status = 200, body = Page<TransactionOut>), Problems),
 )]
 async fn transactions(
     State(state): State<AppState>,
     caller: Caller,
     q: Result<Query<TransactionsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Page<Transaction>>, ApiError> {
+) -> Result<Json<Page<TransactionOut>>, ApiError> {
     let q = query(q)?;
     let limit = page_size(q.limit, 100, 1000)?;
     let account: Option<AccountId> = q
@@ -195,5 +197,8 @@ async fn transactions(
         .transactions(&caller.user, &filter, limit + 1)
         .await?;
     let next_cursor = next_page(&mut data, limit, encode_cursor);
-    Ok(Json(Page { data, next_cursor }))
+    Ok(Json(Page {
+        data: data.into_iter().map(TransactionOut::from).collect(),
+        next_cursor,
+    }))
 }

@@ -6,6 +6,7 @@ mod data;
 mod jobs;
 mod scheduler;
 mod shared;
+mod views;
 mod webhooks;
 
 use utoipa_axum::router::OpenApiRouter;

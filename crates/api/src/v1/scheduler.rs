@@ -4,7 +4,9 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use chrono::{DateTime, Datelike, Utc};
-use dashtam_queue::leadership::{self, Lease, TickRecord};
+use dashtam_queue::leadership;
+
+use super::views::{LeaseOut, TickOut};
 use serde::{Deserialize, Serialize};
 
 use super::shared::query;
@@ -23,7 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// A scheduler cycle.
 #[derive(ToSchema)]
 #[schema(rename_all = "snake_case")]
-#[allow(dead_code)] // Documents the `cycle` filter and `TickRecord::cycle`.
+#[allow(dead_code)] // Documents the `cycle` filter and `TickOut::cycle`.
 enum Cycle {
     TokenRefresh,
     StaleSync,
@@ -49,8 +51,8 @@ struct CyclesQuery {
 #[derive(Serialize, ToSchema)]
 struct CyclesView {
     /// The current lease; `live: false` means nobody leads right now.
-    leader: Option<Lease>,
-    data: Vec<TickRecord>,
+    leader: Option<LeaseOut>,
+    data: Vec<TickOut>,
     /// `<tick>/<cycle>` of the page's last row, if there may be more.
     next_cursor: Option<String>,
 }
@@ -94,8 +96,8 @@ async fn cycles(
         format!("{}/{}", t.tick.to_rfc3339(), t.cycle)
     });
     Ok(Json(CyclesView {
-        leader,
-        data,
+        leader: leader.map(LeaseOut::from),
+        data: data.into_iter().map(TickOut::from).collect(),
         next_cursor,
     }))
 }
