@@ -92,6 +92,12 @@ impl SyncJob {
         }
     }
 
+    /// The unique key of the follow-up queued behind a running sync of
+    /// `connection_id` (see [`SyncJob::after`]).
+    pub fn follow_up_key(connection_id: ConnectionId) -> String {
+        format!("sync:{connection_id}:next")
+    }
+
     /// The sync that was running when this follow-up was enqueued.
     pub fn waits_for(&self) -> Option<JobId> {
         match self {
@@ -108,7 +114,7 @@ impl JobArgs for SyncJob {
     fn unique_key(&self) -> Option<String> {
         Some(match self.waits_for() {
             None => format!("sync:{}", self.connection_id()),
-            Some(_) => format!("sync:{}:next", self.connection_id()),
+            Some(_) => Self::follow_up_key(self.connection_id()),
         })
     }
 

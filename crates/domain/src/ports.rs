@@ -248,6 +248,15 @@ pub enum WebhookRejected {
     KeyUnavailable(String),
 }
 
+/// A webhook whose signature verified.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedWebhook {
+    pub event: ProviderEvent,
+    /// Names this delivery (the SHA-256 of its signature, hex): the same
+    /// one received twice is a replay.
+    pub delivery: String,
+}
+
 /// Checks a provider's signed webhook and reads what it says.
 #[async_trait]
 pub trait WebhookVerifier: Send + Sync {
@@ -259,7 +268,7 @@ pub trait WebhookVerifier: Send + Sync {
         signature: Option<&str>,
         body: &[u8],
         now: DateTime<Utc>,
-    ) -> Result<ProviderEvent, WebhookRejected>;
+    ) -> Result<VerifiedWebhook, WebhookRejected>;
 }
 
 /// Why a secret could not be read.

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use dashtam_domain::ports::{ProviderError, ProviderEvent, WebhookRejected, WebhookVerifier};
+use dashtam_domain::ports::{
+    ProviderError, ProviderEvent, VerifiedWebhook, WebhookRejected, WebhookVerifier,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -173,7 +175,7 @@ impl WebhookVerifier for PlaidWebhooks {
         signature: Option<&str>,
         body: &[u8],
         now: DateTime<Utc>,
-    ) -> Result<ProviderEvent, WebhookRejected> {
+    ) -> Result<VerifiedWebhook, WebhookRejected> {
         let jwt = signature
             .ok_or_else(|| WebhookRejected::Unsigned("no Plaid-Verification header".into()))?;
         let header = jsonwebtoken::decode_header(jwt)
@@ -206,7 +208,10 @@ impl WebhookVerifier for PlaidWebhooks {
                 "the body is not the one that was signed".into(),
             ));
         }
-        event(body)
+        Ok(VerifiedWebhook {
+            event: event(body)?,
+            delivery: sha256_hex(jwt.as_bytes()),
+        })
     }
 }
 

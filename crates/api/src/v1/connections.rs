@@ -227,9 +227,7 @@ async fn create(
             // The provider granted access we could not store: give the
             // grant back rather than leave it live and unknown to us (the
             // one-time token is spent either way; the client links again).
-            if let Some(source) = state.providers.source(body.provider)
-                && let Err(revoke) = source.revoke(&credentials).await
-            {
+            if let Err(revoke) = source.revoke(&credentials).await {
                 tracing::warn!(error = %revoke, "could not revoke a grant whose connection was not stored");
             }
             return Err(e.into());

@@ -17,9 +17,9 @@ use chrono::Utc;
 use dashtam_domain::ConnectionId;
 use dashtam_domain::JobId;
 use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
-use dashtam_domain::jobs::{JobArgs, SyncJob};
+use dashtam_domain::jobs::SyncJob;
 use dashtam_domain::model::{ConnectionStatus, ProviderKind};
-use dashtam_domain::ports::{ProviderEvent, WebhookRejected};
+use dashtam_domain::ports::{ProviderEvent, VerifiedWebhook, WebhookRejected};
 use dashtam_queue::{Enqueued, JobState};
 use dashtam_store::webhooks::{ConnectionEvent, ItemConnection};
 use dashtam_telemetry::metrics::METRICS;
@@ -113,19 +113,14 @@ async fn plaid(
     let signature = headers
         .get("plaid-verification")
         .and_then(|v| v.to_str().ok());
-    let event = verifier
+    let VerifiedWebhook { event, delivery } = verifier
         .verify(signature, &body, Utc::now())
         .await
         .map_err(refused)?;
     // Verified: a second delivery of the very same signature is a replay.
-    let digest = aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA256,
-        signature.unwrap_or_default().as_bytes(),
-    );
-    let digest: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     if !state
         .store
-        .first_receipt(ProviderKind::Plaid, &digest)
+        .first_receipt(ProviderKind::Plaid, &delivery)
         .await?
     {
         count(event.kind(), "replayed");
@@ -234,9 +229,7 @@ async fn enqueue_sync(
 ) -> Result<WebhookAck, ApiError> {
     let provider = ProviderKind::Plaid.as_str();
     // A follow-up still waiting will fetch this news too.
-    let next_key = SyncJob::after(id, JobId::default()).unique_key();
-    if let Some(key) = next_key.as_deref()
-        && let Some(next) = state.queue.holder_of(key).await?
+    if let Some(next) = state.queue.holder_of(&SyncJob::follow_up_key(id)).await?
         && next.state != JobState::Running
     {
         return Ok(ack("coalesced", Some(next.id)));
