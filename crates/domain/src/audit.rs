@@ -15,6 +15,8 @@ pub enum AuditAction {
     TokenRefreshAttempted,
     TokenRefreshSucceeded,
     TokenRefreshFailed,
+    /// A provider's breaker or pause put the refresh off (no attempt spent).
+    TokenRefreshDeferred,
     SyncAttempted,
     SyncSucceeded,
     SyncFailed,
@@ -41,6 +43,7 @@ impl AuditAction {
             Self::TokenRefreshAttempted => "token_refresh_attempted",
             Self::TokenRefreshSucceeded => "token_refresh_succeeded",
             Self::TokenRefreshFailed => "token_refresh_failed",
+            Self::TokenRefreshDeferred => "token_refresh_deferred",
             Self::SyncAttempted => "sync_attempted",
             Self::SyncSucceeded => "sync_succeeded",
             Self::SyncFailed => "sync_failed",

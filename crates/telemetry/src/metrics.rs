@@ -160,6 +160,7 @@ impl Metrics {
                 "dashtam_token_refreshes_total",
                 "Token refresh decisions by provider and outcome (refreshed, \
                  skipped: someone else already had, failed: will retry, \
+                 deferred: the provider is down or paused, no attempt spent, \
                  reauth_required: the refresh token is dead).",
                 &["provider", "outcome"],
             ),

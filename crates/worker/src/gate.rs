@@ -114,6 +114,12 @@ pub struct ProviderGate {
 const FRESH_FOR: Duration = Duration::from_secs(1);
 /// How long others wait while one daemon probes.
 const PROBE_WAIT: Duration = Duration::from_secs(5);
+/// How long a job whose calls failed, with too few calls yet to decide
+/// whether the provider is down, waits for the verdict of the calls that
+/// started with it (see [`ProviderGate::outage`]); and for how long after
+/// the first failed call such a job waits instead of spending its attempt.
+const VERDICT_WAIT: Duration = Duration::from_secs(2);
+const VERDICT_WINDOW: Duration = Duration::from_secs(10);
 
 impl ProviderGate {
     pub fn new(
@@ -252,7 +258,7 @@ impl ProviderGate {
     /// wait, or this daemon's own recent calls mostly failed (the breaker may
     /// be about to open). A call whose in-place retries ran out then waits
     /// instead of failing its attempt.
-    pub async fn down(&self, provider: &str) -> Option<Wait> {
+    async fn down(&self, provider: &str) -> Option<Wait> {
         let now = Utc::now();
         let later = |d: Duration| now + chrono::Duration::from_std(d).unwrap_or_default();
         if let Some(h) = self.health(provider).await {
@@ -280,6 +286,32 @@ impl ProviderGate {
             && f64::from(failures) >= self.settings.failure_ratio * f64::from(total))
         .then(|| Wait {
             until: later(self.settings.cooldown),
+            reason: "provider_unavailable",
+        })
+    }
+
+    /// Whether a call whose retries ran out should wait for `provider`
+    /// instead of spending its job's attempt: the provider is down or
+    /// paused (see [`down`](Self::down)), or it may be: every call this
+    /// daemon made to it lately failed, too few of them yet to decide, the
+    /// first less than `VERDICT_WINDOW` ago. That is how an outage starts:
+    /// the calls of the jobs that started with this one are still coming
+    /// in, and the breaker they open must not find this job's attempt
+    /// already spent. Such a job waits `VERDICT_WAIT`, its worker freed for
+    /// the calls that decide. One connection that fails on its own, on a
+    /// quiet daemon, spends its attempts as before once the window is past.
+    pub async fn outage(&self, provider: &str) -> Option<Wait> {
+        if let Some(wait) = self.down(provider).await {
+            return Some(wait);
+        }
+        let local = self.local();
+        let l = local.get(provider)?;
+        let (first, _) = l.calls.front()?;
+        let suspect = (l.calls.len() as u32) < self.settings.min_calls
+            && l.calls.iter().all(|(_, failed)| *failed)
+            && first.elapsed() < VERDICT_WINDOW;
+        suspect.then(|| Wait {
+            until: Utc::now() + chrono::Duration::from_std(VERDICT_WAIT).unwrap_or_default(),
             reason: "provider_unavailable",
         })
     }

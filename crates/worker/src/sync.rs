@@ -61,7 +61,8 @@ const CONNECTION_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// provider's breaker is open or it asked everyone to wait, the call does
 /// not go out: the caller is told to wait ([`Failure`] snoozes the job
 /// without spending its attempt); so is a caller whose retries ran out
-/// while the breaker opened.
+/// while the breaker opened, or opens a moment later (see
+/// `ProviderGate::outage`).
 pub(crate) async fn call_provider<T, F, Fut>(
     gate: &ProviderGate,
     provider: &str,
@@ -129,7 +130,7 @@ where
             Err(e @ (ProviderError::Transient(_) | ProviderError::RateLimited { .. })) => {
                 // Out of retries, or a long pause: if the provider is down or
                 // paused for everyone now, wait for it instead of failing.
-                if let Some(wait) = gate.down(provider).await {
+                if let Some(wait) = gate.outage(provider).await {
                     return Err(wait.into());
                 }
                 return Err(e.into());

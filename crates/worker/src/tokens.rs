@@ -183,20 +183,35 @@ impl TokenKeeper {
             Err(ProviderError::Unauthorized(reason)) => Err(self.reauth(ctx, lease, reason).await),
             Err(e) => {
                 lease.release().await?;
-                let failure = Failure::from(e);
-                let mut outcome = audit_entry(
-                    AuditAction::TokenRefreshFailed,
-                    AuditPhase::Outcome,
-                    AuditOutcome::Failed,
-                    connection,
-                    ctx,
-                );
+                // In an outage (or a pause for everyone) the refresh waits
+                // for the provider instead of spending its attempt.
+                let outage = match &e {
+                    ProviderError::Transient(_) | ProviderError::RateLimited { .. } => {
+                        self.gate.outage(provider).await
+                    }
+                    _ => None,
+                };
+                let (failure, action, result, counted) = match outage {
+                    Some(wait) => (
+                        Failure::from(wait),
+                        AuditAction::TokenRefreshDeferred,
+                        AuditOutcome::Deferred,
+                        "deferred",
+                    ),
+                    None => (
+                        Failure::from(e),
+                        AuditAction::TokenRefreshFailed,
+                        AuditOutcome::Failed,
+                        "failed",
+                    ),
+                };
+                let mut outcome = audit_entry(action, AuditPhase::Outcome, result, connection, ctx);
                 outcome.reason = Some(failure.reason.clone());
                 outcome.context["will_retry"] = failure.will_retry().into();
                 crate::record_outcome(&self.store, &outcome).await;
                 METRICS
                     .token_refreshes
-                    .with_label_values(&[provider, "failed"])
+                    .with_label_values(&[provider, counted])
                     .inc();
                 Err(failure)
             }

@@ -49,7 +49,10 @@ async fn assert_no_attempt_spent(app: &TestApp, jobs: &[String]) {
 /// (`provider_unavailable`, with the time they will try again) without
 /// spending attempts; probes close it when the provider is back, and every
 /// job succeeds on its first attempt. Before: every due job burnt its
-/// attempts and died.
+/// attempts and died. The first job of the outage runs alone until its
+/// retries ran out, too few calls yet to open the breaker: it waits for the
+/// verdict of the jobs that follow instead of spending its attempt (it used
+/// to, whenever it ran ahead of the others).
 #[sqlx::test(migrator = "MIGRATIONS")]
 async fn an_outage_opens_the_breaker_and_costs_no_attempt(pool: PgPool) {
     let app = app(pool.clone()).await;
@@ -61,7 +64,18 @@ async fn an_outage_opens_the_breaker_and_costs_no_attempt(pool: PgPool) {
         error_rate: 1.0,
         ..Faults::default()
     });
-    let jobs = enqueue_all(&app, &conns).await;
+    let mut jobs = enqueue_all(&app, &conns[..1]).await;
+    // Its first call and its one retry in place (page_retries = 1) failed.
+    wait_for(
+        "the first job's calls to fail",
+        Duration::from_secs(30),
+        || async {
+            let faults = app.sandbox.stats().faults_injected;
+            if faults >= 2 { Ok(()) } else { Err(faults) }
+        },
+    )
+    .await;
+    jobs.extend(enqueue_all(&app, &conns[1..]).await);
     let op = app.operator_token("ops");
     let providers: Value = wait_for("the breaker to open", Duration::from_secs(30), || async {
         let p = app.admin_entry(&op, "providers", "provider", "plaid").await;
@@ -118,6 +132,57 @@ async fn an_outage_opens_the_breaker_and_costs_no_attempt(pool: PgPool) {
             .contains(r#"dashtam_provider_breaker_transitions_total{provider="plaid",to="open"}"#),
         "{metrics}"
     );
+    app.stop().await;
+}
+
+/// An outage at the token endpoint: syncs whose access tokens expired
+/// cannot refresh, and their refreshes wait for the provider like any other
+/// call instead of spending the syncs' attempts (`token_refresh_deferred`,
+/// never `token_refresh_failed`). When Schwab is back, each connection
+/// refreshes once and syncs, on its first attempt.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn an_outage_at_the_token_endpoint_costs_no_attempt(pool: PgPool) {
+    let app = app(pool.clone()).await;
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        conns.push(app.connect_schwab("alice", 1, 5).await.0);
+    }
+    sqlx::query("UPDATE provider_connections SET access_token_expires_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    app.sandbox.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    let jobs = enqueue_all(&app, &conns).await;
+    let op = app.operator_token("ops");
+    wait_for("the breaker to open", Duration::from_secs(30), || async {
+        let p = app
+            .admin_entry(&op, "providers", "provider", "schwab")
+            .await;
+        if p["breaker"] == "open" {
+            Ok(())
+        } else {
+            Err(p)
+        }
+    })
+    .await;
+    app.sandbox.set_faults(Faults::default());
+    assert_no_attempt_spent(&app, &jobs).await;
+    let audits = |action: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_records WHERE action = $1")
+                .bind(action)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(audits("token_refresh_deferred").await > 0);
+    assert_eq!(audits("token_refresh_failed").await, 0);
+    assert_eq!(audits("token_refresh_succeeded").await, 6);
     app.stop().await;
 }
 

@@ -269,7 +269,8 @@ async fn a_flaky_page_is_retried_in_place(pool: PgPool) {
     app.stop().await;
 }
 
-/// Past its in-place retries a transient error fails the attempt, retried
+/// Past its in-place retries a transient error of a provider that is
+/// otherwise up (it just answered a whole sync) fails the attempt, retried
 /// later; a 429 past its in-place retries pauses the provider and the job
 /// waits without spending an attempt. Every attempt is audited.
 #[sqlx::test(migrator = "MIGRATIONS")]
@@ -278,6 +279,8 @@ async fn server_errors_and_rate_limits_are_retried_with_delay(pool: PgPool) {
     config.sync.page_retries = 0;
     let app = spawn_app_with(pool, &[Role::Api, Role::Worker], config).await;
     let conn = app.connect("alice", 1, 50).await;
+    let first = app.sync("alice", &conn).await;
+    assert_eq!(first["state"], "succeeded", "{first}");
     app.sandbox.push_fault(ScriptedFault::ServerError);
     app.sandbox.push_fault(ScriptedFault::RateLimited {
         retry_after_secs: 1,
@@ -294,11 +297,12 @@ async fn server_errors_and_rate_limits_are_retried_with_delay(pool: PgPool) {
         "{job}"
     );
     assert_eq!(app.count("SELECT count(*) FROM transactions").await, 50);
-    // Every attempt is audited: 3 runs, 1 failed, 1 deferred, 1 success.
+    // Every attempt is audited: the first sync, then 3 runs: 1 failed, 1
+    // deferred, 1 success.
     assert_eq!(
         app.count("SELECT count(*) FROM audit_records WHERE phase = 'attempt'")
             .await,
-        3
+        4
     );
     assert_eq!(
         app.count("SELECT count(*) FROM audit_records WHERE outcome = 'failed'")
