@@ -1,5 +1,6 @@
-//! Rebuilds the crate when a migration is added or changed: `sqlx::migrate!`
-//! embeds the files at compile time, and cargo does not track them itself.
+//! Rebuilds the crate when one of its queries changes: the query macros
+//! make Cargo track the `.sql` files of statements that return rows, not
+//! of those that return none.
 fn main() {
-    println!("cargo:rerun-if-changed=../../migrations");
+    println!("cargo:rerun-if-changed=queries");
 }

@@ -20,11 +20,26 @@ ins AS (
     ON CONFLICT (unique_key)
         WHERE unique_key IS NOT NULL AND state IN ('scheduled', 'available', 'running', 'retryable')
         DO NOTHING
-    RETURNING *, true AS created
+    RETURNING id, queue, kind, payload, state, priority, attempt, max_attempts, run_at,
+              unique_key, owner, throttle_key, subject, waiting, locked_by, cancel_requested,
+              progress, errors, created_at, started_at, finished_at, true AS created
+),
+rows AS (
+    SELECT * FROM ins
+    UNION ALL
+    SELECT j.id, j.queue, j.kind, j.payload, j.state, j.priority, j.attempt, j.max_attempts,
+           j.run_at, j.unique_key, j.owner, j.throttle_key, j.subject, j.waiting, j.locked_by,
+           j.cancel_requested, j.progress, j.errors, j.created_at, j.started_at, j.finished_at,
+           false AS created
+    FROM req JOIN jobs j ON j.unique_key = req.unique_key
+    WHERE j.state IN ('scheduled', 'available', 'running', 'retryable')
+      AND NOT EXISTS (SELECT 1 FROM ins WHERE ins.id = req.id)
 )
-SELECT * FROM ins
-UNION ALL
-SELECT j.*, false AS created
-FROM req JOIN jobs j ON j.unique_key = req.unique_key
-WHERE j.state IN ('scheduled', 'available', 'running', 'retryable')
-  AND NOT EXISTS (SELECT 1 FROM ins WHERE ins.id = req.id)
+-- (Through the union the macros cannot tell which columns are never null.)
+SELECT id AS "id!", queue AS "queue!", kind AS "kind!", payload AS "payload!",
+       state AS "state!: JobState", priority AS "priority!", attempt AS "attempt!",
+       max_attempts AS "max_attempts!", run_at AS "run_at!", unique_key, owner, throttle_key,
+       subject, waiting, locked_by, cancel_requested AS "cancel_requested!", progress,
+       errors AS "errors!", created_at AS "created_at!", started_at, finished_at,
+       created AS "created!"
+FROM rows

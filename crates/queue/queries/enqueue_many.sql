@@ -20,4 +20,4 @@ woken AS (
     SELECT count(pg_notify('dashtam_jobs', q.queue)) AS queues
     FROM (SELECT DISTINCT queue FROM ins WHERE state = 'available') AS q
 )
-SELECT queue, kind, count(*) FROM ins CROSS JOIN woken GROUP BY queue, kind
+SELECT queue AS "queue!", kind AS "kind!", count(*) AS "jobs!" FROM ins CROSS JOIN woken GROUP BY queue, kind

@@ -27,9 +27,9 @@ next AS (
         WHERE queue = $1 AND priority = prio.priority
           AND state IN ('scheduled', 'available', 'retryable')
           AND run_at <= now()
-          AND ($4 <= 0 OR owner IS NULL)
+          AND ($4::bigint <= 0 OR owner IS NULL)
         ORDER BY run_at, id
-        LIMIT $2
+        LIMIT $2::bigint
         FOR UPDATE SKIP LOCKED
     ) AS due
     ORDER BY prio.priority, due.run_at, due.id
@@ -39,4 +39,5 @@ UPDATE jobs AS j
 SET state = 'running', attempt = j.attempt + 1, locked_by = $3, started_at = now(), waiting = NULL
 FROM next
 WHERE j.id = next.id
-RETURNING j.id, j.queue, j.kind, j.payload, j.attempt, j.max_attempts, j.owner, j.throttle_key, j.run_at, j.started_at
+RETURNING j.id, j.queue, j.kind, j.payload, j.attempt, j.max_attempts, j.owner, j.throttle_key,
+          j.run_at, j.started_at AS "started_at!"

@@ -22,7 +22,7 @@ shares AS MATERIALIZED (
     SELECT o.ord, d.id, d.run_at
     FROM unnest($4::text[]) WITH ORDINALITY AS o(owner, ord),
     LATERAL (
-        SELECT CASE WHEN $5 <= 0 THEN $2 ELSE $5 - (
+        SELECT CASE WHEN $5::bigint <= 0 THEN $2::bigint ELSE $5::bigint - (
             SELECT count(*) FROM (
                 SELECT 1 FROM jobs r
                 WHERE r.queue = $1 AND r.owner = o.owner AND r.state = 'running'
@@ -31,7 +31,7 @@ shares AS MATERIALIZED (
     ) room,
     LATERAL (
         SELECT j.id, j.run_at FROM jobs j
-        WHERE j.queue = $1 AND j.priority = $6 AND j.owner = o.owner
+        WHERE j.queue = $1 AND j.priority = $6::smallint AND j.owner = o.owner
           AND j.state IN ('scheduled', 'available', 'retryable') AND j.run_at <= now()
           AND EXISTS (SELECT 1 FROM prio)
         ORDER BY j.run_at, j.id
@@ -55,7 +55,7 @@ fill AS (
         WHERE queue = $1 AND priority = prio.priority
           AND state IN ('scheduled', 'available', 'retryable')
           AND run_at <= now()
-          AND ($5 <= 0 OR owner IS NULL)
+          AND ($5::bigint <= 0 OR owner IS NULL)
           AND id <> ALL (ARRAY(SELECT id FROM fair))
         ORDER BY run_at, id
         LIMIT $2
@@ -77,4 +77,5 @@ UPDATE jobs AS j
 SET state = 'running', attempt = j.attempt + 1, locked_by = $3, started_at = now(), waiting = NULL
 FROM next
 WHERE j.id = next.id
-RETURNING j.id, j.queue, j.kind, j.payload, j.attempt, j.max_attempts, j.owner, j.throttle_key, j.run_at, j.started_at
+RETURNING j.id, j.queue, j.kind, j.payload, j.attempt, j.max_attempts, j.owner, j.throttle_key,
+          j.run_at, j.started_at AS "started_at!"

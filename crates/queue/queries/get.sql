@@ -1,1 +1,4 @@
-SELECT * FROM jobs WHERE id = $1
+SELECT id, queue, kind, payload, state AS "state: JobState", priority, attempt, max_attempts,
+       run_at, unique_key, owner, throttle_key, subject, waiting, locked_by, cancel_requested,
+       progress, errors, created_at, started_at, finished_at
+FROM jobs WHERE id = $1

@@ -5,4 +5,4 @@ UPDATE jobs AS j
 SET state = 'available', locked_by = NULL, attempt = GREATEST(j.attempt - 1, 0), run_at = now()
 FROM unnest($1::uuid[]) AS u(id)
 WHERE j.id = u.id AND j.state = 'running' AND j.locked_by = $2
-RETURNING j.id, j.queue, j.kind, j.attempt + 1 AS attempt
+RETURNING j.id, j.queue, j.kind, j.attempt + 1 AS "attempt!"

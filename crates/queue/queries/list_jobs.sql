@@ -1,7 +1,10 @@
 -- Newest first (ids are UUIDv7), filtered; $1 limits to one owner (a
 -- client's own jobs; operators pass NULL), $4 to one subject. $5 is the
 -- previous page's last id.
-SELECT * FROM jobs
+SELECT id, queue, kind, payload, state AS "state: JobState", priority, attempt, max_attempts,
+       run_at, unique_key, owner, throttle_key, subject, waiting, locked_by, cancel_requested,
+       progress, errors, created_at, started_at, finished_at
+FROM jobs
 WHERE ($1::text IS NULL OR owner = $1)
   AND ($2::text IS NULL OR state = $2)
   AND ($3::text IS NULL OR kind = $3)

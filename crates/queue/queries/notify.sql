@@ -1,1 +1,1 @@
-SELECT pg_notify($1, $2)
+SELECT pg_notify($1, $2) AS "notified!"

@@ -3,4 +3,4 @@
 SELECT EXISTS (
     SELECT 1 FROM jobs
     WHERE subject = $1 AND kind = $2 AND state = 'running' AND id < $3
-)
+) AS "running!"

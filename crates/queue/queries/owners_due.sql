@@ -32,13 +32,13 @@ owners AS (
             WHERE j.queue = $1 AND j.state IN ('scheduled', 'available', 'retryable')
               AND j.owner > owners.owner
             ORDER BY j.owner LIMIT 1), owners.n + 1
-    FROM owners WHERE owners.owner IS NOT NULL AND owners.n < $3
+    FROM owners WHERE owners.owner IS NOT NULL AND owners.n < $3::bigint
 )
-SELECT top.priority, o.owner, EXISTS (
+SELECT top.priority AS "priority!", o.owner AS "owner!", EXISTS (
     SELECT 1 FROM jobs d
     WHERE d.queue = $1 AND d.priority = top.priority AND d.owner = o.owner
       AND d.state IN ('scheduled', 'available', 'retryable') AND d.run_at <= now()
-) AS due
+) AS "due!"
 FROM owners o, top
 WHERE o.owner IS NOT NULL
 ORDER BY o.owner

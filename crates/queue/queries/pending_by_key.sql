@@ -1,3 +1,6 @@
 -- The pending or running job holding a unique key, if any.
-SELECT * FROM jobs
+SELECT id, queue, kind, payload, state AS "state: JobState", priority, attempt, max_attempts,
+       run_at, unique_key, owner, throttle_key, subject, waiting, locked_by, cancel_requested,
+       progress, errors, created_at, started_at, finished_at
+FROM jobs
 WHERE unique_key = $1 AND state IN ('scheduled', 'available', 'running', 'retryable')

@@ -6,10 +6,10 @@
 WITH old AS (
     SELECT id FROM jobs
     WHERE id < $1
-      AND ((state = 'succeeded' AND finished_at < now() - $2 * interval '1 second')
-        OR (state IN ('failed', 'cancelled') AND finished_at < now() - $3 * interval '1 second'))
+      AND ((state = 'succeeded' AND finished_at < now() - $2::float8 * interval '1 second')
+        OR (state IN ('failed', 'cancelled') AND finished_at < now() - $3::float8 * interval '1 second'))
     ORDER BY id
-    LIMIT $4
+    LIMIT $4::bigint
     FOR UPDATE SKIP LOCKED
 )
 DELETE FROM jobs j USING old WHERE j.id = old.id

@@ -1,1 +1,1 @@
-SELECT queue, state, count(*) FROM jobs GROUP BY queue, state
+SELECT queue, state, count(*) AS "jobs!" FROM jobs GROUP BY queue, state

@@ -5,7 +5,7 @@ WITH orphans AS (
     WHERE j.state = 'running'
       AND NOT EXISTS (
           SELECT 1 FROM queue_workers w
-          WHERE w.id = j.locked_by AND w.heartbeat_at >= now() - $1 * interval '1 second')
+          WHERE w.id = j.locked_by AND w.heartbeat_at >= now() - $1::float8 * interval '1 second')
     FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE jobs AS j

@@ -1,2 +1,2 @@
 WITH gone AS (DELETE FROM queue_pauses WHERE queue = $1 RETURNING queue)
-SELECT pg_notify('dashtam_jobs', queue) FROM gone
+SELECT pg_notify('dashtam_jobs', queue) AS "notified!" FROM gone

@@ -30,7 +30,10 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::{Enqueued, EnqueuedRow, JobRecord, NOTIFY_CHANNEL, NewJob, QueueError, bind_jobs};
+use crate::{
+    Enqueued, EnqueuedRow, JobColumns, JobRecord, JobState, NOTIFY_CHANNEL, NewJob, QueueError,
+    insert_jobs,
+};
 
 /// Wake-ups for queues whose new jobs committed (see the module docs).
 #[derive(Debug, Default)]
@@ -58,10 +61,8 @@ async fn send_wakeups(pool: PgPool, mut rx: mpsc::UnboundedReceiver<String>) {
             queues.insert(q);
         }
         let queues: Vec<String> = queues.into_iter().collect();
-        if let Err(e) = sqlx::query(include_str!("../queries/wake.sql"))
-            .bind(NOTIFY_CHANNEL)
-            .bind(&queues)
-            .execute(&pool)
+        if let Err(e) = sqlx::query_file!("queries/wake.sql", NOTIFY_CHANNEL, &queues)
+            .fetch_all(&pool)
             .await
         {
             // Workers poll as well: the jobs wait one interval at most.
@@ -160,11 +161,9 @@ pub(crate) async fn lookup(
     batch: Batch<Uuid, Result<Option<JobRecord>, QueueError>>,
 ) {
     let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
-    let rows: Result<Vec<JobRecord>, sqlx::Error> =
-        sqlx::query_as(include_str!("../queries/get_many.sql"))
-            .bind(&ids)
-            .fetch_all(&pool)
-            .await;
+    let rows = sqlx::query_file_as!(JobRecord, "queries/get_many.sql", &ids)
+        .fetch_all(&pool)
+        .await;
     match rows {
         Ok(rows) => {
             let by_id: HashMap<Uuid, JobRecord> = rows.into_iter().map(|j| (j.id, j)).collect();
@@ -190,13 +189,38 @@ pub(crate) async fn insert(
     ids: &[Uuid],
     jobs: &[&NewJob],
 ) -> Result<Vec<EnqueuedRow>, sqlx::Error> {
-    bind_jobs(
-        sqlx::query_as(include_str!("../queries/enqueue_batch.sql")),
-        ids,
-        jobs,
-    )
-    .fetch_all(pool)
-    .await
+    let columns = JobColumns::of(ids, jobs);
+    Ok(insert_jobs!("queries/enqueue_batch.sql", columns)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| EnqueuedRow {
+            created: r.created,
+            job: JobRecord {
+                id: r.id,
+                queue: r.queue,
+                kind: r.kind,
+                payload: r.payload,
+                state: r.state,
+                priority: r.priority,
+                attempt: r.attempt,
+                max_attempts: r.max_attempts,
+                run_at: r.run_at,
+                unique_key: r.unique_key,
+                owner: r.owner,
+                throttle_key: r.throttle_key,
+                subject: r.subject,
+                waiting: r.waiting,
+                locked_by: r.locked_by,
+                cancel_requested: r.cancel_requested,
+                progress: r.progress,
+                errors: r.errors,
+                created_at: r.created_at,
+                started_at: r.started_at,
+                finished_at: r.finished_at,
+            },
+        })
+        .collect())
 }
 
 /// What a batched enqueue answers: done, or the job back, to be enqueued on

@@ -53,8 +53,7 @@ impl JobEvents {
     /// rest of its life: a job is short-lived, and a flag is cheaper than
     /// tracking who still listens).
     pub async fn watch(&self, job: Uuid) -> Result<(), QueueError> {
-        sqlx::query(include_str!("../queries/watch.sql"))
-            .bind(job)
+        sqlx::query_file!("queries/watch.sql", job)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -47,24 +47,20 @@ impl OwnerRing {
     }
 
     async fn refresh(&mut self, pool: &PgPool, queue: &str) -> Result<(), sqlx::Error> {
-        let rows: Vec<(i16, String, bool)> =
-            sqlx::query_as(include_str!("../queries/owners_due.sql"))
-                .bind(queue)
-                .bind(&self.cursor)
-                .bind(PAGE)
-                .fetch_all(pool)
-                .await?;
+        let rows = sqlx::query_file!("queries/owners_due.sql", queue, self.cursor, PAGE)
+            .fetch_all(pool)
+            .await?;
         // A short page reached the last owner: the next starts over.
         self.cursor = if rows.len() < PAGE as usize {
             String::new()
         } else {
-            rows.last().map(|r| r.1.clone()).unwrap_or_default()
+            rows.last().map(|r| r.owner.clone()).unwrap_or_default()
         };
-        self.priority = rows.first().map_or(0, |r| r.0);
+        self.priority = rows.first().map_or(0, |r| r.priority);
         self.owners = rows
             .into_iter()
-            .filter(|(_, _, due)| *due)
-            .map(|(_, owner, _)| owner)
+            .filter(|r| r.due)
+            .map(|r| r.owner)
             .collect();
         self.next = 0;
         self.read_at = Some(Instant::now());
@@ -85,6 +81,20 @@ impl OwnerRing {
     }
 }
 
+/// A claimed job, as the claim statements return it.
+pub(crate) struct Claimed {
+    pub(crate) id: Uuid,
+    pub(crate) queue: String,
+    pub(crate) kind: String,
+    pub(crate) payload: serde_json::Value,
+    pub(crate) attempt: i32,
+    pub(crate) max_attempts: i32,
+    pub(crate) owner: Option<String>,
+    pub(crate) throttle_key: Option<String>,
+    pub(crate) run_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) started_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// One claim: up to `n` due jobs of `queue` for `worker`.
 pub(crate) struct ClaimRequest {
     pub queue: String,
@@ -96,14 +106,11 @@ pub(crate) struct ClaimRequest {
 
 /// Claims what `req` asks for (see the module's documentation), reading the
 /// owners again first if the last read is older than [`FRESH_FOR`].
-pub(crate) async fn claim<T>(
+pub(crate) async fn claim(
     pool: &PgPool,
     ring: &mut OwnerRing,
     req: &ClaimRequest,
-) -> Result<Vec<T>, sqlx::Error>
-where
-    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
-{
+) -> Result<Vec<Claimed>, sqlx::Error> {
     if ring.read_at.is_none_or(|at| at.elapsed() >= FRESH_FOR) {
         ring.refresh(pool, &req.queue).await?;
     }
@@ -123,9 +130,8 @@ where
     // includes every earlier claim and two at once cannot both fill the
     // last slot of an owner.
     let mut tx = pool.begin().await?;
-    sqlx::query(include_str!("../queries/claim_turn.sql"))
-        .bind(&req.queue)
-        .execute(&mut *tx)
+    sqlx::query_file!("queries/claim_turn.sql", req.queue)
+        .fetch_one(&mut *tx)
         .await?;
     let jobs = run(&mut tx, req, &owners, priority).await?;
     tx.commit().await?;
@@ -133,35 +139,31 @@ where
 }
 
 /// The claim statement: the plain one without `owners`, else the fair one.
-async fn run<T>(
+async fn run(
     conn: &mut sqlx::PgConnection,
     req: &ClaimRequest,
     owners: &[String],
     priority: i16,
-) -> Result<Vec<T>, sqlx::Error>
-where
-    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
-{
+) -> Result<Vec<Claimed>, sqlx::Error> {
     let n = i64::try_from(req.n).unwrap_or(i64::MAX);
     let cap = i64::try_from(req.max_running_per_owner).unwrap_or(i64::MAX);
     if owners.is_empty() {
-        sqlx::query_as(include_str!("../queries/fetch.sql"))
-            .bind(&req.queue)
-            .bind(n)
-            .bind(req.worker)
-            .bind(cap)
+        sqlx::query_file_as!(Claimed, "queries/fetch.sql", req.queue, n, req.worker, cap)
             .fetch_all(conn)
             .await
     } else {
-        sqlx::query_as(include_str!("../queries/fetch_fair.sql"))
-            .bind(&req.queue)
-            .bind(n)
-            .bind(req.worker)
-            .bind(owners)
-            .bind(cap)
-            .bind(priority)
-            .fetch_all(conn)
-            .await
+        sqlx::query_file_as!(
+            Claimed,
+            "queries/fetch_fair.sql",
+            req.queue,
+            n,
+            req.worker,
+            owners,
+            cap,
+            priority
+        )
+        .fetch_all(conn)
+        .await
     }
 }
 

@@ -24,22 +24,20 @@ pub async fn lead(
     holder: &str,
     ttl: std::time::Duration,
 ) -> Result<Option<i64>, QueueError> {
-    Ok(
-        sqlx::query_scalar(include_str!("../queries/leadership/lead.sql"))
-            .bind(name)
-            .bind(holder)
-            .bind(ttl.as_secs_f64())
-            .fetch_optional(pool)
-            .await?,
+    Ok(sqlx::query_file_scalar!(
+        "queries/leadership/lead.sql",
+        name,
+        holder,
+        ttl.as_secs_f64()
     )
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// Gives the lease up (at shutdown), if we hold it.
 pub async fn resign(pool: &PgPool, name: &str, holder: &str) -> Result<bool, QueueError> {
     Ok(
-        sqlx::query(include_str!("../queries/leadership/resign.sql"))
-            .bind(name)
-            .bind(holder)
+        sqlx::query_file!("queries/leadership/resign.sql", name, holder)
             .execute(pool)
             .await?
             .rows_affected()
@@ -48,7 +46,7 @@ pub async fn resign(pool: &PgPool, name: &str, holder: &str) -> Result<bool, Que
 }
 
 /// Who holds lease `name`, if anyone ever did.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Lease {
     pub holder: String,
     pub term: i64,
@@ -60,8 +58,7 @@ pub struct Lease {
 
 pub async fn lease(pool: &PgPool, name: &str) -> Result<Option<Lease>, QueueError> {
     Ok(
-        sqlx::query_as(include_str!("../queries/leadership/lease.sql"))
-            .bind(name)
+        sqlx::query_file_as!(Lease, "queries/leadership/lease.sql", name)
             .fetch_optional(pool)
             .await?,
     )
@@ -70,8 +67,7 @@ pub async fn lease(pool: &PgPool, name: &str) -> Result<Option<Lease>, QueueErro
 /// The latest processed tick of `cycle`.
 pub async fn last_tick(pool: &PgPool, cycle: &str) -> Result<Option<DateTime<Utc>>, QueueError> {
     Ok(
-        sqlx::query_scalar(include_str!("../queries/leadership/last_tick.sql"))
-            .bind(cycle)
+        sqlx::query_file_scalar!("queries/leadership/last_tick.sql", cycle)
             .fetch_one(pool)
             .await?,
     )
@@ -86,14 +82,15 @@ pub async fn claim_tick<'e>(
     leader: &str,
     term: i64,
 ) -> Result<bool, QueueError> {
-    let claimed: Option<bool> =
-        sqlx::query_scalar(include_str!("../queries/leadership/claim_tick.sql"))
-            .bind(cycle)
-            .bind(tick)
-            .bind(leader)
-            .bind(term)
-            .fetch_optional(executor)
-            .await?;
+    let claimed = sqlx::query_file_scalar!(
+        "queries/leadership/claim_tick.sql",
+        cycle,
+        tick,
+        leader,
+        term
+    )
+    .fetch_optional(executor)
+    .await?;
     Ok(claimed.is_some())
 }
 
@@ -105,18 +102,20 @@ pub async fn finish_tick<'e>(
     enqueued: u64,
     flagged: u64,
 ) -> Result<(), QueueError> {
-    sqlx::query(include_str!("../queries/leadership/finish_tick.sql"))
-        .bind(cycle)
-        .bind(tick)
-        .bind(i64::try_from(enqueued).unwrap_or(i64::MAX))
-        .bind(i64::try_from(flagged).unwrap_or(i64::MAX))
-        .execute(executor)
-        .await?;
+    sqlx::query_file!(
+        "queries/leadership/finish_tick.sql",
+        cycle,
+        tick,
+        i64::try_from(enqueued).unwrap_or(i64::MAX),
+        i64::try_from(flagged).unwrap_or(i64::MAX),
+    )
+    .execute(executor)
+    .await?;
     Ok(())
 }
 
 /// One processed tick.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct TickRecord {
     pub cycle: String,
     pub tick: DateTime<Utc>,
@@ -135,13 +134,14 @@ pub async fn ticks(
     after: Option<(DateTime<Utc>, &str)>,
     limit: i64,
 ) -> Result<Vec<TickRecord>, QueueError> {
-    Ok(
-        sqlx::query_as(include_str!("../queries/leadership/list_ticks.sql"))
-            .bind(cycle)
-            .bind(after.map(|a| a.0))
-            .bind(after.map(|a| a.1))
-            .bind(limit)
-            .fetch_all(pool)
-            .await?,
+    Ok(sqlx::query_file_as!(
+        TickRecord,
+        "queries/leadership/list_ticks.sql",
+        cycle,
+        after.map(|a| a.0),
+        after.map(|a| a.1),
+        limit
     )
+    .fetch_all(pool)
+    .await?)
 }

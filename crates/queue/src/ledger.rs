@@ -103,15 +103,14 @@ impl Ledger {
         let round = Instant::now();
         let (again, strays) = {
             let _gate = self.gate.write().await;
-            let in_db: Vec<(Uuid, DateTime<Utc>)> =
-                sqlx::query_as(include_str!("../queries/held.sql"))
-                    .bind(worker)
-                    .fetch_all(pool)
-                    .await?;
+            let in_db = sqlx::query_file!("queries/held.sql", worker)
+                .fetch_all(pool)
+                .await?;
             let b = self.books();
             let mut again = Vec::new();
             let mut strays = Vec::new();
-            for (id, started_at) in in_db {
+            for row in in_db {
+                let (id, started_at) = (row.id, row.started_at);
                 if b.held.get(&id) == Some(&started_at) {
                     continue;
                 }
@@ -155,13 +154,12 @@ async fn release_strays(
 ) -> Result<usize, QueueError> {
     let (ids, starts): (Vec<Uuid>, Vec<DateTime<Utc>>) = strays.iter().copied().unzip();
     let mut tx = pool.begin().await?;
-    let rows: Vec<(Uuid, String, String, i32)> =
-        sqlx::query_as(include_str!("../queries/release_strays.sql"))
-            .bind(worker)
-            .bind(&ids)
-            .bind(&starts)
-            .fetch_all(&mut *tx)
-            .await?;
+    let rows = sqlx::query_file!("queries/release_strays.sql", worker, &ids, &starts)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.queue, r.kind, r.attempt))
+        .collect();
     let released = crate::worker::given_back(
         &mut tx,
         rows,

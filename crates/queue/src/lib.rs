@@ -128,7 +128,7 @@ impl NewJob {
 }
 
 /// A job row as clients see it.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow)]
+#[derive(Clone, Debug, Serialize)]
 pub struct JobRecord {
     pub id: Uuid,
     pub queue: String,
@@ -163,9 +163,8 @@ impl JobRecord {
 }
 
 /// A row of `enqueue_batch.sql`.
-#[derive(Clone, sqlx::FromRow)]
+#[derive(Clone)]
 pub(crate) struct EnqueuedRow {
-    #[sqlx(flatten)]
     job: JobRecord,
     created: bool,
 }
@@ -277,8 +276,7 @@ impl Queue {
     /// The pending or running job holding `unique_key`, if any.
     pub async fn holder_of(&self, unique_key: &str) -> Result<Option<JobRecord>, QueueError> {
         Ok(
-            sqlx::query_as(include_str!("../queries/pending_by_key.sql"))
-                .bind(unique_key)
+            sqlx::query_file_as!(JobRecord, "queries/pending_by_key.sql", unique_key)
                 .fetch_optional(&self.pool)
                 .await?,
         )
@@ -289,10 +287,12 @@ impl Queue {
         &self,
         kind: Option<&str>,
     ) -> Result<Vec<(JobState, i64)>, QueueError> {
-        Ok(sqlx::query_as(include_str!("../queries/state_counts.sql"))
-            .bind(kind)
+        Ok(sqlx::query_file!("queries/state_counts.sql", kind)
             .fetch_all(&self.pool)
-            .await?)
+            .await?
+            .into_iter()
+            .map(|r| (r.state, r.jobs))
+            .collect())
     }
 
     /// Jobs newest first, filtered; `after` is the previous page's last id.
@@ -301,15 +301,18 @@ impl Queue {
         filter: &JobFilter<'_>,
         limit: i64,
     ) -> Result<Vec<JobRecord>, QueueError> {
-        Ok(sqlx::query_as(include_str!("../queries/list_jobs.sql"))
-            .bind(filter.owner)
-            .bind(filter.state.map(JobState::as_str))
-            .bind(filter.kind)
-            .bind(filter.subject)
-            .bind(filter.after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_file_as!(
+            JobRecord,
+            "queries/list_jobs.sql",
+            filter.owner,
+            filter.state.map(JobState::as_str),
+            filter.kind,
+            filter.subject,
+            filter.after,
+            limit,
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// One job; lookups that arrive together share one query.
@@ -318,33 +321,65 @@ impl Queue {
     }
 }
 
-/// Binds the job columns both enqueue statements unnest, as `$1`–`$10`:
-/// id, queue, kind, payload, priority, max_attempts, run_at, owner,
-/// unique_key, throttle_key.
-pub(crate) fn bind_jobs<'q, O>(
-    query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    ids: &'q [Uuid],
-    jobs: &[&'q NewJob],
-) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-    let now = Utc::now();
-    let text = |f: fn(&'q NewJob) -> Option<&'q str>| jobs.iter().map(|j| f(j)).collect::<Vec<_>>();
-    query
-        .bind(ids)
-        .bind(text(|j| Some(&j.queue)))
-        .bind(text(|j| Some(&j.kind)))
-        .bind(jobs.iter().map(|j| &j.payload).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.priority).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.max_attempts).collect::<Vec<_>>())
-        .bind(
-            jobs.iter()
-                .map(|j| j.run_at.unwrap_or(now))
-                .collect::<Vec<_>>(),
-        )
-        .bind(text(|j| j.owner.as_deref()))
-        .bind(text(|j| j.unique_key.as_deref()))
-        .bind(text(|j| j.throttle_key.as_deref()))
-        .bind(text(|j| j.subject.as_deref()))
+/// New jobs as the columns both enqueue statements unnest, one named field
+/// per column (see [`insert_jobs!`]).
+pub(crate) struct JobColumns<'a> {
+    pub ids: &'a [Uuid],
+    pub queue: Vec<&'a str>,
+    pub kind: Vec<&'a str>,
+    pub payload: Vec<&'a serde_json::Value>,
+    pub priority: Vec<i16>,
+    pub max_attempts: Vec<i32>,
+    pub run_at: Vec<DateTime<Utc>>,
+    pub owner: Vec<Option<&'a str>>,
+    pub unique_key: Vec<Option<&'a str>>,
+    pub throttle_key: Vec<Option<&'a str>>,
+    pub subject: Vec<Option<&'a str>>,
 }
+
+impl<'a> JobColumns<'a> {
+    pub(crate) fn of(ids: &'a [Uuid], jobs: &[&'a NewJob]) -> Self {
+        let now = Utc::now();
+        let opt = |f: fn(&'a NewJob) -> Option<&'a str>| jobs.iter().map(|j| f(j)).collect();
+        Self {
+            ids,
+            queue: jobs.iter().map(|j| j.queue.as_str()).collect(),
+            kind: jobs.iter().map(|j| j.kind.as_str()).collect(),
+            payload: jobs.iter().map(|j| &j.payload).collect(),
+            priority: jobs.iter().map(|j| j.priority).collect(),
+            max_attempts: jobs.iter().map(|j| j.max_attempts).collect(),
+            run_at: jobs.iter().map(|j| j.run_at.unwrap_or(now)).collect(),
+            owner: opt(|j| j.owner.as_deref()),
+            unique_key: opt(|j| j.unique_key.as_deref()),
+            throttle_key: opt(|j| j.throttle_key.as_deref()),
+            subject: opt(|j| j.subject.as_deref()),
+        }
+    }
+}
+
+/// One of the enqueue statements (`$file`) with [`JobColumns`] `$c` bound
+/// as `$1`–`$11`. (Arrays of borrowed text and JSON are bound `as _`: the
+/// macros check them against arrays of owned values only; the statements'
+/// casts fix their types.)
+macro_rules! insert_jobs {
+    ($file:literal, $c:expr) => {
+        sqlx::query_file!(
+            $file,
+            $c.ids,
+            &$c.queue as _,
+            &$c.kind as _,
+            &$c.payload as _,
+            &$c.priority,
+            &$c.max_attempts,
+            &$c.run_at,
+            &$c.owner as _,
+            &$c.unique_key as _,
+            &$c.throttle_key as _,
+            &$c.subject as _,
+        )
+    };
+}
+pub(crate) use insert_jobs;
 
 /// [`Queue::enqueue_many`] on any executor: inside a caller's transaction,
 /// the jobs exist exactly when the caller's other writes do.
@@ -354,19 +389,16 @@ pub async fn enqueue_many_in<'e>(
 ) -> Result<u64, QueueError> {
     let ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
     let jobs: Vec<&NewJob> = jobs.iter().collect();
-    let inserted: Vec<(String, String, i64)> = bind_jobs(
-        sqlx::query_as(include_str!("../queries/enqueue_many.sql")),
-        &ids,
-        &jobs,
-    )
-    .fetch_all(executor)
-    .await?;
+    let columns = JobColumns::of(&ids, &jobs);
+    let inserted = insert_jobs!("queries/enqueue_many.sql", columns)
+        .fetch_all(executor)
+        .await?;
     let mut total = 0;
-    for (queue, kind, n) in &inserted {
-        let n = u64::try_from(*n).unwrap_or(0);
+    for row in &inserted {
+        let n = u64::try_from(row.jobs).unwrap_or(0);
         METRICS
             .jobs
-            .with_label_values(&[queue, kind, "enqueued"])
+            .with_label_values(&[&row.queue, &row.kind, "enqueued"])
             .inc_by(n);
         total += n;
     }

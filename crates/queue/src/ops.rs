@@ -4,7 +4,7 @@
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::{JobRecord, QueueError, Retention};
+use crate::{JobRecord, JobState, QueueError, Retention};
 
 /// Cancels a pending job at once, or asks a running one to stop at its next
 /// checkpoint. `None` if the job does not exist or already finished.
@@ -12,8 +12,7 @@ pub async fn cancel<'e>(
     exec: impl PgExecutor<'e>,
     id: Uuid,
 ) -> Result<Option<JobRecord>, QueueError> {
-    Ok(sqlx::query_as(include_str!("../queries/cancel.sql"))
-        .bind(id)
+    Ok(sqlx::query_file_as!(JobRecord, "queries/cancel.sql", id)
         .fetch_optional(exec)
         .await?)
 }
@@ -34,15 +33,13 @@ pub enum Retry {
 /// Makes a dead or cancelled job available again, unless another job holds
 /// its unique key.
 pub async fn retry(conn: &mut sqlx::PgConnection, id: Uuid) -> Result<Retry, QueueError> {
-    let holder: Option<Uuid> = sqlx::query_scalar(include_str!("../queries/retry_key_holder.sql"))
-        .bind(id)
+    let holder = sqlx::query_file_scalar!("queries/retry_key_holder.sql", id)
         .fetch_optional(&mut *conn)
         .await?;
     if holder.is_some() {
         return Ok(Retry::KeyHeldBy(holder));
     }
-    match sqlx::query_as(include_str!("../queries/retry.sql"))
-        .bind(id)
+    match sqlx::query_file_as!(JobRecord, "queries/retry.sql", id)
         .fetch_optional(&mut *conn)
         .await
     {
@@ -61,8 +58,7 @@ pub async fn discard<'e>(
     exec: impl PgExecutor<'e>,
     id: Uuid,
 ) -> Result<Option<JobRecord>, QueueError> {
-    Ok(sqlx::query_as(include_str!("../queries/discard.sql"))
-        .bind(id)
+    Ok(sqlx::query_file_as!(JobRecord, "queries/discard.sql", id)
         .fetch_optional(exec)
         .await?)
 }
@@ -75,21 +71,19 @@ pub async fn snooze_pending<'e>(
     until: chrono::DateTime<chrono::Utc>,
     waiting: &serde_json::Value,
 ) -> Result<u64, QueueError> {
-    Ok(sqlx::query(include_str!("../queries/snooze_pending.sql"))
-        .bind(throttle_key)
-        .bind(until)
-        .bind(waiting)
-        .execute(exec)
-        .await?
-        .rows_affected())
+    Ok(
+        sqlx::query_file!("queries/snooze_pending.sql", throttle_key, until, waiting)
+            .execute(exec)
+            .await?
+            .rows_affected(),
+    )
 }
 
 /// Makes the jobs snoozed for `throttle_key` due now, and wakes their
 /// workers. Returns how many.
 pub async fn wake_snoozed(pool: &PgPool, throttle_key: &str) -> Result<u64, QueueError> {
     let mut tx = pool.begin().await?;
-    let queues: Vec<String> = sqlx::query_scalar(include_str!("../queries/wake_snoozed.sql"))
-        .bind(throttle_key)
+    let queues = sqlx::query_file_scalar!("queries/wake_snoozed.sql", throttle_key)
         .fetch_all(&mut *tx)
         .await?;
     crate::worker::notify(&mut tx, queues.iter().map(String::as_str)).await?;
@@ -99,18 +93,17 @@ pub async fn wake_snoozed(pool: &PgPool, throttle_key: &str) -> Result<u64, Queu
 
 /// Pending jobs snoozed for each throttle key.
 pub async fn snoozed_counts(pool: &PgPool) -> Result<Vec<(String, i64)>, QueueError> {
-    Ok(
-        sqlx::query_as(include_str!("../queries/snoozed_counts.sql"))
-            .fetch_all(pool)
-            .await?,
-    )
+    Ok(sqlx::query_file!("queries/snoozed_counts.sql")
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| (r.throttle_key, r.jobs))
+        .collect())
 }
 
 /// Stops workers claiming from `queue` (running jobs carry on).
 pub async fn pause<'e>(exec: impl PgExecutor<'e>, queue: &str, by: &str) -> Result<(), QueueError> {
-    sqlx::query(include_str!("../queries/pause.sql"))
-        .bind(queue)
-        .bind(by)
+    sqlx::query_file!("queries/pause.sql", queue, by)
         .execute(exec)
         .await?;
     Ok(())
@@ -118,9 +111,8 @@ pub async fn pause<'e>(exec: impl PgExecutor<'e>, queue: &str, by: &str) -> Resu
 
 /// Lets workers claim from `queue` again, and wakes them.
 pub async fn resume<'e>(exec: impl PgExecutor<'e>, queue: &str) -> Result<(), QueueError> {
-    sqlx::query(include_str!("../queries/resume.sql"))
-        .bind(queue)
-        .execute(exec)
+    sqlx::query_file!("queries/resume.sql", queue)
+        .fetch_all(exec)
         .await?;
     Ok(())
 }
@@ -144,33 +136,38 @@ pub struct Depth {
 
 pub async fn depth(pool: &PgPool) -> Result<Depth, QueueError> {
     Ok(Depth {
-        jobs: sqlx::query_as(include_str!("../queries/depth.sql"))
+        jobs: sqlx::query_file!("queries/depth.sql")
             .fetch_all(pool)
-            .await?,
-        oldest_available: sqlx::query_as(include_str!("../queries/oldest_available.sql"))
+            .await?
+            .into_iter()
+            .map(|r| (r.queue, r.state, r.jobs))
+            .collect(),
+        oldest_available: sqlx::query_file!("queries/oldest_available.sql")
             .fetch_all(pool)
-            .await?,
+            .await?
+            .into_iter()
+            .map(|r| (r.queue, r.waited_secs))
+            .collect(),
     })
 }
 
 pub async fn stats(pool: &PgPool) -> Result<Vec<QueueStats>, QueueError> {
-    let counts: Vec<(String, String, i64)> =
-        sqlx::query_as(include_str!("../queries/queue_state_counts.sql"))
-            .fetch_all(pool)
-            .await?;
-    let paused: Vec<String> = sqlx::query_scalar(include_str!("../queries/paused_queues.sql"))
+    let counts = sqlx::query_file!("queries/queue_state_counts.sql")
+        .fetch_all(pool)
+        .await?;
+    let paused = sqlx::query_file_scalar!("queries/paused_queues.sql")
         .fetch_all(pool)
         .await?;
     let mut by_queue: std::collections::BTreeMap<String, QueueStats> = Default::default();
-    for (queue, state, n) in counts {
+    for row in counts {
         by_queue
-            .entry(queue.clone())
+            .entry(row.queue.clone())
             .or_insert_with(|| QueueStats {
-                queue,
+                queue: row.queue,
                 ..QueueStats::default()
             })
             .states
-            .insert(state, n);
+            .insert(row.state, row.jobs);
     }
     for queue in paused {
         by_queue
@@ -187,8 +184,7 @@ pub async fn stats(pool: &PgPool) -> Result<Vec<QueueStats>, QueueError> {
 /// How many worker processes heartbeated within `within`.
 pub async fn live_workers(pool: &PgPool, within: std::time::Duration) -> Result<i64, QueueError> {
     Ok(
-        sqlx::query_scalar(include_str!("../queries/live_workers.sql"))
-            .bind(within.as_secs_f64())
+        sqlx::query_file_scalar!("queries/live_workers.sql", within.as_secs_f64())
             .fetch_one(pool)
             .await?,
     )
@@ -215,14 +211,16 @@ pub async fn prune(pool: &PgPool, retention: Retention) -> Result<u64, QueueErro
     let floor = v7_floor(cutoff);
     let mut total = 0;
     loop {
-        let n = sqlx::query(include_str!("../queries/prune.sql"))
-            .bind(floor)
-            .bind(retention.succeeded.as_secs_f64())
-            .bind(retention.failed.as_secs_f64())
-            .bind(retention.batch)
-            .execute(pool)
-            .await?
-            .rows_affected();
+        let n = sqlx::query_file!(
+            "queries/prune.sql",
+            floor,
+            retention.succeeded.as_secs_f64(),
+            retention.failed.as_secs_f64(),
+            retention.batch,
+        )
+        .execute(pool)
+        .await?
+        .rows_affected();
         total += n;
         if n < u64::try_from(retention.batch).unwrap_or(0) || n == 0 {
             return Ok(total);

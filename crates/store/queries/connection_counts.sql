@@ -1,1 +1,1 @@
-SELECT provider, status, count(*) FROM provider_connections GROUP BY provider, status
+SELECT provider, status, count(*) AS "connections!" FROM provider_connections GROUP BY provider, status

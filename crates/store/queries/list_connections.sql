@@ -1,5 +1,5 @@
 SELECT id, user_id, provider, status, access_token_expires_at, refresh_token_expires_at,
-       sync_cursor IS NOT NULL AS has_synced, last_sync_at, reauth_warned_at, created_at, updated_at
+       sync_cursor IS NOT NULL AS "has_synced!", last_sync_at, reauth_warned_at, created_at, updated_at
 FROM provider_connections
 WHERE user_id = $1
 ORDER BY created_at, id

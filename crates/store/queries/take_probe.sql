@@ -5,5 +5,5 @@ SET breaker = 'half_open', probe_holder = $2, changed_at = now()
 WHERE provider = $1
   AND ((breaker = 'open' AND probe_at <= now())
        -- A probe holder that vanished: its probes lapse like the open state.
-       OR (breaker = 'half_open' AND changed_at < now() - $3 * interval '1 millisecond'))
+       OR (breaker = 'half_open' AND changed_at < now() - $3::float8 * interval '1 millisecond'))
 RETURNING provider, breaker, changed_at, probe_at, probe_holder, trips, paused_until, reason

@@ -6,4 +6,4 @@ WITH pruned AS (
 INSERT INTO webhook_receipts (digest, provider)
 VALUES ($1, $2)
 ON CONFLICT (digest) DO NOTHING
-RETURNING 1
+RETURNING 1 AS "fresh!"

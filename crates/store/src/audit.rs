@@ -8,18 +8,20 @@ use crate::{Store, StoreError};
 /// Appends one record on `exec`: a transaction, to commit it with the
 /// change it describes.
 pub async fn append<'e>(exec: impl PgExecutor<'e>, entry: &AuditEntry) -> Result<(), sqlx::Error> {
-    sqlx::query(include_str!("../queries/insert_audit.sql"))
-        .bind(entry.action.as_str())
-        .bind(entry.phase.as_str())
-        .bind(entry.outcome.as_str())
-        .bind(&entry.actor)
-        .bind(entry.resource_type)
-        .bind(&entry.resource_id)
-        .bind(&entry.correlation_id)
-        .bind(&entry.reason)
-        .bind(&entry.context)
-        .execute(exec)
-        .await?;
+    sqlx::query_file!(
+        "queries/insert_audit.sql",
+        entry.action.as_str(),
+        entry.phase.as_str(),
+        entry.outcome.as_str(),
+        entry.actor,
+        entry.resource_type,
+        entry.resource_id,
+        entry.correlation_id,
+        entry.reason,
+        entry.context,
+    )
+    .execute(exec)
+    .await?;
     Ok(())
 }
 
@@ -49,16 +51,16 @@ pub async fn close_abandoned(
     if attempts.is_empty() {
         return Ok(0);
     }
-    Ok(sqlx::query(include_str!("../queries/close_abandoned.sql"))
-        .bind(
-            attempts
-                .iter()
-                .map(|a| a.job_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(attempts.iter().map(|a| a.attempt).collect::<Vec<_>>())
-        .bind(attempts.iter().map(|a| a.reason).collect::<Vec<_>>())
-        .execute(conn)
-        .await?
-        .rows_affected())
+    let jobs: Vec<&str> = attempts.iter().map(|a| a.job_id.as_str()).collect();
+    let numbers: Vec<i32> = attempts.iter().map(|a| a.attempt).collect();
+    let reasons: Vec<&str> = attempts.iter().map(|a| a.reason).collect();
+    Ok(sqlx::query_file!(
+        "queries/close_abandoned.sql",
+        &jobs as _,
+        &numbers,
+        &reasons as _
+    )
+    .execute(conn)
+    .await?
+    .rows_affected())
 }

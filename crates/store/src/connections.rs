@@ -11,7 +11,7 @@ use crate::{Store, StoreError, audit};
 
 /// A connection's row, without any token material (the API shows it as
 /// `ConnectionOut`).
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Connection {
     pub id: Uuid,
     pub user_id: String,
@@ -69,17 +69,20 @@ impl Store {
         let id = ConnectionId::new();
         let blob = self.seal(id, new.credentials)?;
         let mut tx = self.pool.begin().await?;
-        let conn: Connection = sqlx::query_as(include_str!("../queries/insert_connection.sql"))
-            .bind(id.0)
-            .bind(new.user.as_str())
-            .bind(new.provider.as_str())
-            .bind(ConnectionStatus::Active.as_str())
-            .bind(&blob)
-            .bind(new.access_token_expires_at)
-            .bind(new.refresh_token_expires_at)
-            .bind(new.provider_item_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let conn = sqlx::query_file_as!(
+            Connection,
+            "queries/insert_connection.sql",
+            id.0,
+            new.user.as_str(),
+            new.provider.as_str(),
+            ConnectionStatus::Active.as_str(),
+            blob,
+            new.access_token_expires_at,
+            new.refresh_token_expires_at,
+            new.provider_item_id,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         audit::append(
             &mut *tx,
             &AuditEntry {
@@ -115,23 +118,23 @@ impl Store {
             .map(|(id, row)| self.seal(*id, &row.credentials))
             .collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query(include_str!("../queries/import_connections.sql"))
-            .bind(ids.iter().map(|i| i.0).collect::<Vec<_>>())
-            .bind(vec![user.as_str(); rows.len()])
-            .bind(vec![provider.as_str(); rows.len()])
-            .bind(&blobs)
-            .bind(
-                rows.iter()
-                    .map(|r| r.access_token_expires_at)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.refresh_token_expires_at)
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query_file!(
+            "queries/import_connections.sql",
+            &ids.iter().map(|i| i.0).collect::<Vec<_>>(),
+            &vec![user.as_str(); rows.len()] as _,
+            &vec![provider.as_str(); rows.len()] as _,
+            &blobs,
+            &rows
+                .iter()
+                .map(|r| r.access_token_expires_at)
+                .collect::<Vec<_>>() as _,
+            &rows
+                .iter()
+                .map(|r| r.refresh_token_expires_at)
+                .collect::<Vec<_>>() as _,
+        )
+        .execute(&mut *tx)
+        .await?;
         audit::append(
             &mut *tx,
             &AuditEntry {
@@ -157,19 +160,19 @@ impl Store {
         user: &UserId,
         id: ConnectionId,
     ) -> Result<Option<Connection>, StoreError> {
-        Ok(
-            sqlx::query_as(include_str!("../queries/get_connection.sql"))
-                .bind(id.0)
-                .bind(user.as_str())
-                .fetch_optional(&self.pool)
-                .await?,
+        Ok(sqlx::query_file_as!(
+            Connection,
+            "queries/get_connection.sql",
+            id.0,
+            user.as_str()
         )
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     pub async fn connections(&self, user: &UserId) -> Result<Vec<Connection>, StoreError> {
         Ok(
-            sqlx::query_as(include_str!("../queries/list_connections.sql"))
-                .bind(user.as_str())
+            sqlx::query_file_as!(Connection, "queries/list_connections.sql", user.as_str())
                 .fetch_all(&self.pool)
                 .await?,
         )
@@ -177,17 +180,7 @@ impl Store {
 
     /// Provider, status, decrypted credentials and cursor, for a sync.
     pub async fn sync_state(&self, id: ConnectionId) -> Result<Option<SyncState>, StoreError> {
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            provider: String,
-            status: String,
-            credentials: Option<Vec<u8>>,
-            credentials_version: i64,
-            access_token_expires_at: Option<DateTime<Utc>>,
-            sync_cursor: Option<String>,
-        }
-        let row: Option<Row> = sqlx::query_as(include_str!("../queries/load_sync_state.sql"))
-            .bind(id.0)
+        let row = sqlx::query_file!("queries/load_sync_state.sql", id.0)
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else {
@@ -224,11 +217,12 @@ pub(crate) fn kind_and_status(
 impl Store {
     /// (provider, status, connections), for the gauges.
     pub async fn connection_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
-        Ok(
-            sqlx::query_as(include_str!("../queries/connection_counts.sql"))
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_file!("queries/connection_counts.sql")
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| (r.provider, r.status, r.connections))
+            .collect())
     }
 
     /// Moves a connection to `status` (e.g. `reauth_required` when the
@@ -238,9 +232,7 @@ impl Store {
         id: ConnectionId,
         status: ConnectionStatus,
     ) -> Result<(), StoreError> {
-        sqlx::query(include_str!("../queries/set_connection_status.sql"))
-            .bind(id.0)
-            .bind(status.as_str())
+        sqlx::query_file!("queries/set_connection_status.sql", id.0, status.as_str())
             .execute(&self.pool)
             .await?;
         Ok(())

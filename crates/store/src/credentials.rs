@@ -68,15 +68,6 @@ impl Store {
         connection: ConnectionId,
         ttl: Duration,
     ) -> Result<Option<CredentialLease>, StoreError> {
-        #[derive(sqlx::FromRow)]
-        struct Row {
-            provider: String,
-            status: String,
-            credentials: Option<Vec<u8>>,
-            credentials_version: i64,
-            access_token_expires_at: Option<DateTime<Utc>>,
-            refresh_token_expires_at: Option<DateTime<Utc>>,
-        }
         let holder = Uuid::now_v7();
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         // A holder gives the lease up when it is done, or it lapses after
@@ -84,12 +75,14 @@ impl Store {
         let give_up = tokio::time::Instant::now() + ttl + Duration::from_secs(5);
         let mut pause = Duration::from_millis(20);
         loop {
-            let row: Option<Row> = sqlx::query_as(include_str!("../queries/lease_credentials.sql"))
-                .bind(connection.0)
-                .bind(holder)
-                .bind(ttl_ms)
-                .fetch_optional(&self.pool)
-                .await?;
+            let row = sqlx::query_file!(
+                "queries/lease_credentials.sql",
+                connection.0,
+                holder,
+                ttl_ms
+            )
+            .fetch_optional(&self.pool)
+            .await?;
             if let Some(row) = row {
                 let (provider, status) =
                     crate::connections::kind_and_status(&row.provider, &row.status)?;
@@ -112,8 +105,7 @@ impl Store {
                     .transpose()?;
                 return Ok(Some(lease));
             }
-            let exists: bool = sqlx::query_scalar(include_str!("../queries/connection_exists.sql"))
-                .bind(connection.0)
+            let exists = sqlx::query_file_scalar!("queries/connection_exists.sql", connection.0)
                 .fetch_one(&self.pool)
                 .await?;
             if !exists {
@@ -134,23 +126,25 @@ impl Store {
     /// active one; returns how many. Call until it returns 0.
     pub async fn rotate_credentials(&self, batch: i64) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<(Uuid, Vec<u8>)> =
-            sqlx::query_as(include_str!("../queries/credentials_to_rotate.sql"))
-                .bind(self.cipher.active_key())
-                .bind(batch)
-                .fetch_all(&mut *tx)
-                .await?;
+        let rows = sqlx::query_file!(
+            "queries/credentials_to_rotate.sql",
+            self.cipher.active_key(),
+            batch
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         let mut ids = Vec::with_capacity(rows.len());
         let mut blobs = Vec::with_capacity(rows.len());
-        for (id, blob) in rows {
-            let connection = ConnectionId(id);
+        for row in rows {
+            let connection = ConnectionId(row.id);
+            let blob = row
+                .credentials
+                .ok_or_else(|| StoreError::Corrupt("connection has no credentials".into()))?;
             let credentials = self.open(connection, &blob)?;
-            ids.push(id);
+            ids.push(row.id);
             blobs.push(self.seal(connection, &credentials)?);
         }
-        sqlx::query(include_str!("../queries/rewrite_credentials.sql"))
-            .bind(&ids)
-            .bind(&blobs)
+        sqlx::query_file!("queries/rewrite_credentials.sql", &ids, &blobs)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -168,12 +162,14 @@ impl CredentialLease {
     /// taken over (then nothing may be written).
     async fn write_tx(&mut self) -> Result<Transaction<'static, Postgres>, StoreError> {
         let mut tx = self.store.pool.begin().await?;
-        let released = sqlx::query(include_str!("../queries/release_token_lease.sql"))
-            .bind(self.connection.0)
-            .bind(self.holder)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let released = sqlx::query_file!(
+            "queries/release_token_lease.sql",
+            self.connection.0,
+            self.holder
+        )
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if released != 1 {
             return Err(StoreError::Conflict(
                 "the token lease lapsed and was taken over; not writing".into(),
@@ -192,13 +188,15 @@ impl CredentialLease {
     ) -> Result<i64, StoreError> {
         let blob = self.store.seal(self.connection, credentials)?;
         let mut tx = self.write_tx().await?;
-        let version: i64 = sqlx::query_scalar(include_str!("../queries/store_credentials.sql"))
-            .bind(self.connection.0)
-            .bind(&blob)
-            .bind(access_token_expires_at)
-            .bind(self.refresh_token_expires_at)
-            .fetch_one(&mut *tx)
-            .await?;
+        let version = sqlx::query_file_scalar!(
+            "queries/store_credentials.sql",
+            self.connection.0,
+            blob,
+            access_token_expires_at,
+            self.refresh_token_expires_at,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         audit::append(&mut *tx, outcome).await?;
         tx.commit().await?;
         self.done = true;
@@ -209,8 +207,7 @@ impl CredentialLease {
     /// provider) with the audit OUTCOME; the connection becomes `revoked`.
     pub async fn wipe(mut self, outcome: &AuditEntry) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(include_str!("../queries/wipe_credentials.sql"))
-            .bind(self.connection.0)
+        sqlx::query_file!("queries/wipe_credentials.sql", self.connection.0)
             .execute(&mut *tx)
             .await?;
         audit::append(&mut *tx, outcome).await?;
@@ -222,11 +219,13 @@ impl CredentialLease {
     /// The refresh token is dead: the connection needs the user again.
     pub async fn require_reauth(mut self, outcome: &AuditEntry) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        sqlx::query(include_str!("../queries/set_connection_status.sql"))
-            .bind(self.connection.0)
-            .bind(ConnectionStatus::ReauthRequired.as_str())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query_file!(
+            "queries/set_connection_status.sql",
+            self.connection.0,
+            ConnectionStatus::ReauthRequired.as_str()
+        )
+        .execute(&mut *tx)
+        .await?;
         audit::append(&mut *tx, outcome).await?;
         tx.commit().await?;
         self.done = true;
@@ -236,11 +235,13 @@ impl CredentialLease {
     /// Gives the lease up without writing anything.
     pub async fn release(mut self) -> Result<(), StoreError> {
         self.done = true;
-        sqlx::query(include_str!("../queries/release_token_lease.sql"))
-            .bind(self.connection.0)
-            .bind(self.holder)
-            .execute(&self.store.pool)
-            .await?;
+        sqlx::query_file!(
+            "queries/release_token_lease.sql",
+            self.connection.0,
+            self.holder
+        )
+        .execute(&self.store.pool)
+        .await?;
         Ok(())
     }
 }
@@ -257,11 +258,10 @@ impl Drop for CredentialLease {
             let pool = self.store.pool.clone();
             let (connection, holder) = (self.connection.0, self.holder);
             rt.spawn(async move {
-                if let Err(e) = sqlx::query(include_str!("../queries/release_token_lease.sql"))
-                    .bind(connection)
-                    .bind(holder)
-                    .execute(&pool)
-                    .await
+                if let Err(e) =
+                    sqlx::query_file!("queries/release_token_lease.sql", connection, holder)
+                        .execute(&pool)
+                        .await
                 {
                     tracing::warn!(error = %e, "could not give a token lease up; it lapses by itself");
                 }

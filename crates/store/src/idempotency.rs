@@ -16,7 +16,7 @@ pub enum Claim {
     Done(StoredResponse),
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 pub struct StoredResponse {
     pub status: i16,
     pub content_type: Option<String>,
@@ -35,18 +35,18 @@ impl Store {
         request_hash: &[u8],
         lease: std::time::Duration,
     ) -> Result<Claim, StoreError> {
-        let claimed: Option<bool> =
-            sqlx::query_scalar(include_str!("../queries/idempotency_claim.sql"))
-                .bind(subject)
-                .bind(key)
-                .bind(request_hash)
-                .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
-                .fetch_optional(&self.pool)
-                .await?;
+        let claimed = sqlx::query_file_scalar!(
+            "queries/idempotency_claim.sql",
+            subject,
+            key,
+            request_hash,
+            i64::try_from(lease.as_millis()).unwrap_or(i64::MAX),
+        )
+        .fetch_optional(&self.pool)
+        .await?;
         if claimed.is_some() {
             return Ok(Claim::Fresh);
         }
-        #[derive(sqlx::FromRow)]
         struct Row {
             request_hash: Vec<u8>,
             status: Option<i16>,
@@ -55,9 +55,7 @@ impl Store {
             body: Option<Vec<u8>>,
             lease_left_secs: Option<f64>,
         }
-        let row: Option<Row> = sqlx::query_as(include_str!("../queries/idempotency_lookup.sql"))
-            .bind(subject)
-            .bind(key)
+        let row = sqlx::query_file_as!(Row, "queries/idempotency_lookup.sql", subject, key)
             .fetch_optional(&self.pool)
             .await?;
         Ok(match row {
@@ -93,23 +91,23 @@ impl Store {
         key: &str,
         response: &StoredResponse,
     ) -> Result<(), StoreError> {
-        sqlx::query(include_str!("../queries/idempotency_finish.sql"))
-            .bind(subject)
-            .bind(key)
-            .bind(response.status)
-            .bind(&response.content_type)
-            .bind(&response.location)
-            .bind(&response.body)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query_file!(
+            "queries/idempotency_finish.sql",
+            subject,
+            key,
+            response.status,
+            response.content_type,
+            response.location,
+            response.body,
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Forgets a key whose request failed on our side, so a retry can run.
     pub async fn idempotency_release(&self, subject: &str, key: &str) -> Result<(), StoreError> {
-        sqlx::query(include_str!("../queries/idempotency_release.sql"))
-            .bind(subject)
-            .bind(key)
+        sqlx::query_file!("queries/idempotency_release.sql", subject, key)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -122,8 +120,7 @@ impl Store {
         age: std::time::Duration,
     ) -> Result<u64, StoreError> {
         Ok(
-            sqlx::query(include_str!("../queries/idempotency_prune.sql"))
-                .bind(age.as_secs_f64())
+            sqlx::query_file!("queries/idempotency_prune.sql", age.as_secs_f64())
                 .execute(&self.pool)
                 .await?
                 .rows_affected(),

@@ -27,11 +27,11 @@ pub enum SchemaStatus {
 }
 
 pub async fn status(pool: &PgPool) -> Result<SchemaStatus, sqlx::Error> {
-    let exists: bool = sqlx::query_scalar(include_str!("../queries/migrations_table_exists.sql"))
+    let exists = sqlx::query_file_scalar!("queries/migrations_table_exists.sql")
         .fetch_one(pool)
         .await?;
     let applied: Vec<i64> = if exists {
-        sqlx::query_scalar(include_str!("../queries/applied_migrations.sql"))
+        sqlx::query_file_scalar!("queries/applied_migrations.sql")
             .fetch_all(pool)
             .await?
     } else {
@@ -66,8 +66,7 @@ pub async fn ensure_database(url: &str) -> Result<bool, sqlx::Error> {
     let target: PgConnectOptions = url.parse()?;
     let name = target.get_database().unwrap_or("postgres").to_owned();
     let mut admin = target.clone().database("postgres").connect().await?;
-    let exists: bool = sqlx::query_scalar(include_str!("../queries/database_exists.sql"))
-        .bind(&name)
+    let exists = sqlx::query_file_scalar!("queries/database_exists.sql", name)
         .fetch_one(&mut admin)
         .await?;
     if exists {

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::{Store, StoreError, audit};
 
 /// One provider's row.
-#[derive(Clone, Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ProviderHealth {
     pub provider: String,
     /// `closed` (calls go through), `open` (none do until `probe_at`) or
@@ -34,7 +34,7 @@ impl Store {
     /// Every provider's row (providers never in trouble have none).
     pub async fn provider_health(&self) -> Result<Vec<ProviderHealth>, StoreError> {
         Ok(
-            sqlx::query_as(include_str!("../queries/provider_health.sql"))
+            sqlx::query_file_as!(ProviderHealth, "queries/provider_health.sql")
                 .fetch_all(&self.pool)
                 .await?,
         )
@@ -46,9 +46,7 @@ impl Store {
         provider: &str,
         until: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        sqlx::query(include_str!("../queries/pause_provider.sql"))
-            .bind(provider)
-            .bind(until)
+        sqlx::query_file!("queries/pause_provider.sql", provider, until)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -69,14 +67,17 @@ pub async fn trip_breaker(
     outcome: &AuditEntry,
 ) -> Result<Option<ProviderHealth>, StoreError> {
     let ms = |d: std::time::Duration| d.as_millis() as f64;
-    let row: Option<ProviderHealth> = sqlx::query_as(include_str!("../queries/trip_breaker.sql"))
-        .bind(provider)
-        .bind(ms(cooldown))
-        .bind(ms(max_cooldown))
-        .bind(reason)
-        .bind(holder)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let row = sqlx::query_file_as!(
+        ProviderHealth,
+        "queries/trip_breaker.sql",
+        provider,
+        ms(cooldown),
+        ms(max_cooldown),
+        reason,
+        holder,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     if let Some(row) = &row {
         let mut outcome = outcome.clone();
         outcome.context["probe_at"] = serde_json::json!(row.probe_at);
@@ -96,12 +97,15 @@ impl Store {
         holder: Uuid,
         stale: std::time::Duration,
     ) -> Result<bool, StoreError> {
-        let row: Option<ProviderHealth> = sqlx::query_as(include_str!("../queries/take_probe.sql"))
-            .bind(provider)
-            .bind(holder)
-            .bind(stale.as_millis() as f64)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query_file_as!(
+            ProviderHealth,
+            "queries/take_probe.sql",
+            provider,
+            holder,
+            stale.as_millis() as f64,
+        )
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.is_some())
     }
 
@@ -113,12 +117,9 @@ impl Store {
         outcome: &AuditEntry,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let closed: Option<String> =
-            sqlx::query_scalar(include_str!("../queries/close_breaker.sql"))
-                .bind(provider)
-                .bind(holder)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let closed = sqlx::query_file_scalar!("queries/close_breaker.sql", provider, holder)
+            .fetch_optional(&mut *tx)
+            .await?;
         if closed.is_some() {
             audit::append(&mut *tx, outcome).await?;
         }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::{Store, StoreError};
 
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Account {
     pub id: Uuid,
     pub connection_id: Uuid,
@@ -25,7 +25,7 @@ pub struct Account {
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct Transaction {
     pub id: Uuid,
     pub account_id: Uuid,
@@ -63,7 +63,7 @@ pub struct TransactionFilter {
 }
 
 /// Counts of what a user has, for the demo's summary.
-#[derive(Clone, Copy, Debug, Default, Serialize, sqlx::FromRow)]
+#[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct UserSummary {
     pub connections: i64,
     pub accounts: i64,
@@ -78,11 +78,14 @@ impl Store {
         user: &UserId,
         connection: Option<ConnectionId>,
     ) -> Result<Vec<Account>, StoreError> {
-        Ok(sqlx::query_as(include_str!("../queries/list_accounts.sql"))
-            .bind(user.as_str())
-            .bind(connection.map(|c| c.0))
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_file_as!(
+            Account,
+            "queries/list_accounts.sql",
+            user.as_str(),
+            connection.map(|c| c.0)
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// A page of live transactions, newest first, after `filter.after`
@@ -93,26 +96,28 @@ impl Store {
         filter: &TransactionFilter,
         limit: i64,
     ) -> Result<Vec<Transaction>, StoreError> {
-        Ok(
-            sqlx::query_as(include_str!("../queries/list_transactions.sql"))
-                .bind(user.as_str())
-                .bind(filter.account.map(|a| a.0))
-                .bind(filter.after.map(|a| a.0))
-                .bind(filter.after.map(|a| a.1))
-                .bind(limit)
-                .bind(filter.from)
-                .bind(filter.to)
-                .bind(filter.min_amount)
-                .bind(filter.max_amount)
-                .fetch_all(&self.pool)
-                .await?,
+        Ok(sqlx::query_file_as!(
+            Transaction,
+            "queries/list_transactions.sql",
+            user.as_str(),
+            filter.account.map(|a| a.0),
+            filter.after.map(|a| a.0),
+            filter.after.map(|a| a.1),
+            limit,
+            filter.from,
+            filter.to,
+            filter.min_amount,
+            filter.max_amount,
         )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub async fn user_summary(&self, user: &UserId) -> Result<UserSummary, StoreError> {
-        Ok(sqlx::query_as(include_str!("../queries/user_summary.sql"))
-            .bind(user.as_str())
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_file_as!(UserSummary, "queries/user_summary.sql", user.as_str())
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 }

@@ -6,18 +6,11 @@ use chrono::{DateTime, Utc};
 use dashtam_domain::ConnectionId;
 use dashtam_domain::model::ProviderKind;
 use sqlx::PgExecutor;
-use uuid::Uuid;
 
 use crate::StoreError;
 
 /// A connection a sweep found, and the user its jobs are for.
 pub type Due = (ConnectionId, String);
-
-fn due(rows: Vec<(Uuid, String)>) -> Vec<Due> {
-    rows.into_iter()
-        .map(|(id, user)| (ConnectionId(id), user))
-        .collect()
-}
 
 /// Active connections whose access token expires before `before`, with
 /// their user and provider.
@@ -25,14 +18,11 @@ pub async fn refresh_due<'e>(
     executor: impl PgExecutor<'e>,
     before: DateTime<Utc>,
 ) -> Result<Vec<(ConnectionId, String, String)>, StoreError> {
-    let rows: Vec<(Uuid, String, String)> =
-        sqlx::query_as(include_str!("../queries/refresh_due.sql"))
-            .bind(before)
-            .fetch_all(executor)
-            .await?;
-    Ok(rows
+    Ok(sqlx::query_file!("queries/refresh_due.sql", before)
+        .fetch_all(executor)
+        .await?
         .into_iter()
-        .map(|(id, user, provider)| (ConnectionId(id), user, provider))
+        .map(|r| (ConnectionId(r.id), r.user_id, r.provider))
         .collect())
 }
 
@@ -44,9 +34,7 @@ pub async fn flag_expiring_grants<'e>(
     correlation_id: &str,
 ) -> Result<u64, StoreError> {
     Ok(
-        sqlx::query(include_str!("../queries/flag_expiring_grants.sql"))
-            .bind(before)
-            .bind(correlation_id)
+        sqlx::query_file!("queries/flag_expiring_grants.sql", before, correlation_id)
             .execute(executor)
             .await?
             .rows_affected(),
@@ -60,10 +48,15 @@ pub async fn sync_due<'e>(
     since: DateTime<Utc>,
     per_user: u32,
 ) -> Result<Vec<Due>, StoreError> {
-    Ok(due(sqlx::query_as(include_str!("../queries/sync_due.sql"))
-        .bind(provider.as_str())
-        .bind(since)
-        .bind(i64::from(per_user))
-        .fetch_all(executor)
-        .await?))
+    Ok(sqlx::query_file!(
+        "queries/sync_due.sql",
+        provider.as_str(),
+        since,
+        i64::from(per_user)
+    )
+    .fetch_all(executor)
+    .await?
+    .into_iter()
+    .map(|r| (ConnectionId(r.id), r.user_id))
+    .collect())
 }

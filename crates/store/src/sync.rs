@@ -14,9 +14,10 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use chrono::NaiveDate;
 use dashtam_domain::ConnectionId;
 use dashtam_domain::audit::AuditEntry;
-use dashtam_domain::model::{NormalizedAccount, SyncBatch};
+use dashtam_domain::model::{NormalizedAccount, NormalizedTransaction, SyncBatch};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::{PgConnection, Postgres, Transaction};
@@ -86,11 +87,9 @@ impl Store {
         started_from: Option<&str>,
     ) -> Result<SyncTx, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let current: Option<Option<String>> =
-            sqlx::query_scalar(include_str!("../queries/lock_connection_cursor.sql"))
-                .bind(connection.0)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let current = sqlx::query_file_scalar!("queries/lock_connection_cursor.sql", connection.0)
+            .fetch_optional(&mut *tx)
+            .await?;
         match current {
             None => {
                 return Err(StoreError::Conflict(
@@ -104,14 +103,7 @@ impl Store {
             }
             Some(_) => {}
         }
-        let accounts =
-            sqlx::query_as::<_, (Uuid, String)>(include_str!("../queries/connection_accounts.sql"))
-                .bind(connection.0)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .map(|(id, provider_id)| (provider_id, id))
-                .collect();
+        let accounts = connection_accounts(&mut tx, connection).await?;
         Ok(SyncTx {
             tx,
             connection,
@@ -129,77 +121,31 @@ impl SyncTx {
         batch.dedupe_upserts();
         self.stats.received += batch.upserts.len() as u64;
         for chunk in batch.upserts.chunks(CHUNK) {
-            let account_ids = chunk
-                .iter()
-                .map(|t| self.account_of(&t.provider_account_id))
-                .collect::<Result<Vec<_>, _>>()?;
-            self.stats.upserted += sqlx::query(include_str!("../queries/upsert_transactions.sql"))
-                .bind(chunk.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
-                .bind(&account_ids)
-                .bind(
-                    chunk
-                        .iter()
-                        .map(|t| t.provider_transaction_id.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(chunk.iter().map(|t| t.amount).collect::<Vec<_>>())
-                .bind(
-                    chunk
-                        .iter()
-                        .map(|t| t.currency.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(chunk.iter().map(|t| t.status.as_str()).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|t| t.transaction_date).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|t| t.posted_date).collect::<Vec<_>>())
-                .bind(
-                    chunk
-                        .iter()
-                        .map(|t| t.description.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    chunk
-                        .iter()
-                        .map(|t| t.merchant.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    chunk
-                        .iter()
-                        .map(|t| t.category.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    chunk
-                        .iter()
-                        .map(|t| t.txn_type.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    chunk
-                        .iter()
-                        .map(|t| t.txn_subtype.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    chunk
-                        .iter()
-                        .map(|t| t.symbol.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(chunk.iter().map(|t| t.quantity).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|t| t.price).collect::<Vec<_>>())
-                .bind(
-                    chunk
-                        .iter()
-                        .map(|t| t.pending_provider_transaction_id.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(chunk.iter().map(|t| t.raw.as_str()).collect::<Vec<_>>())
-                .execute(&mut *self.tx)
-                .await?
-                .rows_affected();
+            let c = TransactionColumns::of(chunk, |p| self.account_of(p))?;
+            self.stats.upserted += sqlx::query_file!(
+                "queries/upsert_transactions.sql",
+                &c.id,
+                &c.account_id,
+                &c.provider_transaction_id as _,
+                &c.amount,
+                &c.currency as _,
+                &c.status as _,
+                &c.transaction_date,
+                &c.posted_date as _,
+                &c.description as _,
+                &c.merchant as _,
+                &c.category as _,
+                &c.txn_type as _,
+                &c.txn_subtype as _,
+                &c.symbol as _,
+                &c.quantity as _,
+                &c.price as _,
+                &c.pending_provider_transaction_id as _,
+                &c.raw as _,
+            )
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
         }
         batch.upserts.clear();
 
@@ -213,12 +159,11 @@ impl SyncTx {
                         .map(|id| (*id, r.provider_transaction_id.as_str()))
                 })
                 .unzip();
-            self.stats.removed += sqlx::query(include_str!("../queries/remove_transactions.sql"))
-                .bind(&ids)
-                .bind(&ptids)
-                .execute(&mut *self.tx)
-                .await?
-                .rows_affected();
+            self.stats.removed +=
+                sqlx::query_file!("queries/remove_transactions.sql", &ids, &ptids as _)
+                    .execute(&mut *self.tx)
+                    .await?
+                    .rows_affected();
         }
         batch.removed.clear();
         Ok(())
@@ -232,13 +177,15 @@ impl SyncTx {
         outcome: &AuditEntry,
         fence: &dyn Fence,
     ) -> Result<SyncStats, StoreError> {
-        let moved = sqlx::query(include_str!("../queries/advance_cursor.sql"))
-            .bind(self.connection.0)
-            .bind(next_cursor)
-            .bind(self.started_from.as_deref())
-            .execute(&mut *self.tx)
-            .await?
-            .rows_affected();
+        let moved = sqlx::query_file!(
+            "queries/advance_cursor.sql",
+            self.connection.0,
+            next_cursor,
+            self.started_from.as_deref(),
+        )
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
         if moved != 1 {
             return Err(StoreError::Conflict(
                 "another sync of this connection committed first".into(),
@@ -278,53 +225,133 @@ impl SyncTx {
         if a.is_empty() {
             return Ok(());
         }
-        self.stats.accounts += sqlx::query(include_str!("../queries/upsert_accounts.sql"))
-            .bind(self.connection.0)
-            .bind(a.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
-            .bind(
-                a.iter()
-                    .map(|x| x.provider_account_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(a.iter().map(|x| x.name.as_str()).collect::<Vec<_>>())
-            .bind(
-                a.iter()
-                    .map(|x| x.official_name.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(a.iter().map(|x| x.mask.as_deref()).collect::<Vec<_>>())
-            .bind(
-                a.iter()
-                    .map(|x| x.account_type.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                a.iter()
-                    .map(|x| x.account_subtype.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                a.iter()
-                    .map(|x| x.balance_current)
-                    .collect::<Vec<Option<Decimal>>>(),
-            )
-            .bind(
-                a.iter()
-                    .map(|x| x.balance_available)
-                    .collect::<Vec<Option<Decimal>>>(),
-            )
-            .bind(a.iter().map(|x| x.currency.as_str()).collect::<Vec<_>>())
-            .execute(&mut *self.tx)
-            .await?
-            .rows_affected();
-        self.accounts =
-            sqlx::query_as::<_, (Uuid, String)>(include_str!("../queries/connection_accounts.sql"))
-                .bind(self.connection.0)
-                .fetch_all(&mut *self.tx)
-                .await?
-                .into_iter()
-                .map(|(id, provider_id)| (provider_id, id))
-                .collect();
+        let c = AccountColumns::of(a);
+        self.stats.accounts += sqlx::query_file!(
+            "queries/upsert_accounts.sql",
+            self.connection.0,
+            &c.id,
+            &c.provider_account_id as _,
+            &c.name as _,
+            &c.official_name as _,
+            &c.mask as _,
+            &c.account_type as _,
+            &c.account_subtype as _,
+            &c.balance_current as _,
+            &c.balance_available as _,
+            &c.currency as _,
+        )
+        .execute(&mut *self.tx)
+        .await?
+        .rows_affected();
+        self.accounts = connection_accounts(&mut self.tx, self.connection).await?;
         Ok(())
+    }
+}
+
+/// provider account id → our account id, of the connection's accounts.
+async fn connection_accounts(
+    conn: &mut PgConnection,
+    connection: ConnectionId,
+) -> Result<HashMap<String, Uuid>, sqlx::Error> {
+    Ok(
+        sqlx::query_file!("queries/connection_accounts.sql", connection.0)
+            .fetch_all(conn)
+            .await?
+            .into_iter()
+            .map(|r| (r.provider_account_id, r.id))
+            .collect(),
+    )
+}
+
+/// A chunk of transactions as the columns `upsert_transactions.sql`
+/// unnests, one named field per column. (Arrays of borrowed text are bound
+/// `as _`: the macros check arrays of text against `&[String]` only, and
+/// copying every string of a sync to satisfy them would cost a hot path;
+/// the statement's own casts fix their types.)
+struct TransactionColumns<'a> {
+    id: Vec<Uuid>,
+    account_id: Vec<Uuid>,
+    provider_transaction_id: Vec<&'a str>,
+    amount: Vec<Decimal>,
+    currency: Vec<&'a str>,
+    status: Vec<&'a str>,
+    transaction_date: Vec<NaiveDate>,
+    posted_date: Vec<Option<NaiveDate>>,
+    description: Vec<&'a str>,
+    merchant: Vec<Option<&'a str>>,
+    category: Vec<Option<&'a str>>,
+    txn_type: Vec<&'a str>,
+    txn_subtype: Vec<Option<&'a str>>,
+    symbol: Vec<Option<&'a str>>,
+    quantity: Vec<Option<Decimal>>,
+    price: Vec<Option<Decimal>>,
+    pending_provider_transaction_id: Vec<Option<&'a str>>,
+    raw: Vec<&'a str>,
+}
+
+impl<'a> TransactionColumns<'a> {
+    fn of(
+        rows: &'a [NormalizedTransaction],
+        account_of: impl Fn(&str) -> Result<Uuid, StoreError>,
+    ) -> Result<Self, StoreError> {
+        let col = |f: fn(&'a NormalizedTransaction) -> &'a str| rows.iter().map(f).collect();
+        let opt =
+            |f: fn(&'a NormalizedTransaction) -> Option<&'a str>| rows.iter().map(f).collect();
+        Ok(Self {
+            id: rows.iter().map(|_| Uuid::now_v7()).collect(),
+            account_id: rows
+                .iter()
+                .map(|t| account_of(&t.provider_account_id))
+                .collect::<Result<_, _>>()?,
+            provider_transaction_id: col(|t| &t.provider_transaction_id),
+            amount: rows.iter().map(|t| t.amount).collect(),
+            currency: col(|t| t.currency.as_str()),
+            status: col(|t| t.status.as_str()),
+            transaction_date: rows.iter().map(|t| t.transaction_date).collect(),
+            posted_date: rows.iter().map(|t| t.posted_date).collect(),
+            description: col(|t| &t.description),
+            merchant: opt(|t| t.merchant.as_deref()),
+            category: opt(|t| t.category.as_deref()),
+            txn_type: col(|t| &t.txn_type),
+            txn_subtype: opt(|t| t.txn_subtype.as_deref()),
+            symbol: opt(|t| t.symbol.as_deref()),
+            quantity: rows.iter().map(|t| t.quantity).collect(),
+            price: rows.iter().map(|t| t.price).collect(),
+            pending_provider_transaction_id: opt(|t| t.pending_provider_transaction_id.as_deref()),
+            raw: col(|t| &t.raw),
+        })
+    }
+}
+
+/// Accounts as the columns `upsert_accounts.sql` unnests.
+struct AccountColumns<'a> {
+    id: Vec<Uuid>,
+    provider_account_id: Vec<&'a str>,
+    name: Vec<&'a str>,
+    official_name: Vec<Option<&'a str>>,
+    mask: Vec<Option<&'a str>>,
+    account_type: Vec<&'a str>,
+    account_subtype: Vec<Option<&'a str>>,
+    balance_current: Vec<Option<Decimal>>,
+    balance_available: Vec<Option<Decimal>>,
+    currency: Vec<&'a str>,
+}
+
+impl<'a> AccountColumns<'a> {
+    fn of(rows: &'a [NormalizedAccount]) -> Self {
+        let col = |f: fn(&'a NormalizedAccount) -> &'a str| rows.iter().map(f).collect();
+        let opt = |f: fn(&'a NormalizedAccount) -> Option<&'a str>| rows.iter().map(f).collect();
+        Self {
+            id: rows.iter().map(|_| Uuid::now_v7()).collect(),
+            provider_account_id: col(|a| &a.provider_account_id),
+            name: col(|a| &a.name),
+            official_name: opt(|a| a.official_name.as_deref()),
+            mask: opt(|a| a.mask.as_deref()),
+            account_type: col(|a| &a.account_type),
+            account_subtype: opt(|a| a.account_subtype.as_deref()),
+            balance_current: rows.iter().map(|a| a.balance_current).collect(),
+            balance_available: rows.iter().map(|a| a.balance_available).collect(),
+            currency: col(|a| a.currency.as_str()),
+        }
     }
 }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::{Store, StoreError, audit};
 
 /// The connection a webhook names.
-#[derive(Clone, Debug, sqlx::FromRow)]
+#[derive(Clone, Debug)]
 pub struct ItemConnection {
     pub id: Uuid,
     pub user_id: String,
@@ -47,13 +47,14 @@ impl Store {
         provider: ProviderKind,
         item_id: &str,
     ) -> Result<Option<ItemConnection>, StoreError> {
-        Ok(
-            sqlx::query_as(include_str!("../queries/connection_by_item.sql"))
-                .bind(provider.as_str())
-                .bind(item_id)
-                .fetch_optional(&self.pool)
-                .await?,
+        Ok(sqlx::query_file_as!(
+            ItemConnection,
+            "queries/connection_by_item.sql",
+            provider.as_str(),
+            item_id
         )
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Records a webhook by the digest of its signature: `false` if it was
@@ -63,11 +64,10 @@ impl Store {
         provider: ProviderKind,
         digest: &str,
     ) -> Result<bool, StoreError> {
-        let fresh: Option<i32> = sqlx::query_scalar(include_str!("../queries/webhook_receipt.sql"))
-            .bind(digest)
-            .bind(provider.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
+        let fresh =
+            sqlx::query_file_scalar!("queries/webhook_receipt.sql", digest, provider.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(fresh.is_some())
     }
 
@@ -83,17 +83,14 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let changed = match event {
             ConnectionEvent::Revoked => {
-                sqlx::query(include_str!("../queries/wipe_credentials.sql"))
-                    .bind(id.0)
+                sqlx::query_file!("queries/wipe_credentials.sql", id.0)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()
                     > 0
             }
             _ => {
-                sqlx::query(include_str!("../queries/connection_event.sql"))
-                    .bind(id.0)
-                    .bind(event.as_str())
+                sqlx::query_file!("queries/connection_event.sql", id.0, event.as_str())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()

@@ -4,4 +4,4 @@
 INSERT INTO scheduler_ticks (cycle, tick, leader, term)
 VALUES ($1, $2, $3, $4)
 ON CONFLICT (cycle, tick) DO NOTHING
-RETURNING true
+RETURNING true AS "claimed!"

@@ -2,7 +2,7 @@
 -- holder let it expire. A new holder starts a new term. Returns the term
 -- when we lead, nothing otherwise.
 INSERT INTO scheduler_leases AS l (name, holder, term, acquired_at, expires_at)
-VALUES ($1, $2, 1, now(), now() + make_interval(secs => $3))
+VALUES ($1, $2, 1, now(), now() + make_interval(secs => $3::float8))
 ON CONFLICT (name) DO UPDATE
 SET holder = EXCLUDED.holder,
     term = CASE WHEN l.holder = EXCLUDED.holder THEN l.term ELSE l.term + 1 END,

@@ -1,3 +1,3 @@
-SELECT holder, term, acquired_at, expires_at, expires_at > now() AS live
+SELECT holder, term, acquired_at, expires_at, expires_at > now() AS "live!"
 FROM scheduler_leases
 WHERE name = $1

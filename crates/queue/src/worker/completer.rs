@@ -83,33 +83,39 @@ pub(crate) async fn write_outcomes(
         }
     }
     if !z_ids.is_empty() {
-        sqlx::query(include_str!("../../queries/complete_snoozed.sql"))
-            .bind(&z_ids)
-            .bind(&z_delays)
-            .bind(&z_waiting)
-            .bind(worker_id)
-            .bind(&z_starts)
-            .execute(pool)
-            .await?;
+        sqlx::query_file!(
+            "queries/complete_snoozed.sql",
+            &z_ids,
+            &z_delays,
+            &z_waiting,
+            worker_id,
+            &z_starts
+        )
+        .execute(pool)
+        .await?;
     }
     if !s_ids.is_empty() {
-        sqlx::query(include_str!("../../queries/complete_succeeded.sql"))
-            .bind(&s_ids)
-            .bind(worker_id)
-            .bind(&s_starts)
-            .execute(pool)
-            .await?;
+        sqlx::query_file!(
+            "queries/complete_succeeded.sql",
+            &s_ids,
+            worker_id,
+            &s_starts
+        )
+        .execute(pool)
+        .await?;
     }
     if !f_ids.is_empty() {
-        sqlx::query(include_str!("../../queries/complete_failed.sql"))
-            .bind(&f_ids)
-            .bind(&f_states)
-            .bind(&f_delays)
-            .bind(&f_msgs)
-            .bind(worker_id)
-            .bind(&f_starts)
-            .execute(pool)
-            .await?;
+        sqlx::query_file!(
+            "queries/complete_failed.sql",
+            &f_ids,
+            &f_states as _,
+            &f_delays,
+            &f_msgs as _,
+            worker_id,
+            &f_starts
+        )
+        .execute(pool)
+        .await?;
     }
     Ok(())
 }

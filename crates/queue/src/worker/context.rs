@@ -68,10 +68,7 @@ impl JobContext {
     /// jobs never both wait on each other.
     pub async fn older_running(&self, subject: &str) -> Result<bool, QueueError> {
         Ok(
-            sqlx::query_scalar(include_str!("../../queries/older_running.sql"))
-                .bind(subject)
-                .bind(&self.kind)
-                .bind(self.id)
+            sqlx::query_file_scalar!("queries/older_running.sql", subject, self.kind, self.id)
                 .fetch_one(&self.pool)
                 .await?,
         )
@@ -81,14 +78,15 @@ impl JobContext {
     /// cancellation was requested: the handler should then stop, discard
     /// what it has not committed and return [`JobError::Cancelled`].
     pub async fn set_progress(&self, progress: &serde_json::Value) -> Result<bool, QueueError> {
-        let cancel: Option<bool> =
-            sqlx::query_scalar(include_str!("../../queries/set_progress.sql"))
-                .bind(self.id)
-                .bind(progress)
-                .bind(self.worker_id)
-                .bind(self.started_at)
-                .fetch_optional(&self.pool)
-                .await?;
+        let cancel = sqlx::query_file_scalar!(
+            "queries/set_progress.sql",
+            self.id,
+            progress,
+            self.worker_id,
+            self.started_at
+        )
+        .fetch_optional(&self.pool)
+        .await?;
         // No row: the job is no longer ours (rescued while we stalled, or
         // the claim was lost with a database crash); stop.
         Ok(cancel.unwrap_or(true))
@@ -104,14 +102,15 @@ impl JobContext {
         conn: &mut sqlx::PgConnection,
         progress: Option<&serde_json::Value>,
     ) -> Result<bool, sqlx::Error> {
-        let row: Option<Uuid> =
-            sqlx::query_scalar(include_str!("../../queries/complete_fenced.sql"))
-                .bind(self.id)
-                .bind(self.worker_id)
-                .bind(self.started_at)
-                .bind(progress)
-                .fetch_optional(conn)
-                .await?;
+        let row = sqlx::query_file_scalar!(
+            "queries/complete_fenced.sql",
+            self.id,
+            self.worker_id,
+            self.started_at,
+            progress
+        )
+        .fetch_optional(conn)
+        .await?;
         Ok(row.is_some())
     }
 }

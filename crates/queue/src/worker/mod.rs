@@ -35,7 +35,7 @@ use uuid::Uuid;
 use dashtam_telemetry::metrics::METRICS;
 
 use crate::JobState;
-use crate::fair::{self, ClaimRequest, OwnerRing};
+use crate::fair::{self, ClaimRequest, Claimed, OwnerRing};
 use crate::ledger::Ledger;
 use crate::{AbandonHook, AbandonedJob, Backoff, NOTIFY_CHANNEL, QueueError};
 use dashtam_domain::jobs::JobArgs;
@@ -49,7 +49,7 @@ pub use rescuer::{maintain, rescue_once};
 
 use completer::complete;
 use context::Typed;
-use producer::{Claimed, Fetcher};
+use producer::Fetcher;
 
 /// A pool of workers over one or more queues, in one process.
 pub struct WorkerPool {
@@ -99,9 +99,7 @@ impl WorkerPool {
     /// Runs until `shutdown` is cancelled, then stops claiming, lets running
     /// jobs finish (up to the timeout), hands the rest back and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), QueueError> {
-        sqlx::query(include_str!("../../queries/register_worker.sql"))
-            .bind(self.id)
-            .bind(&self.config.name)
+        sqlx::query_file!("queries/register_worker.sql", self.id, self.config.name)
             .execute(&self.pool)
             .await?;
         info!(worker_id = %self.id, queues = ?self.config.queues.iter().map(|q| &q.name).collect::<Vec<_>>(), "worker pool started");
@@ -189,11 +187,12 @@ impl WorkerPool {
                 "handing unfinished jobs back to the queue"
             );
             let mut tx = self.pool.begin().await?;
-            let rows = sqlx::query_as(include_str!("../../queries/hand_back.sql"))
-                .bind(&handed_back)
-                .bind(self.id)
+            let rows = sqlx::query_file!("queries/hand_back.sql", &handed_back, self.id)
                 .fetch_all(&mut *tx)
-                .await?;
+                .await?
+                .into_iter()
+                .map(|r| (r.id, r.queue, r.kind, r.attempt))
+                .collect();
             given_back(
                 &mut tx,
                 rows,
@@ -207,8 +206,7 @@ impl WorkerPool {
         }
         background_stop.cancel();
         while background.join_next().await.is_some() {}
-        sqlx::query(include_str!("../../queries/unregister_worker.sql"))
-            .bind(self.id)
+        sqlx::query_file!("queries/unregister_worker.sql", self.id)
             .execute(&self.pool)
             .await?;
         info!(worker_id = %self.id, "worker pool stopped");
@@ -249,9 +247,7 @@ async fn heartbeat(hb: Heartbeat, every: Duration, stop: CancellationToken) {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        if let Err(e) = sqlx::query(include_str!("../../queries/register_worker.sql"))
-            .bind(hb.id)
-            .bind(&hb.name)
+        if let Err(e) = sqlx::query_file!("queries/register_worker.sql", hb.id, hb.name)
             .execute(&hb.pool)
             .await
         {

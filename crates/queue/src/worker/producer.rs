@@ -36,20 +36,6 @@ pub(super) struct Fetcher {
     pub(super) ledger: Ledger,
 }
 
-#[derive(sqlx::FromRow)]
-pub(super) struct Claimed {
-    pub(super) id: Uuid,
-    pub(super) queue: String,
-    pub(super) kind: String,
-    pub(super) payload: serde_json::Value,
-    pub(super) attempt: i32,
-    pub(super) max_attempts: i32,
-    pub(super) owner: Option<String>,
-    pub(super) throttle_key: Option<String>,
-    pub(super) run_at: chrono::DateTime<chrono::Utc>,
-    pub(super) started_at: chrono::DateTime<chrono::Utc>,
-}
-
 impl Fetcher {
     /// Claims and runs jobs until `stop`; then waits up to `grace` for
     /// running jobs and returns the ids of those it had to abandon.

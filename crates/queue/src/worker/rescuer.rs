@@ -39,10 +39,12 @@ pub async fn rescue_once(
 ) -> Result<usize, QueueError> {
     let secs = timeout.as_secs_f64();
     let mut tx = pool.begin().await?;
-    let rows = sqlx::query_as(include_str!("../../queries/rescue_orphans.sql"))
-        .bind(secs)
+    let rows = sqlx::query_file!("queries/rescue_orphans.sql", secs)
         .fetch_all(&mut *tx)
-        .await?;
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.queue, r.kind, r.attempt))
+        .collect();
     let rescued = given_back(
         &mut tx,
         rows,
@@ -51,8 +53,7 @@ pub async fn rescue_once(
         hook,
     )
     .await?;
-    sqlx::query(include_str!("../../queries/prune_workers.sql"))
-        .bind(secs * 10.0)
+    sqlx::query_file!("queries/prune_workers.sql", secs * 10.0)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -104,10 +105,8 @@ pub(crate) async fn notify<'a>(
     queues.sort_unstable();
     queues.dedup();
     for q in queues {
-        sqlx::query(include_str!("../../queries/notify.sql"))
-            .bind(NOTIFY_CHANNEL)
-            .bind(q)
-            .execute(&mut *conn)
+        sqlx::query_file!("queries/notify.sql", NOTIFY_CHANNEL, q)
+            .fetch_one(&mut *conn)
             .await?;
     }
     Ok(())
