@@ -60,7 +60,7 @@ pub async fn connect(config: &Config, url: &str) -> anyhow::Result<PgPool> {
     let options = options
         .log_slow_statements(
             log::LevelFilter::Warn,
-            Duration::from_millis(config.database.slow_statement_ms),
+            config.database.slow_statement_ms.get(),
         )
         // Our statements are short OLTP ones and bulk UNNEST writes; JIT
         // compiling them costs more than it saves (it showed up as 2.6% of
@@ -68,7 +68,7 @@ pub async fn connect(config: &Config, url: &str) -> anyhow::Result<PgPool> {
         .options([("jit", "off")]);
     PgPoolOptions::new()
         .max_connections(config.database.max_connections)
-        .acquire_timeout(Duration::from_secs(config.database.acquire_timeout_secs))
+        .acquire_timeout(config.database.acquire_timeout_secs.get())
         // No ping before every statement (it was a second round trip on each
         // API request, ~15 % of status-read throughput), except for a while
         // after a statement failed for a lost connection (Postgres
@@ -112,7 +112,7 @@ pub fn queue_pool(config: &Config, pool: &PgPool) -> PgPool {
     ]);
     PgPoolOptions::new()
         .max_connections(config.worker.max_connections)
-        .acquire_timeout(Duration::from_secs(config.database.acquire_timeout_secs))
+        .acquire_timeout(config.database.acquire_timeout_secs.get())
         .test_before_acquire(false)
         .before_acquire(dashtam_store::health::acquire_check)
         .connect_lazy_with(options)
@@ -161,7 +161,7 @@ pub fn providers(config: &Config, secrets: &Secrets) -> anyhow::Result<Providers
         base_url: p.base_url.clone(),
         client_id: p.client_id.clone(),
         secret: secrets.plaid.clone(),
-        timeout: Duration::from_secs(p.timeout_secs),
+        timeout: p.timeout_secs.get(),
     })
     .context("building the Plaid HTTP client")?;
     let s = &config.providers.schwab;
@@ -170,8 +170,8 @@ pub fn providers(config: &Config, secrets: &Secrets) -> anyhow::Result<Providers
         app_key: s.app_key.clone(),
         secret: secrets.schwab.clone(),
         redirect_uri: s.redirect_uri.clone(),
-        timeout: Duration::from_secs(s.timeout_secs),
-        refresh_token_lifetime: Duration::from_secs(s.refresh_token_lifetime_secs),
+        timeout: s.timeout_secs.get(),
+        refresh_token_lifetime: s.refresh_token_lifetime_secs.get(),
     })
     .context("building the Schwab HTTP client")?;
     Ok(Providers {
@@ -255,7 +255,7 @@ impl Daemon {
             let allowed = auth
                 .algorithms
                 .iter()
-                .filter_map(|a| dashtam_api::auth::parse_algorithm(a))
+                .map(|a| a.0)
                 .collect();
             let state = AppState::new(dashtam_api::Services {
                 store: self.store(),
@@ -285,8 +285,8 @@ impl Daemon {
                     .map(Arc::new),
                 shutdown: shutdown.clone(),
                 budgets: self.config.budget_book(),
-                lease: Duration::from_secs(self.config.tokens.lease_secs),
-                body_read_timeout: Duration::from_secs(self.config.http.body_read_timeout_secs),
+                lease: self.config.tokens.lease_secs.get(),
+                body_read_timeout: self.config.http.body_read_timeout_secs.get(),
                 trusted_proxies: self.config.http.trusted_proxies.clone(),
             });
             info!(addr = %listener.local_addr()?, "api listening");
@@ -297,8 +297,8 @@ impl Daemon {
         };
         let stop = shutdown.clone();
         let http = &self.config.http;
-        let header_timeout = Duration::from_secs(http.header_read_timeout_secs);
-        let drain = Duration::from_secs(http.shutdown_drain_secs);
+        let header_timeout = http.header_read_timeout_secs.get();
+        let drain = http.shutdown_drain_secs.get();
         tasks.spawn(async move {
             dashtam_api::serve::serve(listener, app, header_timeout, drain, stop).await;
             Ok(())
@@ -307,7 +307,7 @@ impl Daemon {
         tasks.spawn(refresh_gauges(
             self.store(),
             queue_pool.clone(),
-            Duration::from_secs(self.config.metrics.refresh_secs),
+            self.config.metrics.refresh_secs.get(),
             shutdown.clone(),
         ));
         if roles.contains(&Role::Worker) {
@@ -328,9 +328,9 @@ impl Daemon {
                 self.providers.clone(),
                 gate.clone(),
                 TokenSettings {
-                    refresh_lead: Duration::from_secs(c.tokens.refresh_lead_secs),
-                    expiry_margin: Duration::from_secs(c.tokens.expiry_margin_secs),
-                    lease: Duration::from_secs(c.tokens.lease_secs),
+                    refresh_lead: c.tokens.refresh_lead_secs.get(),
+                    expiry_margin: c.tokens.expiry_margin_secs.get(),
+                    lease: c.tokens.lease_secs.get(),
                 },
             );
             let sync = SyncHandler::new(
@@ -342,8 +342,8 @@ impl Daemon {
                     page_size: c.sync.page_size,
                     page_retries: c.sync.page_retries,
                     max_restarts: c.sync.max_restarts,
-                    window_overlap: Duration::from_secs(c.sync.window_overlap_hours * 3600),
-                    initial_history: Duration::from_secs(c.sync.initial_history_days * 86_400),
+                    window_overlap: c.sync.window_overlap_hours.get(),
+                    initial_history: c.sync.initial_history_days.get(),
                 },
             );
             let pool = WorkerPool::new(queue_pool.clone(), c.worker_config(name))
@@ -358,8 +358,8 @@ impl Daemon {
             // as well lets a cluster of API and scheduler daemons recover.
             let pool = self.pool.clone();
             let w = &self.config.worker;
-            let timeout = Duration::from_secs(w.orphan_timeout_secs);
-            let every = Duration::from_secs(w.rescue_interval_secs);
+            let timeout = w.orphan_timeout_secs.get();
+            let every = w.rescue_interval_secs.get();
             let stop = shutdown.clone();
             tasks.spawn(async move {
                 let hook: Arc<dyn dashtam_queue::AbandonHook> = Arc::new(AuditAbandoned);

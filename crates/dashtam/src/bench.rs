@@ -52,7 +52,7 @@ pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<
         )
         .await?;
     config.use_sandbox(&format!("http://{addr}"), &sandbox_config);
-    config.worker.poll_interval_ms = 50;
+    config.worker.poll_interval_ms = 50.into();
     // The engine's throughput, not the providers' budgets (Plaid's default,
     // 40 calls/s, would hold this bench to ~20k transactions/s).
     config.budgets.providers.clear();

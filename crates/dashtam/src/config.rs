@@ -7,11 +7,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use dashtam_domain::model::ProviderKind;
 use dashtam_telemetry::LogFormat;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+
+mod units;
+pub use units::{Cron, Days, Hours, JwtAlgorithm, Millis, Minutes, Secs};
 
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_KEY_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -43,28 +47,28 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    pub refresh_secs: u64,
+    pub refresh_secs: Secs<1>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BreakerConfig {
-    pub window_secs: u64,
+    pub window_secs: Secs<1>,
     pub min_calls: u32,
     pub failure_ratio: f64,
-    pub cooldown_secs: u64,
-    pub max_cooldown_secs: u64,
+    pub cooldown_secs: Secs<1>,
+    pub max_cooldown_secs: Secs<1>,
     pub probes: u32,
 }
 
 impl BreakerConfig {
     pub fn settings(&self) -> dashtam_worker::gate::BreakerSettings {
         dashtam_worker::gate::BreakerSettings {
-            window: Duration::from_secs(self.window_secs),
+            window: self.window_secs.get(),
             min_calls: self.min_calls,
             failure_ratio: self.failure_ratio,
-            cooldown: Duration::from_secs(self.cooldown_secs),
-            max_cooldown: Duration::from_secs(self.max_cooldown_secs),
+            cooldown: self.cooldown_secs.get(),
+            max_cooldown: self.max_cooldown_secs.get(),
             probes: self.probes,
         }
     }
@@ -73,10 +77,10 @@ impl BreakerConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetsConfig {
-    pub max_wait_ms: u64,
-    pub slot_lease_secs: u64,
+    pub max_wait_ms: Millis,
+    pub slot_lease_secs: Secs<1>,
     #[serde(default)]
-    pub providers: BTreeMap<String, ProviderBudgetConfig>,
+    pub providers: BTreeMap<ProviderKind, ProviderBudgetConfig>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -99,7 +103,7 @@ impl Config {
                 .iter()
                 .map(|(p, b)| {
                     (
-                        p.clone(),
+                        p.as_str().to_owned(),
                         dashtam_api::BudgetLimit {
                             requests_per_sec: b.requests_per_sec,
                             burst: b.burst,
@@ -110,7 +114,7 @@ impl Config {
                 .collect(),
             redis: dashtam_buckets::RedisBuckets::new(
                 &rl.redis_url,
-                Duration::from_millis(rl.timeout_ms),
+                rl.timeout_ms.get(),
             )
             .ok(),
             key_prefix: rl.key_prefix.clone(),
@@ -126,7 +130,7 @@ impl Config {
                 .iter()
                 .map(|(p, c)| {
                     (
-                        p.clone(),
+                        p.as_str().to_owned(),
                         dashtam_worker::budget::ProviderBudget {
                             per_sec: c.requests_per_sec,
                             burst: c.burst,
@@ -137,9 +141,9 @@ impl Config {
                 .collect(),
             redis_url: self.rate_limit.redis_url.clone(),
             key_prefix: self.rate_limit.key_prefix.clone(),
-            redis_timeout: Duration::from_millis(self.rate_limit.timeout_ms),
-            max_wait: Duration::from_millis(b.max_wait_ms),
-            slot_lease: Duration::from_secs(b.slot_lease_secs),
+            redis_timeout: self.rate_limit.timeout_ms.get(),
+            max_wait: b.max_wait_ms.get(),
+            slot_lease: b.slot_lease_secs.get(),
         }
     }
 }
@@ -147,34 +151,34 @@ impl Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokensConfig {
-    pub refresh_lead_secs: u64,
-    pub expiry_margin_secs: u64,
-    pub lease_secs: u64,
+    pub refresh_lead_secs: Secs,
+    pub expiry_margin_secs: Secs,
+    pub lease_secs: Secs<1>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerConfig {
-    pub lease_ttl_secs: u64,
-    pub renew_every_ms: u64,
+    pub lease_ttl_secs: Secs<1>,
+    pub renew_every_ms: Millis<1>,
     pub max_catch_up: usize,
-    pub reauth_warning_hours: u64,
-    pub sync_spread_secs: u64,
+    pub reauth_warning_hours: Hours,
+    pub sync_spread_secs: Secs,
     pub max_syncs_per_user_per_tick: u32,
     pub cycles: CyclesConfig,
-    pub sync_interval_minutes: BTreeMap<String, u64>,
+    pub sync_interval_minutes: HashMap<ProviderKind, Minutes<1>>,
     /// Plaid's interval while its webhooks are registered
     /// (`providers.plaid.webhook_url`): the sweep is then only the safety
     /// net for a webhook lost on the way.
-    pub webhook_safety_net_minutes: u64,
+    pub webhook_safety_net_minutes: Minutes<1>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CyclesConfig {
-    pub token_refresh: String,
-    pub stale_sync: String,
-    pub prune: String,
+    pub token_refresh: Cron,
+    pub stale_sync: Cron,
+    pub prune: Cron,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -189,7 +193,7 @@ pub enum SecretSourceKind {
 #[serde(deny_unknown_fields)]
 pub struct SecretsConfig {
     pub source: SecretSourceKind,
-    pub ttl_secs: u64,
+    pub ttl_secs: Secs,
     pub dotenv: std::path::PathBuf,
     pub aws: AwsSecretsConfig,
     pub ids: SecretIds,
@@ -217,8 +221,8 @@ pub struct SecretIds {
 pub struct DatabaseConfig {
     pub url: String,
     pub max_connections: u32,
-    pub acquire_timeout_secs: u64,
-    pub slow_statement_ms: u64,
+    pub acquire_timeout_secs: Secs<1>,
+    pub slow_statement_ms: Millis,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -226,9 +230,9 @@ pub struct DatabaseConfig {
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub body_limit_bytes: usize,
-    pub header_read_timeout_secs: u64,
-    pub body_read_timeout_secs: u64,
-    pub shutdown_drain_secs: u64,
+    pub header_read_timeout_secs: Secs<1>,
+    pub body_read_timeout_secs: Secs<1>,
+    pub shutdown_drain_secs: Secs,
     pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
@@ -238,7 +242,7 @@ pub struct AuthConfig {
     pub jwt_secret: SecretString,
     pub issuer: String,
     pub audience: String,
-    pub algorithms: Vec<String>,
+    pub algorithms: Vec<JwtAlgorithm>,
     pub public_keys: String,
 }
 
@@ -246,8 +250,15 @@ impl AuthConfig {
     /// Whether the allow-list needs (the HS256 secret, the public keys).
     pub fn needs(&self) -> (bool, bool) {
         (
-            self.algorithms.iter().any(|a| a == "HS256"),
-            self.algorithms.iter().any(|a| a == "RS256" || a == "ES256"),
+            self.algorithms
+                .iter()
+                .any(|a| a.0 == jsonwebtoken::Algorithm::HS256),
+            self.algorithms.iter().any(|a| {
+                matches!(
+                    a.0,
+                    jsonwebtoken::Algorithm::RS256 | jsonwebtoken::Algorithm::ES256
+                )
+            }),
         )
     }
 }
@@ -262,8 +273,8 @@ pub struct RateLimitConfig {
     pub enqueue_per_sec: f64,
     pub write_burst: u32,
     pub write_per_sec: f64,
-    pub timeout_ms: u64,
-    pub log_every_secs: u64,
+    pub timeout_ms: Millis<1>,
+    pub log_every_secs: Secs<1>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -277,17 +288,17 @@ pub struct CryptoConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSection {
-    pub poll_interval_ms: u64,
-    pub heartbeat_interval_secs: u64,
-    pub orphan_timeout_secs: u64,
-    pub rescue_interval_secs: u64,
-    pub shutdown_timeout_secs: u64,
-    pub backoff_base_ms: u64,
-    pub backoff_max_secs: u64,
+    pub poll_interval_ms: Millis<10>,
+    pub heartbeat_interval_secs: Secs<1>,
+    pub orphan_timeout_secs: Secs<1>,
+    pub rescue_interval_secs: Secs<1>,
+    pub shutdown_timeout_secs: Secs,
+    pub backoff_base_ms: Millis<1>,
+    pub backoff_max_secs: Secs<1>,
     pub completion_batch: usize,
     pub synchronous_commit: bool,
-    pub retain_succeeded_hours: u64,
-    pub retain_failed_hours: u64,
+    pub retain_succeeded_hours: Hours,
+    pub retain_failed_hours: Hours,
     pub prune_batch: i64,
     pub max_connections: u32,
     pub queues: BTreeMap<String, QueueSection>,
@@ -319,8 +330,8 @@ pub struct SyncConfig {
     pub page_size: u32,
     pub page_retries: u32,
     pub max_restarts: u32,
-    pub window_overlap_hours: u64,
-    pub initial_history_days: u64,
+    pub window_overlap_hours: Hours,
+    pub initial_history_days: Days,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -337,8 +348,8 @@ pub struct SchwabSection {
     pub app_key: String,
     pub secret: SecretString,
     pub redirect_uri: String,
-    pub timeout_secs: u64,
-    pub refresh_token_lifetime_secs: u64,
+    pub timeout_secs: Secs<1>,
+    pub refresh_token_lifetime_secs: Secs<1>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -347,7 +358,7 @@ pub struct PlaidSection {
     pub base_url: String,
     pub client_id: String,
     pub secret: SecretString,
-    pub timeout_secs: u64,
+    pub timeout_secs: Secs<1>,
     /// Our public `/api/v1/webhooks/plaid` URL, registered on every new
     /// connection (`/item/webhook/update`); unset: none is registered.
     #[serde(default)]
@@ -363,7 +374,7 @@ pub struct SandboxSection {
     pub seed: u64,
     pub accounts_per_item: u32,
     pub transactions_per_account: u32,
-    pub evolve_every_secs: u64,
+    pub evolve_every_secs: Secs,
     pub oauth: dashtam_sandbox::OAuthSettings,
 }
 
@@ -411,12 +422,13 @@ impl Config {
             "must be at least 2",
         );
         check(
-            self.tokens.lease_secs
+            self.tokens.lease_secs.get()
                 > self
                     .providers
                     .plaid
                     .timeout_secs
-                    .max(self.providers.schwab.timeout_secs),
+                    .get()
+                    .max(self.providers.schwab.timeout_secs.get()),
             "tokens.lease_secs",
             "must be longer than every provider's timeout_secs",
         );
@@ -439,14 +451,6 @@ impl Config {
             "each budget needs requests_per_sec > 0 and burst >= 1",
         );
         check(
-            self.budgets
-                .providers
-                .keys()
-                .all(|p| dashtam_domain::model::ProviderKind::parse(p).is_some()),
-            "budgets.providers",
-            "names a provider that does not exist (plaid, schwab)",
-        );
-        check(
             self.breaker.failure_ratio > 0.0 && self.breaker.failure_ratio <= 1.0,
             "breaker.failure_ratio",
             "must be above 0 and at most 1",
@@ -457,20 +461,9 @@ impl Config {
             "min_calls and probes must be at least 1",
         );
         check(
-            self.breaker.cooldown_secs >= 1
-                && self.breaker.max_cooldown_secs >= self.breaker.cooldown_secs,
-            "breaker.cooldown_secs",
-            "must be at least 1, and max_cooldown_secs at least as long",
-        );
-        check(
-            self.http.header_read_timeout_secs >= 1,
-            "http.header_read_timeout_secs",
-            "must be at least 1",
-        );
-        check(
-            self.http.body_read_timeout_secs >= 1,
-            "http.body_read_timeout_secs",
-            "must be at least 1",
+            self.breaker.max_cooldown_secs >= self.breaker.cooldown_secs,
+            "breaker.max_cooldown_secs",
+            "must be at least breaker.cooldown_secs",
         );
         check(
             self.http.body_limit_bytes >= 1024,
@@ -478,32 +471,12 @@ impl Config {
             "must be at least 1024",
         );
         check(
-            self.worker.poll_interval_ms >= 10,
-            "worker.poll_interval_ms",
-            "must be at least 10",
-        );
-        check(
-            self.worker.heartbeat_interval_secs >= 1,
-            "worker.heartbeat_interval_secs",
-            "must be at least 1",
-        );
-        check(
-            self.worker.orphan_timeout_secs >= 2 * self.worker.heartbeat_interval_secs,
+            self.worker.orphan_timeout_secs.get() >= 2 * self.worker.heartbeat_interval_secs.get(),
             "worker.orphan_timeout_secs",
             "must be at least twice worker.heartbeat_interval_secs",
         );
         check(
-            self.worker.rescue_interval_secs >= 1,
-            "worker.rescue_interval_secs",
-            "must be at least 1",
-        );
-        check(
-            self.worker.backoff_base_ms >= 1,
-            "worker.backoff_base_ms",
-            "must be at least 1",
-        );
-        check(
-            self.worker.backoff_max_secs * 1000 >= self.worker.backoff_base_ms,
+            self.worker.backoff_max_secs.get() >= self.worker.backoff_base_ms.get(),
             "worker.backoff_max_secs",
             "must not be below worker.backoff_base_ms",
         );
@@ -547,11 +520,6 @@ impl Config {
             "providers.plaid.base_url",
             "must be an http:// or https:// URL",
         );
-        check(
-            self.providers.plaid.timeout_secs >= 1,
-            "providers.plaid.timeout_secs",
-            "must be at least 1",
-        );
         let rl = &self.rate_limit;
         check(
             rl.enqueue_burst >= 1 && rl.write_burst >= 1,
@@ -571,50 +539,21 @@ impl Config {
             "must be a redis:// or rediss:// URL",
         );
         check(
-            !self.auth.algorithms.is_empty()
-                && self
-                    .auth
-                    .algorithms
-                    .iter()
-                    .all(|a| dashtam_api::auth::parse_algorithm(a).is_some()),
+            !self.auth.algorithms.is_empty(),
             "auth.algorithms",
             "must list one or more of HS256, RS256, ES256",
         );
-        check(
-            self.metrics.refresh_secs >= 1,
-            "metrics.refresh_secs",
-            "must be at least 1",
-        );
         let sc = &self.scheduler;
         check(
-            sc.lease_ttl_secs >= 1 && sc.renew_every_ms * 2 <= sc.lease_ttl_secs * 1000,
+            sc.renew_every_ms.get() * 2 <= sc.lease_ttl_secs.get(),
             "scheduler.renew_every_ms",
-            "must be at most half of scheduler.lease_ttl_secs (and the TTL at least 1)",
+            "must be at most half of scheduler.lease_ttl_secs",
         );
         check(
             sc.max_catch_up >= 1,
             "scheduler.max_catch_up",
             "must be at least 1",
         );
-        for (key, cron) in [
-            ("token_refresh", &sc.cycles.token_refresh),
-            ("stale_sync", &sc.cycles.stale_sync),
-            ("prune", &sc.cycles.prune),
-        ] {
-            if !cron.is_empty()
-                && let Err(e) =
-                    dashtam_scheduler::CycleSpec::parse(dashtam_scheduler::Cycle::Prune, cron)
-            {
-                problems.push(format!("scheduler.cycles.{key}: {e}"));
-            }
-        }
-        for provider in sc.sync_interval_minutes.keys() {
-            if dashtam_domain::model::ProviderKind::parse(provider).is_none() {
-                problems.push(format!(
-                    "scheduler.sync_interval_minutes.{provider}: no such provider (plaid, schwab)"
-                ));
-            }
-        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -637,8 +576,8 @@ impl Config {
                 per_sec: rl.write_per_sec,
                 burst: rl.write_burst,
             },
-            timeout: Duration::from_millis(rl.timeout_ms),
-            log_every: Duration::from_secs(rl.log_every_secs),
+            timeout: rl.timeout_ms.get(),
+            log_every: rl.log_every_secs.get(),
         })
     }
 
@@ -652,35 +591,37 @@ impl Config {
             (Cycle::Prune, &sc.cycles.prune),
         ]
         .into_iter()
-        .filter(|(_, cron)| !cron.is_empty())
-        // validate() already refused expressions that do not parse.
-        .filter_map(|(cycle, cron)| CycleSpec::parse(cycle, cron).ok())
+        .filter_map(|(cycle, cron)| {
+            cron.schedule().map(|schedule| CycleSpec {
+                cycle,
+                schedule: schedule.clone(),
+            })
+        })
         .collect();
         dashtam_scheduler::SchedulerSettings {
             holder,
-            lease_ttl: Duration::from_secs(sc.lease_ttl_secs),
-            renew_every: Duration::from_millis(sc.renew_every_ms),
+            lease_ttl: sc.lease_ttl_secs.get(),
+            renew_every: sc.renew_every_ms.get(),
             max_catch_up: sc.max_catch_up,
             cycles,
-            refresh_lead: Duration::from_secs(self.tokens.refresh_lead_secs),
-            reauth_warning: Duration::from_secs(sc.reauth_warning_hours * 3600),
+            refresh_lead: self.tokens.refresh_lead_secs.get(),
+            reauth_warning: sc.reauth_warning_hours.get(),
             token_refresh_max_attempts: self.jobs.token_refresh_max_attempts,
             sync_max_attempts: self.jobs.sync_max_attempts,
             sync_intervals: sc
                 .sync_interval_minutes
                 .iter()
-                .filter_map(|(p, m)| {
-                    let p = dashtam_domain::model::ProviderKind::parse(p)?;
-                    let m = match p {
-                        dashtam_domain::model::ProviderKind::Plaid if self.plaid_webhooks_on() => {
+                .map(|(&p, m)| {
+                    let every = match p {
+                        ProviderKind::Plaid if self.plaid_webhooks_on() => {
                             (*m).max(sc.webhook_safety_net_minutes)
                         }
                         _ => *m,
                     };
-                    Some((p, Duration::from_secs(m * 60)))
+                    (p, every.get())
                 })
                 .collect(),
-            sync_spread: Duration::from_secs(sc.sync_spread_secs),
+            sync_spread: sc.sync_spread_secs.get(),
             syncs_per_user: sc.max_syncs_per_user_per_tick,
             retention: self.retention(),
             idempotency_ttl: IDEMPOTENCY_KEY_TTL,
@@ -699,8 +640,8 @@ impl Config {
     pub fn retention(&self) -> dashtam_queue::Retention {
         let w = &self.worker;
         dashtam_queue::Retention {
-            succeeded: Duration::from_secs(w.retain_succeeded_hours * 3600),
-            failed: Duration::from_secs(w.retain_failed_hours * 3600),
+            succeeded: w.retain_succeeded_hours.get(),
+            failed: w.retain_failed_hours.get(),
             batch: w.prune_batch,
         }
     }
@@ -768,16 +709,16 @@ impl Config {
                     max_running_per_owner: q.max_running_per_owner,
                 })
                 .collect(),
-            poll_interval: Duration::from_millis(w.poll_interval_ms),
-            heartbeat_interval: Duration::from_secs(w.heartbeat_interval_secs),
-            orphan_timeout: Duration::from_secs(w.orphan_timeout_secs),
-            rescue_interval: Duration::from_secs(w.rescue_interval_secs),
+            poll_interval: w.poll_interval_ms.get(),
+            heartbeat_interval: w.heartbeat_interval_secs.get(),
+            orphan_timeout: w.orphan_timeout_secs.get(),
+            rescue_interval: w.rescue_interval_secs.get(),
             backoff: dashtam_queue::Backoff {
-                base: Duration::from_millis(w.backoff_base_ms),
-                max: Duration::from_secs(w.backoff_max_secs),
+                base: w.backoff_base_ms.get(),
+                max: w.backoff_max_secs.get(),
             },
             completion_batch: w.completion_batch,
-            shutdown_timeout: Duration::from_secs(w.shutdown_timeout_secs),
+            shutdown_timeout: w.shutdown_timeout_secs.get(),
         }
     }
 }
@@ -856,6 +797,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no_such_key"), "{e}");
+    }
+
+    /// Durations, cron expressions, algorithms and provider names are
+    /// parsed when the configuration loads, and a bad one is named by its
+    /// key and says what it should be.
+    #[test]
+    fn typed_values_are_refused_with_their_key() {
+        for (var, value, key, says) in [
+            (
+                "DASHTAM__WORKER__POLL_INTERVAL_MS",
+                "5",
+                "worker.poll_interval_ms",
+                "at least 10",
+            ),
+            (
+                "DASHTAM__SCHEDULER__CYCLES__PRUNE",
+                "every day",
+                "scheduler.cycles.prune",
+                "not a cron expression",
+            ),
+            (
+                "DASHTAM__AUTH__ALGORITHMS",
+                "[\"none\"]",
+                "auth.algorithms",
+                "HS256, RS256, ES256",
+            ),
+            (
+                "DASHTAM__SCHEDULER__SYNC_INTERVAL_MINUTES__NOPE",
+                "5",
+                "scheduler.sync_interval_minutes",
+                "plaid",
+            ),
+        ] {
+            let e = with_env(&[(var, value)]).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(says), "{var}={value}: {e}");
+        }
+        let c = with_env(&[("DASHTAM__WORKER__RETAIN_FAILED_HOURS", "2")]).unwrap();
+        assert_eq!(c.retention().failed, Duration::from_secs(7200));
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<bool> 
         "sandbox    http://{sandbox_addr} (Plaid /transactions/sync and Schwab OAuth + window formats)"
     );
     config.use_sandbox(&format!("http://{sandbox_addr}"), &sandbox_config);
-    config.worker.poll_interval_ms = 200;
+    config.worker.poll_interval_ms = 200.into();
 
     let listener = TcpListener::bind(opts.listen)
         .await

@@ -433,9 +433,9 @@ async fn sandbox(config: &Config, listen: Option<SocketAddr>) -> anyhow::Result<
     app::cancel_on_signals(shutdown.clone());
     // Time passes at the provider: pendings post, rows change and go, new
     // ones arrive (and items with a webhook are told).
-    if s.evolve_every_secs > 0 {
+    if s.evolve_every_secs.count() > 0 {
         let (sandbox, stop) = (sandbox.clone(), shutdown.clone());
-        let every = Duration::from_secs(s.evolve_every_secs);
+        let every = s.evolve_every_secs.get();
         tokio::spawn(async move { sandbox.evolve(every, stop.cancelled()).await });
     }
     sandbox

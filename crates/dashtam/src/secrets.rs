@@ -111,7 +111,7 @@ impl Secrets {
         }
         let cache = SecretCache::load(
             source,
-            Duration::from_secs(config.secrets.ttl_secs.max(1)),
+            config.secrets.ttl_secs.get().max(Duration::from_secs(1)),
             &wanted,
         )
         .await

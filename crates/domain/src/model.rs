@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::Currency;
 
 /// Which provider (and so which wire format) a connection talks to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     /// Cursor style: Plaid `/transactions/sync`.

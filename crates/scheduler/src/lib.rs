@@ -69,13 +69,11 @@ pub struct CycleSpec {
     pub schedule: cron::Schedule,
 }
 
-impl CycleSpec {
-    /// `cron`: six fields with seconds (`0 */5 * * * *`), or seven with years.
-    pub fn parse(cycle: Cycle, cron: &str) -> Result<Self, String> {
-        cron::Schedule::from_str(cron)
-            .map(|schedule| Self { cycle, schedule })
-            .map_err(|e| format!("{cron:?} is not a cron expression: {e}"))
-    }
+pub use cron::Schedule;
+
+/// `cron`: six fields with seconds (`0 */5 * * * *`), or seven with years.
+pub fn parse_cron(cron: &str) -> Result<Schedule, String> {
+    Schedule::from_str(cron).map_err(|e| format!("{cron:?} is not a cron expression: {e}"))
 }
 
 #[derive(Clone, Debug)]

@@ -7,6 +7,7 @@ use std::process::Command;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dashtam::app::Role;
+use dashtam::config::JwtAlgorithm;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -93,7 +94,9 @@ async fn rs256_and_es256_by_kid_with_every_bad_token_refused(pool: PgPool) {
     let (rsa2_private, rsa2_public) = rsa();
     let (ec_private, ec_public) = ec();
     let mut config = test_config();
-    config.auth.algorithms = vec!["HS256".into(), "RS256".into(), "ES256".into()];
+    config.auth.algorithms = [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256]
+        .map(JwtAlgorithm)
+        .to_vec();
     config.auth.public_keys = json!({ "keys": [
         { "kid": "rsa-1", "alg": "RS256", "pem": rsa1_public },
         { "kid": "rsa-2", "alg": "RS256", "pem": rsa2_public },
@@ -191,7 +194,7 @@ async fn rs256_and_es256_by_kid_with_every_bad_token_refused(pool: PgPool) {
 
     // Production allow-list: no HS256 at all.
     let mut config = test_config();
-    config.auth.algorithms = vec!["RS256".into()];
+    config.auth.algorithms = vec![JwtAlgorithm(Algorithm::RS256)];
     config.auth.public_keys =
         json!({ "keys": [{ "kid": "rsa-1", "alg": "RS256", "pem": rsa1_public }] }).to_string();
     let app = spawn_app_with(pool, &[Role::Api], config).await;

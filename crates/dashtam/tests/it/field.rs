@@ -284,8 +284,8 @@ async fn invented_methods_do_not_grow_the_metrics(pool: PgPool) {
 #[sqlx::test(migrator = "MIGRATIONS")]
 async fn slow_clients_do_not_hold_connections(pool: PgPool) {
     let mut config = test_config();
-    config.http.header_read_timeout_secs = 1;
-    config.http.body_read_timeout_secs = 1;
+    config.http.header_read_timeout_secs = 1.into();
+    config.http.body_read_timeout_secs = 1.into();
     let app = spawn_app_with(pool, &[Role::Api], config).await;
     let addr = app.api.trim_start_matches("http://").to_owned();
 
@@ -467,7 +467,7 @@ async fn postgres_going_away_is_503_and_a_restart_costs_reads_nothing() {
         .unwrap();
     MIGRATIONS.run(&pool).await.unwrap();
     let mut config = test_config();
-    config.database.acquire_timeout_secs = 2;
+    config.database.acquire_timeout_secs = 2.into();
     let app = spawn_app_on(&pg.url("postgres"), &[Role::Api], config).await;
     let conn = app.connect("alice", 1, 3).await;
     // Warm every pooled connection.

@@ -122,19 +122,19 @@ pub async fn authorization_code(
 
 pub fn test_config() -> Config {
     let mut config = Config::load(None).expect("default configuration");
-    config.worker.poll_interval_ms = 50;
-    config.metrics.refresh_secs = 1;
+    config.worker.poll_interval_ms = 50.into();
+    config.metrics.refresh_secs = 1.into();
     // Buckets of its own (the Redis server is shared), and roomy: tests of
     // the limits themselves set them tight.
     config.rate_limit.key_prefix = format!("test-{}", uuid::Uuid::new_v4());
     config.rate_limit.enqueue_burst = 10_000;
     // A loaded CI box can take longer than 50 ms to hear from a live Redis;
     // tests of Redis being away use a dead port or stop it.
-    config.rate_limit.timeout_ms = 1_000;
+    config.rate_limit.timeout_ms = 1_000.into();
     config.rate_limit.write_burst = 10_000;
-    config.worker.backoff_base_ms = 10;
-    config.worker.backoff_max_secs = 1;
-    config.worker.shutdown_timeout_secs = 5;
+    config.worker.backoff_base_ms = 10.into();
+    config.worker.backoff_max_secs = 1.into();
+    config.worker.shutdown_timeout_secs = 5.into();
     config.sync.page_size = 100;
     config.jobs.sync_max_attempts = 4;
     config.database.max_connections = 8;

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use dashtam::app::Role;
+use dashtam::config::Cron;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -52,10 +53,10 @@ fn exprs(panel: &Value, out: &mut Vec<String>) {
 /// in a paused queue: every metric family has samples.
 async fn busy_scrape(pool: PgPool) -> String {
     let mut config = test_config();
-    config.scheduler.cycles.token_refresh = "* * * * * *".into();
-    config.scheduler.cycles.prune = "* * * * * *".into();
+    config.scheduler.cycles.token_refresh = "* * * * * *".parse().unwrap();
+    config.scheduler.cycles.prune = "* * * * * *".parse().unwrap();
     // Off: a sweep landing mid-test would enqueue the sync the test enqueues.
-    config.scheduler.cycles.stale_sync = String::new();
+    config.scheduler.cycles.stale_sync = Cron::off();
     let app = spawn_app_with(pool, &[Role::Api, Role::Worker, Role::Scheduler], config).await;
     let plaid = app.connect("alice", 1, 10).await;
     assert_eq!(app.sync("alice", &plaid).await["state"], "succeeded");

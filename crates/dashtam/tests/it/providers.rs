@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use dashtam::app::Role;
+use dashtam_domain::model::ProviderKind;
 use dashtam_sandbox::Faults;
 use dashtam_testkit::wait_for;
 use serde_json::Value;
@@ -17,12 +18,12 @@ const MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 async fn app(pool: PgPool) -> TestApp {
     let mut config = test_config();
     config.breaker.min_calls = 5;
-    config.breaker.cooldown_secs = 2;
-    config.breaker.max_cooldown_secs = 4;
+    config.breaker.cooldown_secs = 2.into();
+    config.breaker.max_cooldown_secs = 4.into();
     config.breaker.probes = 2;
     config.sync.page_retries = 1;
     config.jobs.sync_max_attempts = 3;
-    config.metrics.refresh_secs = 1;
+    config.metrics.refresh_secs = 1.into();
     spawn_app_with(pool, &[Role::Api, Role::Worker], config).await
 }
 
@@ -272,8 +273,8 @@ async fn a_plaid_429_holds_back_only_its_connection(pool: PgPool) {
 async fn budgeted(pool: PgPool, redis_url: Option<&str>) -> TestApp {
     let mut config = test_config();
     config.sync.page_size = 10;
-    config.budgets.max_wait_ms = 300;
-    let plaid = config.budgets.providers.get_mut("plaid").unwrap();
+    config.budgets.max_wait_ms = 300.into();
+    let plaid = config.budgets.providers.get_mut(&ProviderKind::Plaid).unwrap();
     plaid.requests_per_sec = 10.0;
     plaid.burst = 2;
     plaid.concurrency = 3;
