@@ -200,15 +200,20 @@ impl IntoResponse for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem, as every error response carries it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Problem<'a> {
+    /// `https://dashtam.dev/problems/<kind>`: stable, machine-readable.
     #[serde(rename = "type")]
     kind: String,
     title: &'a str,
     status: u16,
     detail: &'a str,
+    /// The request's path.
     instance: &'a str,
+    /// Also in the `x-request-id` response header and the server's logs.
     request_id: &'a str,
+    /// Per-field validation errors, when there are any.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     errors: &'a [FieldError],
 }

@@ -6,6 +6,10 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use dashtam_domain::{ConnectionId, JobId};
 use serde::de::DeserializeOwned;
+use utoipa::IntoParams;
+use utoipa::openapi::Required;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 
 use crate::error::{ApiError, FieldError};
 
@@ -71,27 +75,41 @@ fn json_rejection(r: JsonRejection) -> ApiError {
     }
 }
 
-/// Parses an id from a path segment or query parameter.
+/// Parses an id from a query parameter.
 pub fn parse_id<T: std::str::FromStr>(field: &str, raw: &str) -> Result<T, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::invalid_field(field, format!("{raw:?} is not a valid UUID")))
 }
 
-/// An id type that names itself as a route parameter.
+/// A type that is a route's one path parameter: it names the parameter,
+/// parses it, and describes it in the OpenAPI description.
 pub trait PathParam: std::str::FromStr {
     /// The route's parameter, as the OpenAPI description names it.
     const NAME: &'static str;
+    /// What it is, for its description.
+    const DESCRIPTION: &'static str;
+    /// What a malformed one is not (`"{raw}" is not a valid UUID`).
+    const IS: &'static str = "a valid UUID";
+
+    /// Its schema: a UUID unless said otherwise.
+    fn schema() -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+    }
 }
 
 impl PathParam for ConnectionId {
     const NAME: &'static str = "connection_id";
+    const DESCRIPTION: &'static str = "The connection's id (a UUID).";
 }
 
 impl PathParam for JobId {
     const NAME: &'static str = "job_id";
+    const DESCRIPTION: &'static str = "The job's id (a UUID).";
 }
 
-/// The route's one path parameter as a typed id: a malformed one is a 400
+/// The route's one path parameter, typed: a malformed one is a 400
 /// naming the parameter.
 pub struct PathId<T>(pub T);
 
@@ -102,6 +120,22 @@ impl<S: Send + Sync, T: PathParam> FromRequestParts<S> for PathId<T> {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e| ApiError::bad_request(e.body_text()))?;
-        parse_id(T::NAME, &raw).map(Self)
+        raw.parse()
+            .map(Self)
+            .map_err(|_| ApiError::invalid_field(T::NAME, format!("{raw:?} is not {}", T::IS)))
+    }
+}
+
+impl<T: PathParam> IntoParams for PathId<T> {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            ParameterBuilder::new()
+                .name(T::NAME)
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(Some(T::DESCRIPTION))
+                .schema(Some(T::schema()))
+                .build(),
+        ]
     }
 }

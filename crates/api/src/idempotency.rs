@@ -26,6 +26,51 @@ use crate::{AppState, RequestId};
 
 const HEADER: &str = "idempotency-key";
 
+/// A POST's `Idempotency-Key` header: 1 to 255 visible characters. The
+/// same key and request get the first response again (with
+/// `Idempotent-Replayed: true`); the same key with a different request is
+/// a 422. Keys are per user and kept a day.
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    fn from_header(v: &axum::http::HeaderValue) -> Result<Self, ApiError> {
+        match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 255 => Ok(Self(k.to_owned())),
+            _ => Err(ApiError::invalid_field(
+                "Idempotency-Key",
+                "must be 1 to 255 visible characters",
+            )),
+        }
+    }
+}
+
+impl utoipa::IntoParams for IdempotencyKey {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        vec![
+            ParameterBuilder::new()
+                .name("Idempotency-Key")
+                .parameter_in(ParameterIn::Header)
+                .required(utoipa::openapi::Required::False)
+                .description(Some(
+                    "1 to 255 visible characters. The same key and request get the first \
+                     response again (with `Idempotent-Replayed: true`); the same key with a \
+                     different request is a 422. Keys are per user and kept a day.",
+                ))
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .min_length(Some(1))
+                        .max_length(Some(255)),
+                ))
+                .build(),
+        ]
+    }
+}
+
 /// Runs `work` in its own task, so it finishes even if the client goes
 /// away.
 async fn spawned(
@@ -55,15 +100,9 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
         Some(k) if req.method() == Method::POST => k.clone(),
         _ => return to_completion(next.run(req)).await,
     };
-    let key = match raw_key.to_str() {
-        Ok(k) if !k.is_empty() && k.len() <= 255 => k.to_owned(),
-        _ => {
-            return ApiError::invalid_field(
-                "Idempotency-Key",
-                "must be 1 to 255 visible characters",
-            )
-            .into_response();
-        }
+    let key = match IdempotencyKey::from_header(&raw_key) {
+        Ok(IdempotencyKey(k)) => k,
+        Err(e) => return e.into_response(),
     };
     // Keys are per subject; an unauthenticated request goes on to its 401.
     let subject = crate::auth::bearer_token(req.headers())

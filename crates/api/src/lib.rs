@@ -4,6 +4,7 @@
 //! rendered as RFC 9457 problem details; a client only ever sees its own
 //! resources (another tenant's id is a 404).
 
+pub mod actions;
 pub mod auth;
 pub mod error;
 mod extract;
@@ -236,7 +237,7 @@ struct Readiness {
     responses(
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "Not ready: the database is unreachable or its schema is not current",
-         content_type = "application/problem+json", body = openapi::Problem),
+         content_type = "application/problem+json", body = error::Problem),
     ),
 )]
 async fn readyz(State(ops): State<OpsState>) -> Response {

@@ -4,11 +4,12 @@
 //! and the router cannot drift apart. Served at `/api/v1/openapi.json`,
 //! with a docs page at `/api/v1/docs`.
 
+use std::collections::BTreeMap;
+
 use axum::response::{Html, IntoResponse, Response};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
-
-use crate::error::FieldError;
 
 /// The name of the bearer-token security scheme in the spec: every
 /// operation needs it but those tagged `ops`, which say `security(())`.
@@ -50,38 +51,44 @@ impl Modify for Security {
     }
 }
 
-/// An RFC 9457 problem, as every error response carries it.
-#[derive(ToSchema)]
-#[allow(dead_code)] // Documents `error::Problem`, which borrows its fields.
-pub struct Problem {
-    /// `https://dashtam.dev/problems/<kind>`: stable, machine-readable.
-    #[schema(rename = "type")]
-    kind: String,
-    title: String,
-    status: u16,
-    detail: String,
-    /// The request's path.
-    instance: String,
-    /// Also in the `x-request-id` response header and the server's logs.
-    request_id: String,
-    /// Per-field validation errors, when there are any.
-    #[schema(nullable = false)]
-    errors: Option<Vec<FieldError>>,
-}
+/// The error responses every operation may give: an RFC 9457 problem
+/// ([`crate::error::Problem`]), 4XX or 5XX.
+pub struct Problems;
 
-/// The error responses every operation may give.
-#[derive(IntoResponses)]
-#[allow(dead_code)] // Only its schema is used.
-pub enum Problems {
-    /// The request was refused: bad input (400, 413, 415, 422), no or a
-    /// bad token (401), not an operator (403), not found (404), a
-    /// conflicting state (409) or too many requests (429).
-    #[response(status = "4XX", content_type = "application/problem+json")]
-    Client(Problem),
-    /// The server failed (logged under the request id) or a dependency
-    /// is unavailable (503).
-    #[response(status = "5XX", content_type = "application/problem+json")]
-    Server(Problem),
+impl IntoResponses for Problems {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        let problem = |description: &str| -> RefOr<utoipa::openapi::Response> {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name(
+                            <crate::error::Problem as ToSchema>::name(),
+                        )))
+                        .build(),
+                )
+                .build()
+                .into()
+        };
+        BTreeMap::from([
+            (
+                "4XX".to_owned(),
+                problem(
+                    "The request was refused: bad input (400, 413, 415, 422), no or a bad \
+                     token (401), not an operator (403), not found (404), a conflicting \
+                     state (409) or too many requests (429).",
+                ),
+            ),
+            (
+                "5XX".to_owned(),
+                problem(
+                    "The server failed (logged under the request id) or a dependency is \
+                     unavailable (503).",
+                ),
+            ),
+        ])
+    }
 }
 
 /// The OpenAPI description of this API.
@@ -225,33 +232,3 @@ const DOCS_SCRIPT: &str = r#"(async () => {
     root.textContent = "Could not load the description: " + e;
   }
 })();"#;
-
-/// `{job_id}` in a path.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)] // Path segments are parsed by the handlers, for their messages.
-pub struct JobIdPath {
-    /// The job's id (a UUID).
-    job_id: uuid::Uuid,
-}
-
-/// `{connection_id}` in a path.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-pub struct ConnectionIdPath {
-    /// The connection's id (a UUID).
-    connection_id: uuid::Uuid,
-}
-
-/// The optional `Idempotency-Key` header of a POST.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(dead_code)]
-pub struct IdempotencyKey {
-    /// 1 to 255 visible characters. The same key and request get the first
-    /// response again (with `Idempotent-Replayed: true`); the same key with
-    /// a different request is a 422. Keys are per user and kept a day.
-    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255)]
-    idempotency_key: Option<String>,
-}

@@ -252,11 +252,7 @@ impl Daemon {
         let api_addr = Some(listener.local_addr()?);
         let app = if roles.contains(&Role::Api) {
             let auth = &self.config.auth;
-            let allowed = auth
-                .algorithms
-                .iter()
-                .map(|a| a.0)
-                .collect();
+            let allowed = auth.algorithms.iter().map(|a| a.0).collect();
             let state = AppState::new(dashtam_api::Services {
                 store: self.store(),
                 queue: queue.clone(),

@@ -112,11 +112,7 @@ impl Config {
                     )
                 })
                 .collect(),
-            redis: dashtam_buckets::RedisBuckets::new(
-                &rl.redis_url,
-                rl.timeout_ms.get(),
-            )
-            .ok(),
+            redis: dashtam_buckets::RedisBuckets::new(&rl.redis_url, rl.timeout_ms.get()).ok(),
             key_prefix: rl.key_prefix.clone(),
         }
     }

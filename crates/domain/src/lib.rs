@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod ids;
 pub mod jobs;
+pub mod link;
 pub mod model;
 pub mod money;
 pub mod ports;

@@ -2,21 +2,23 @@
 //! discard. Every action is audited in the transaction that performs it.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use dashtam_domain::JobId;
 use dashtam_domain::audit::AuditAction;
 use dashtam_queue::ops;
 
 use super::jobs::JobView;
-use super::shared::{action, begin, commit_audited};
+use super::shared::action;
 use super::views::QueueStatsOut;
+use crate::actions;
 use crate::auth::{Caller, Operator};
 use crate::error::ApiError;
-use crate::extract::PathId;
-use crate::openapi::{IdempotencyKey, JobIdPath, Problems};
+use crate::extract::{PathId, PathParam};
+use crate::idempotency::IdempotencyKey;
+use crate::openapi::Problems;
 use crate::{AppState, RequestId};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -30,19 +32,30 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(discard))
 }
 
-fn valid_queue(name: &str) -> Result<(), ApiError> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return Err(ApiError::invalid_field(
-            "queue",
-            "must be 1–64 letters, digits, _ or -",
-        ));
+/// A queue's name in a path: 1 to 64 letters, digits, `_` or `-`.
+pub(crate) struct QueueName(String);
+
+impl std::str::FromStr for QueueName {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let ok = (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        ok.then(|| Self(s.to_owned())).ok_or(())
     }
-    Ok(())
+}
+
+impl PathParam for QueueName {
+    const NAME: &'static str = "queue";
+    const DESCRIPTION: &'static str = "The queue's name (`sync`, `token_refresh`, …).";
+    const IS: &'static str = "a queue name (1 to 64 letters, digits, _ or -)";
+
+    fn schema() -> utoipa::openapi::schema::ObjectBuilder {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[A-Za-z0-9_-]{1,64}$"))
+    }
 }
 
 #[derive(serde::Serialize, ToSchema)]
@@ -150,40 +163,30 @@ async fn providers(
     Ok(Json(ProviderList { data }))
 }
 
-/// `{queue}` in a path.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-struct QueuePath {
-    /// The queue's name (`sync`, `token_refresh`, …).
-    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
-    queue: String,
-}
-
 /// Stops workers claiming from the queue; running jobs carry on.
 #[utoipa::path(
-    post, path = "/admin/queues/{queue}/pause", tag = "admin", params(QueuePath, IdempotencyKey),
+    post, path = "/admin/queues/{queue}/pause", tag = "admin", params(PathId<QueueName>, IdempotencyKey),
     responses((status = 204, description = "Paused"), Problems),
 )]
 async fn pause(
     State(state): State<AppState>,
     Operator(caller): Operator,
     axum::Extension(rid): axum::Extension<RequestId>,
-    Path(queue): Path<String>,
+    PathId(queue): PathId<QueueName>,
 ) -> Result<StatusCode, ApiError> {
     set_paused(&state, &caller, &rid, queue, true).await
 }
 
 /// Lets workers claim from the queue again.
 #[utoipa::path(
-    post, path = "/admin/queues/{queue}/resume", tag = "admin", params(QueuePath, IdempotencyKey),
+    post, path = "/admin/queues/{queue}/resume", tag = "admin", params(PathId<QueueName>, IdempotencyKey),
     responses((status = 204, description = "Resumed"), Problems),
 )]
 async fn resume(
     State(state): State<AppState>,
     Operator(caller): Operator,
     axum::Extension(rid): axum::Extension<RequestId>,
-    Path(queue): Path<String>,
+    PathId(queue): PathId<QueueName>,
 ) -> Result<StatusCode, ApiError> {
     set_paused(&state, &caller, &rid, queue, false).await
 }
@@ -192,19 +195,23 @@ async fn set_paused(
     state: &AppState,
     caller: &Caller,
     rid: &RequestId,
-    queue: String,
+    QueueName(queue): QueueName,
     paused: bool,
 ) -> Result<StatusCode, ApiError> {
-    valid_queue(&queue)?;
-    let mut tx = begin(state).await?;
     let audit = if paused {
-        ops::pause(&mut *tx, &queue, caller.user.as_str()).await?;
         AuditAction::QueuePaused
     } else {
-        ops::resume(&mut *tx, &queue).await?;
         AuditAction::QueueResumed
     };
-    commit_audited(tx, action(audit, caller, "queue", queue, rid)).await?;
+    let entry = action(audit, caller, "queue", queue.clone(), rid);
+    actions::set_queue_paused(
+        state.queue.pool(),
+        &queue,
+        paused,
+        caller.user.as_str(),
+        &entry,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -219,7 +226,7 @@ async fn refusal(state: &AppState, id: JobId, why: &str) -> ApiError {
 
 /// Runs a dead (failed) or cancelled job again.
 #[utoipa::path(
-    post, path = "/admin/jobs/{job_id}/retry", tag = "admin", params(JobIdPath, IdempotencyKey),
+    post, path = "/admin/jobs/{job_id}/retry", tag = "admin", params(PathId<JobId>, IdempotencyKey),
     responses((status = 200, description = "Available again", body = JobView), Problems),
 )]
 async fn retry(
@@ -228,8 +235,14 @@ async fn retry(
     axum::Extension(rid): axum::Extension<RequestId>,
     PathId(id): PathId<JobId>,
 ) -> Result<Json<JobView>, ApiError> {
-    let mut tx = begin(&state).await?;
-    let job = match ops::retry(&mut tx, id.0).await? {
+    let entry = action(
+        AuditAction::JobRetried,
+        &caller,
+        "job",
+        id.to_string(),
+        &rid,
+    );
+    let job = match actions::retry_job(state.queue.pool(), id.0, &entry).await? {
         ops::Retry::Retried(job) => *job,
         ops::Retry::NotRetryable => {
             return Err(refusal(&state, id, "only failed or cancelled jobs can be retried").await);
@@ -242,20 +255,12 @@ async fn retry(
             )));
         }
     };
-    let entry = action(
-        AuditAction::JobRetried,
-        &caller,
-        "job",
-        id.to_string(),
-        &rid,
-    );
-    commit_audited(tx, entry).await?;
     Ok(Json(job.into()))
 }
 
 /// Deletes a finished job.
 #[utoipa::path(
-    delete, path = "/admin/jobs/{job_id}", tag = "admin", params(JobIdPath),
+    delete, path = "/admin/jobs/{job_id}", tag = "admin", params(PathId<JobId>),
     responses((status = 204, description = "Discarded"), Problems),
 )]
 async fn discard(
@@ -264,10 +269,6 @@ async fn discard(
     axum::Extension(rid): axum::Extension<RequestId>,
     PathId(id): PathId<JobId>,
 ) -> Result<StatusCode, ApiError> {
-    let mut tx = begin(&state).await?;
-    if ops::discard(&mut *tx, id.0).await?.is_none() {
-        return Err(refusal(&state, id, "cancel it before discarding it").await);
-    }
     let entry = action(
         AuditAction::JobDiscarded,
         &caller,
@@ -275,6 +276,8 @@ async fn discard(
         id.to_string(),
         &rid,
     );
-    commit_audited(tx, entry).await?;
+    if !actions::discard_job(state.queue.pool(), id.0, &entry).await? {
+        return Err(refusal(&state, id, "cancel it before discarding it").await);
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -8,21 +8,23 @@ use chrono::Utc;
 use dashtam_domain::ConnectionId;
 use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
 use dashtam_domain::jobs::SyncJob;
-use dashtam_domain::model::{ConnectionStatus, ProviderKind};
+use dashtam_domain::link::{Link, LinkFields};
+use dashtam_domain::model::ConnectionStatus;
 use dashtam_domain::ports::{ProviderCredentials, ProviderError};
 use dashtam_providers::Source;
 use dashtam_queue::Enqueued;
 use dashtam_store::connections::{Connection, NewConnection};
 
 use super::views::ConnectionOut;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::jobs::JobView;
 use super::shared::sync_job;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, PathId};
-use crate::openapi::{ConnectionIdPath, IdempotencyKey, Problems};
+use crate::idempotency::IdempotencyKey;
+use crate::openapi::Problems;
 use crate::{AppState, RequestId};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -33,95 +35,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(create, list))
         .routes(routes!(show, remove))
         .routes(routes!(enqueue_sync))
-}
-
-/// Links a provider connection: the provider, and the one credential it
-/// uses. (The description; the handler reads [`CreateConnection`], to say
-/// which field is wrong.)
-#[derive(Deserialize, ToSchema)]
-#[serde(untagged)]
-#[schema(as = CreateConnection)]
-#[allow(dead_code)]
-enum CreateConnectionDoc {
-    Plaid(LinkPlaid),
-    Schwab(LinkSchwab),
-}
-
-/// A cursor-style connection.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct LinkPlaid {
-    #[schema(inline)]
-    provider: Plaid,
-    /// The one-time token from the link flow.
-    #[schema(min_length = 1, max_length = 512, pattern = "\\S")]
-    public_token: String,
-}
-
-/// An OAuth (date-window) connection.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[allow(dead_code)]
-struct LinkSchwab {
-    #[schema(inline)]
-    provider: Schwab,
-    /// The code the consent step redirected with.
-    #[schema(min_length = 1, max_length = 512, pattern = "\\S")]
-    authorization_code: String,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-enum Plaid {
-    Plaid,
-}
-
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-enum Schwab {
-    Schwab,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateConnection {
-    provider: ProviderKind,
-    /// Cursor-style providers (Plaid): the one-time token from the link flow.
-    #[serde(default)]
-    public_token: Option<String>,
-    /// OAuth providers (Schwab): the code the consent step redirected with.
-    #[serde(default)]
-    authorization_code: Option<String>,
-}
-
-/// The one field `provider` needs, present, sane, and alone.
-fn credential_field<'a>(
-    needed: (&'static str, &'a Option<String>),
-    other: (&'static str, &Option<String>),
-    provider: ProviderKind,
-) -> Result<&'a str, ApiError> {
-    if other.1.is_some() {
-        return Err(ApiError::invalid_field(
-            other.0,
-            format!(
-                "is not used by provider {}; send {}",
-                provider.as_str(),
-                needed.0
-            ),
-        ));
-    }
-    match needed.1.as_deref() {
-        Some(v) if !v.trim().is_empty() && v.len() <= 512 => Ok(v),
-        Some(_) => Err(ApiError::invalid_field(
-            needed.0,
-            "must be 1 to 512 characters",
-        )),
-        None => Err(ApiError::invalid_field(
-            needed.0,
-            format!("is required for provider {}", provider.as_str()),
-        )),
-    }
 }
 
 fn exchange_failed(e: ProviderError, what: &str) -> ApiError {
@@ -161,7 +74,7 @@ fn location(path: String) -> [(header::HeaderName, HeaderValue); 1] {
 /// stored encrypted and never shown.
 #[utoipa::path(
     post, path = "/connections", tag = "connections", params(IdempotencyKey),
-    request_body = CreateConnectionDoc,
+    request_body = Link,
     responses(
         (status = 201, description = "Linked; `Location` names the connection", body = ConnectionOut),
         Problems,
@@ -171,29 +84,27 @@ async fn create(
     State(state): State<AppState>,
     caller: Caller,
     axum::Extension(request_id): axum::Extension<RequestId>,
-    ApiJson(body): ApiJson<CreateConnection>,
+    ApiJson(fields): ApiJson<LinkFields>,
 ) -> Result<Response, ApiError> {
-    let source = state.providers.source(body.provider).ok_or_else(|| {
+    let link = Link::try_from(fields).map_err(|e| ApiError::invalid_field(e.field, e.message))?;
+    let provider = link.provider();
+    let source = state.providers.source(provider).ok_or_else(|| {
         ApiError::invalid_field(
             "provider",
-            format!("{} is not configured", body.provider.as_str()),
+            format!("{} is not configured", provider.as_str()),
         )
     })?;
-    let public = ("public_token", &body.public_token);
-    let code = ("authorization_code", &body.authorization_code);
-    let (credentials, access_expires, refresh_expires, item_id) = match &source {
-        Source::Cursor(source) => {
-            let token = credential_field(public, code, body.provider)?;
+    let (credentials, access_expires, refresh_expires, item_id) = match (&source, &link) {
+        (Source::Cursor(source), Link::Plaid { public_token }) => {
             let linked = source
-                .exchange_public_token(token)
+                .exchange_public_token(public_token.as_str())
                 .await
                 .map_err(|e| exchange_failed(e, "public_token"))?;
             (linked.credentials, None, None, Some(linked.item_id))
         }
-        Source::Window(source) => {
-            let code = credential_field(code, public, body.provider)?;
+        (Source::Window(source), Link::Schwab { authorization_code }) => {
             let grant = source
-                .exchange_code(code)
+                .exchange_code(authorization_code.as_str())
                 .await
                 .map_err(|e| exchange_failed(e, "authorization_code"))?;
             let now = Utc::now();
@@ -208,12 +119,18 @@ async fn create(
                 None,
             )
         }
+        _ => {
+            return Err(ApiError::invalid_field(
+                "provider",
+                format!("{} is not linked this way here", provider.as_str()),
+            ));
+        }
     };
     let created = state
         .store
         .create_connection(NewConnection {
             user: &caller.user,
-            provider: body.provider,
+            provider,
             credentials: &credentials,
             access_token_expires_at: access_expires,
             refresh_token_expires_at: refresh_expires,
@@ -279,7 +196,7 @@ async fn owned(
 
 /// One of the caller's connections.
 #[utoipa::path(
-    get, path = "/connections/{connection_id}", tag = "connections", params(ConnectionIdPath),
+    get, path = "/connections/{connection_id}", tag = "connections", params(PathId<ConnectionId>),
     responses((status = 200, body = ConnectionOut), Problems),
 )]
 async fn show(
@@ -294,7 +211,7 @@ async fn show(
 /// the connection stays (as `revoked`) with its history. Deleting again is
 /// a no-op.
 #[utoipa::path(
-    delete, path = "/connections/{connection_id}", tag = "connections", params(ConnectionIdPath),
+    delete, path = "/connections/{connection_id}", tag = "connections", params(PathId<ConnectionId>),
     responses((status = 204, description = "Revoked and wiped"), Problems),
 )]
 async fn remove(
@@ -347,7 +264,7 @@ async fn remove(
 /// connection; `Location` points at the job either way.
 #[utoipa::path(
     post, path = "/connections/{connection_id}/syncs", tag = "connections",
-    params(ConnectionIdPath, IdempotencyKey),
+    params(PathId<ConnectionId>, IdempotencyKey),
     responses(
         (status = 202, description = "A new sync job", body = JobView),
         (status = 200, description = "The sync already pending for this connection", body = JobView),

@@ -9,10 +9,12 @@ use dashtam_queue::{JobRecord, JobState};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::actions;
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::extract::{PathId, parse_id};
-use crate::openapi::{IdempotencyKey, JobIdPath, Problems};
+use crate::idempotency::IdempotencyKey;
+use crate::openapi::Problems;
 use crate::{AppState, RequestId};
 use dashtam_domain::audit::AuditAction;
 use utoipa::{IntoParams, ToSchema};
@@ -130,7 +132,7 @@ async fn visible(state: &AppState, caller: &Caller, id: JobId) -> Result<JobReco
 /// boundary (nothing it collected is committed).
 #[utoipa::path(
     post, path = "/jobs/{job_id}/cancel", tag = "jobs",
-    params(JobIdPath, IdempotencyKey),
+    params(PathId<JobId>, IdempotencyKey),
     responses(
         (status = 200, description = "Cancelled, or asked to stop", body = JobView),
         Problems,
@@ -143,13 +145,6 @@ async fn cancel(
     PathId(id): PathId<JobId>,
 ) -> Result<Json<JobView>, ApiError> {
     let job = visible(&state, &caller, id).await?;
-    let mut tx = super::shared::begin(&state).await?;
-    let Some(job) = dashtam_queue::ops::cancel(&mut *tx, job.id).await? else {
-        return Err(ApiError::conflict(format!(
-            "job {} already finished ({}); nothing to cancel",
-            job.id, job.state
-        )));
-    };
     let entry = super::shared::action(
         AuditAction::JobCancelled,
         &caller,
@@ -157,8 +152,13 @@ async fn cancel(
         job.id.to_string(),
         &rid,
     );
-    super::shared::commit_audited(tx, entry).await?;
-    Ok(Json(job.into()))
+    let Some(cancelled) = actions::cancel_job(state.queue.pool(), job.id, &entry).await? else {
+        return Err(ApiError::conflict(format!(
+            "job {} already finished ({}); nothing to cancel",
+            job.id, job.state
+        )));
+    };
+    Ok(Json(cancelled.into()))
 }
 
 /// A job as API clients see it.
@@ -218,7 +218,7 @@ impl From<JobRecord> for JobView {
 /// A job: its state, attempts, progress and errors (its owner, or any
 /// operator).
 #[utoipa::path(
-    get, path = "/jobs/{job_id}", tag = "jobs", params(JobIdPath),
+    get, path = "/jobs/{job_id}", tag = "jobs", params(PathId<JobId>),
     responses((status = 200, body = JobView), Problems),
 )]
 async fn show(
@@ -231,14 +231,28 @@ async fn show(
 
 /// One Server-Sent Event of `GET /jobs/{job_id}/events`.
 #[derive(ToSchema)]
-#[allow(dead_code)] // Documents the stream.
 struct JobEvent {
     /// Always `job`.
     #[schema(pattern = "^job$")]
-    event: String,
+    event: &'static str,
     /// The job as JSON (a `JobView`).
     #[schema(content_media_type = "application/json")]
     data: String,
+}
+
+impl JobEvent {
+    fn of(job: JobRecord) -> Self {
+        Self {
+            event: "job",
+            data: serde_json::to_string(&JobView::from(job)).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<JobEvent> for axum::response::sse::Event {
+    fn from(e: JobEvent) -> Self {
+        Self::default().event(e.event).data(e.data)
+    }
 }
 
 /// How often a stream looks at its job even without a notification.
@@ -249,7 +263,7 @@ const EVENTS_FALLBACK: std::time::Duration = std::time::Duration::from_secs(10);
 /// daemon's stream sees changes made anywhere), and the stream ends after
 /// the event that shows the job finished.
 #[utoipa::path(
-    get, path = "/jobs/{job_id}/events", tag = "jobs", params(JobIdPath),
+    get, path = "/jobs/{job_id}/events", tag = "jobs", params(PathId<JobId>),
     responses(
         (status = 200, description = "An `event: job` now and on every change; the stream ends after the job does",
          content_type = "text/event-stream", body = JobEvent),
@@ -311,10 +325,7 @@ async fn events(
         loop {
             if let Some(job) = s.pending.take() {
                 let finished = job.is_finished();
-                let event = Event::default()
-                    .event("job")
-                    .json_data(JobView::from(job.clone()))
-                    .unwrap_or_else(|_| Event::default().event("job"));
+                let event = Event::from(JobEvent::of(job.clone()));
                 s.last = Some(job);
                 s.done = finished;
                 return Some((Ok::<_, std::convert::Infallible>(event), s));

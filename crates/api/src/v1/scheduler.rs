@@ -23,23 +23,36 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// A scheduler cycle.
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)] // Documents the `cycle` filter and `TickOut::cycle`.
-enum Cycle {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Cycle {
     TokenRefresh,
     StaleSync,
     Prune,
 }
 
-const CYCLES: [&str; 3] = ["token_refresh", "stale_sync", "prune"];
+impl Cycle {
+    const ALL: [Self; 3] = [Self::TokenRefresh, Self::StaleSync, Self::Prune];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::TokenRefresh => "token_refresh",
+            Self::StaleSync => "stale_sync",
+            Self::Prune => "prune",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct CyclesQuery {
-    #[param(value_type = Option<Cycle>, inline)]
-    cycle: Option<String>,
+    #[param(inline)]
+    cycle: Option<Cycle>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
@@ -69,21 +82,18 @@ async fn cycles(
     q: Result<Query<CyclesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<CyclesView>, ApiError> {
     let q = query(q)?;
-    if let Some(c) = q.cycle.as_deref().filter(|c| !CYCLES.contains(c)) {
-        return Err(ApiError::invalid_field(
-            "cycle",
-            format!("{c:?} is not a cycle (token_refresh, stale_sync, prune)"),
-        ));
-    }
     let limit = super::shared::page_size(q.limit, 100, 1000)?;
     let after = match q.cursor.as_deref() {
         None => None,
         Some(c) => Some(
             c.split_once('/')
-                .and_then(|(t, cycle)| Some((t.parse::<DateTime<Utc>>().ok()?, cycle)))
-                .filter(|(t, cycle)| {
-                    super::shared::storable_year(t.year()) && CYCLES.contains(cycle)
+                .and_then(|(t, cycle)| {
+                    Some((
+                        t.parse::<DateTime<Utc>>().ok()?,
+                        Cycle::parse(cycle)?.as_str(),
+                    ))
                 })
+                .filter(|(t, _)| super::shared::storable_year(t.year()))
                 .ok_or_else(|| {
                     ApiError::invalid_field("cursor", "is not a cursor this API issued")
                 })?,
@@ -91,7 +101,7 @@ async fn cycles(
     };
     let pool = state.queue.pool();
     let leader = leadership::lease(pool, leadership::LEASE).await?;
-    let mut data = leadership::ticks(pool, q.cycle.as_deref(), after, limit + 1).await?;
+    let mut data = leadership::ticks(pool, q.cycle.map(Cycle::as_str), after, limit + 1).await?;
     let next_cursor = super::shared::next_page(&mut data, limit, |t| {
         format!("{}/{}", t.tick.to_rfc3339(), t.cycle)
     });

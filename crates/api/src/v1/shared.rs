@@ -74,29 +74,6 @@ pub fn action(
     }
 }
 
-/// A transaction on the queue's database for an action and its audit record.
-pub async fn begin(
-    state: &AppState,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, ApiError> {
-    state
-        .queue
-        .pool()
-        .begin()
-        .await
-        .map_err(|e| ApiError::database(&e))
-}
-
-/// Appends the audit record for the action done in `tx`, and commits both.
-pub async fn commit_audited(
-    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
-    entry: AuditEntry,
-) -> Result<(), ApiError> {
-    dashtam_store::audit::append(&mut *tx, &entry)
-        .await
-        .map_err(|e| ApiError::database(&e))?;
-    tx.commit().await.map_err(|e| ApiError::database(&e))
-}
-
 /// The queue job for `job`, a sync of `user`'s connection at `provider`.
 pub fn sync_job(
     state: &AppState,

@@ -8,8 +8,8 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::de::{Deserializer, Error as _};
 use serde::Deserialize;
+use serde::de::{Deserializer, Error as _};
 
 /// A duration written as a whole number of the unit its key names (`_ms`,
 /// `_secs`, `_minutes`, `_hours`, `_days`): each unit `UNIT_MS`
@@ -105,7 +105,9 @@ impl<'de> Deserialize<'de> for JwtAlgorithm {
         let name = String::deserialize(d)?;
         dashtam_api::auth::parse_algorithm(&name)
             .map(Self)
-            .ok_or_else(|| D::Error::custom(format_args!("{name:?} is not one of HS256, RS256, ES256")))
+            .ok_or_else(|| {
+                D::Error::custom(format_args!("{name:?} is not one of HS256, RS256, ES256"))
+            })
     }
 }
 
@@ -128,7 +130,13 @@ mod tests {
     #[test]
     fn crons_and_algorithms_parse_once() {
         assert!("".parse::<Cron>().unwrap().schedule().is_none());
-        assert!("0 */5 * * * *".parse::<Cron>().unwrap().schedule().is_some());
+        assert!(
+            "0 */5 * * * *"
+                .parse::<Cron>()
+                .unwrap()
+                .schedule()
+                .is_some()
+        );
         assert!("every five minutes".parse::<Cron>().is_err());
         let a: JwtAlgorithm = serde_json::from_str("\"ES256\"").unwrap();
         assert_eq!(a.0, jsonwebtoken::Algorithm::ES256);

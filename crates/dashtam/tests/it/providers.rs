@@ -274,7 +274,11 @@ async fn budgeted(pool: PgPool, redis_url: Option<&str>) -> TestApp {
     let mut config = test_config();
     config.sync.page_size = 10;
     config.budgets.max_wait_ms = 300.into();
-    let plaid = config.budgets.providers.get_mut(&ProviderKind::Plaid).unwrap();
+    let plaid = config
+        .budgets
+        .providers
+        .get_mut(&ProviderKind::Plaid)
+        .unwrap();
     plaid.requests_per_sec = 10.0;
     plaid.burst = 2;
     plaid.concurrency = 3;

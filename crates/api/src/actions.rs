@@ -1,0 +1,77 @@
+//! Actions on the queue that clients and operators take through the API,
+//! each one unit of work: the queue changes and its audit OUTCOME is
+//! appended in one transaction, or neither happens (an action that does not
+//! apply writes no audit record). Handlers decide who may act and how an
+//! answer reads over HTTP; nothing here knows HTTP.
+
+use dashtam_domain::audit::AuditEntry;
+use dashtam_queue::{JobRecord, QueueError, ops};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+/// Appends `entry` in `tx` and commits both.
+async fn commit_with(
+    mut tx: Transaction<'_, Postgres>,
+    entry: &AuditEntry,
+) -> Result<(), QueueError> {
+    dashtam_store::audit::append(&mut *tx, entry).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Cancels job `id` (see [`ops::cancel`]); `None`, and no record, if it
+/// had already finished.
+pub async fn cancel_job(
+    pool: &PgPool,
+    id: Uuid,
+    entry: &AuditEntry,
+) -> Result<Option<JobRecord>, QueueError> {
+    let mut tx = pool.begin().await?;
+    let Some(job) = ops::cancel(&mut *tx, id).await? else {
+        return Ok(None);
+    };
+    commit_with(tx, entry).await?;
+    Ok(Some(job))
+}
+
+/// Runs a dead or cancelled job again (see [`ops::retry`]); recorded only
+/// when it was.
+pub async fn retry_job(
+    pool: &PgPool,
+    id: Uuid,
+    entry: &AuditEntry,
+) -> Result<ops::Retry, QueueError> {
+    let mut tx = pool.begin().await?;
+    let retry = ops::retry(&mut tx, id).await?;
+    if matches!(retry, ops::Retry::Retried(_)) {
+        commit_with(tx, entry).await?;
+    }
+    Ok(retry)
+}
+
+/// Deletes a finished job; `false`, and no record, if it was not one.
+pub async fn discard_job(pool: &PgPool, id: Uuid, entry: &AuditEntry) -> Result<bool, QueueError> {
+    let mut tx = pool.begin().await?;
+    if ops::discard(&mut *tx, id).await?.is_none() {
+        return Ok(false);
+    }
+    commit_with(tx, entry).await?;
+    Ok(true)
+}
+
+/// Pauses or resumes `queue` on behalf of `by`.
+pub async fn set_queue_paused(
+    pool: &PgPool,
+    queue: &str,
+    paused: bool,
+    by: &str,
+    entry: &AuditEntry,
+) -> Result<(), QueueError> {
+    let mut tx = pool.begin().await?;
+    if paused {
+        ops::pause(&mut *tx, queue, by).await?;
+    } else {
+        ops::resume(&mut *tx, queue).await?;
+    }
+    commit_with(tx, entry).await
+}
