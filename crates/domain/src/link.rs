@@ -6,8 +6,8 @@
 use std::fmt;
 
 use serde::Deserialize;
-use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
 
 use crate::model::ProviderKind;
 
@@ -51,46 +51,40 @@ pub enum Link {
     Schwab { authorization_code: OneTimeCode },
 }
 
+/// The schema of one way to link (`LinkPlaid`, `LinkSchwab`): the provider
+/// and its one credential, nothing else.
+fn variant(provider: &str, doc: &str, field: &str, field_doc: &str) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .description(Some(doc))
+        .property(
+            "provider",
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some([provider])),
+        )
+        .property(
+            field,
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some(field_doc))
+                .min_length(Some(1))
+                .max_length(Some(512))
+                .pattern(Some("\\S")),
+        )
+        .required("provider")
+        .required(field)
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .into()
+}
+
 impl utoipa::PartialSchema for Link {
     fn schema() -> RefOr<Schema> {
-        let variant = |provider: &str, doc: &str, field: &str, field_doc: &str| {
-            ObjectBuilder::new()
-                .description(Some(doc))
-                .property(
-                    "provider",
-                    ObjectBuilder::new()
-                        .schema_type(Type::String)
-                        .enum_values(Some([provider])),
-                )
-                .property(
-                    field,
-                    ObjectBuilder::new()
-                        .schema_type(Type::String)
-                        .description(Some(field_doc))
-                        .min_length(Some(1))
-                        .max_length(Some(512))
-                        .pattern(Some("\\S")),
-                )
-                .required("provider")
-                .required(field)
-                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
-        };
         OneOfBuilder::new()
             .description(Some(
                 "Links a provider connection: the provider, and the one credential its link flow gives.",
             ))
-            .item(variant(
-                "plaid",
-                "A cursor-style connection (Plaid).",
-                "public_token",
-                "The one-time token from the link flow.",
-            ))
-            .item(variant(
-                "schwab",
-                "An OAuth (date-window) connection (Schwab).",
-                "authorization_code",
-                "The code the consent step redirected with.",
-            ))
+            .item(Ref::from_schema_name("LinkPlaid"))
+            .item(Ref::from_schema_name("LinkSchwab"))
             .into()
     }
 }
@@ -98,6 +92,27 @@ impl utoipa::PartialSchema for Link {
 impl utoipa::ToSchema for Link {
     fn name() -> std::borrow::Cow<'static, str> {
         "CreateConnection".into()
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((
+            "LinkPlaid".into(),
+            variant(
+                "plaid",
+                "A cursor-style connection (Plaid).",
+                "public_token",
+                "The one-time token from the link flow.",
+            ),
+        ));
+        schemas.push((
+            "LinkSchwab".into(),
+            variant(
+                "schwab",
+                "An OAuth (date-window) connection (Schwab).",
+                "authorization_code",
+                "The code the consent step redirected with.",
+            ),
+        ));
     }
 }
 
