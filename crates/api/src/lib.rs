@@ -147,6 +147,31 @@ async fn request_context(
     resp
 }
 
+/// Every route the API serves, in the request metrics at zero from the
+/// first scrape, under the status it answers on success (the first 2xx
+/// the description lists).
+fn prime_http_metrics(spec: &utoipa::openapi::OpenApi) {
+    let m = &dashtam_telemetry::metrics::METRICS;
+    for (route, item) in &spec.paths.paths {
+        for (method, op) in [
+            ("GET", &item.get),
+            ("POST", &item.post),
+            ("PUT", &item.put),
+            ("PATCH", &item.patch),
+            ("DELETE", &item.delete),
+        ] {
+            let Some(op) = op else { continue };
+            let status = op
+                .responses
+                .responses
+                .keys()
+                .find(|s| s.starts_with('2'))
+                .map_or("200", String::as_str);
+            m.prime_route(route, method, status);
+        }
+    }
+}
+
 /// Counts and times every request by its route template (never the raw
 /// path, which holds ids).
 async fn http_metrics(req: Request, next: Next) -> Response {
@@ -342,6 +367,7 @@ pub fn router(state: AppState) -> Router {
             state.rate_limiter.clone(),
         ))
         .split_for_parts();
+    prime_http_metrics(&spec);
     let json = spec.to_json().unwrap_or_else(|e| {
         tracing::error!(error = %e, "the OpenAPI description does not serialize");
         String::from("{}")

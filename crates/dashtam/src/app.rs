@@ -300,9 +300,12 @@ impl Daemon {
             Ok(())
         });
         let queue_pool = queue_pool(&self.config, &self.pool);
+        let known = self.config.known_labels();
+        dashtam_telemetry::metrics::METRICS.prime(&known);
         tasks.spawn(refresh_gauges(
             self.store(),
             queue_pool.clone(),
+            known,
             self.config.metrics.refresh_secs.get(),
             shutdown.clone(),
         ));
@@ -382,6 +385,7 @@ impl Daemon {
 async fn refresh_gauges(
     store: Store,
     queue_pool: PgPool,
+    known: dashtam_telemetry::metrics::KnownLabels,
     every: Duration,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -406,12 +410,13 @@ async fn refresh_gauges(
         match dashtam_queue::ops::depth(store.pool()).await {
             Ok(depth) => {
                 // Reset first: a state that emptied must read 0, not its
-                // last value.
+                // last value (and a queue no longer configured vanish).
                 m.queue_jobs.reset();
+                m.queue_oldest_available_age.reset();
+                m.zero_queue_gauges(&known);
                 for (queue, state, n) in depth.jobs {
                     m.queue_jobs.with_label_values(&[&queue, &state]).set(n);
                 }
-                m.queue_oldest_available_age.reset();
                 for (queue, age) in depth.oldest_available {
                     m.queue_oldest_available_age
                         .with_label_values(&[&queue])
@@ -422,7 +427,7 @@ async fn refresh_gauges(
         }
         match store.provider_health().await {
             Ok(rows) => {
-                // Every provider from the first scrape, open or not.
+                // Every provider, open or not.
                 for provider in dashtam_domain::model::ProviderKind::ALL {
                     let open = rows
                         .iter()
@@ -430,12 +435,6 @@ async fn refresh_gauges(
                     m.provider_breaker_open
                         .with_label_values(&[provider.as_str()])
                         .set(i64::from(open));
-                    // Known from the first scrape, so rate() works at once.
-                    for to in ["open", "half_open", "closed", "paused"] {
-                        m.provider_breaker_transitions
-                            .with_label_values(&[provider.as_str(), to])
-                            .inc_by(0);
-                    }
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not read provider health"),
@@ -443,6 +442,7 @@ async fn refresh_gauges(
         match store.connection_counts().await {
             Ok(counts) => {
                 m.connections.reset();
+                m.zero_connection_gauges(&known);
                 for (provider, status, n) in counts {
                     m.connections
                         .with_label_values(&[&provider, &status])

@@ -624,6 +624,54 @@ impl Config {
         }
     }
 
+    /// The label values every metric series is made of, known from the
+    /// configuration: exported at zero from the first scrape.
+    pub fn known_labels(&self) -> dashtam_telemetry::metrics::KnownLabels {
+        use dashtam_domain::jobs::JobKind;
+        use dashtam_domain::model::ConnectionStatus;
+        let names = |v: &mut dyn Iterator<Item = &'static str>| v.map(str::to_owned).collect();
+        dashtam_telemetry::metrics::KnownLabels {
+            queues: self
+                .worker
+                .queues
+                .keys()
+                .map(|q| {
+                    let kinds = JobKind::ALL
+                        .into_iter()
+                        .filter(|k| k.queue() == q)
+                        .map(|k| k.as_str().to_owned())
+                        .collect();
+                    (q.clone(), kinds)
+                })
+                .collect(),
+            providers: names(&mut ProviderKind::ALL.into_iter().map(ProviderKind::as_str)),
+            connection_statuses: names(
+                &mut ConnectionStatus::ALL
+                    .into_iter()
+                    .map(ConnectionStatus::as_str),
+            ),
+            webhook_providers: vec![ProviderKind::Plaid.as_str().to_owned()],
+            cycles: names(
+                &mut dashtam_scheduler::Cycle::ALL
+                    .into_iter()
+                    .map(dashtam_scheduler::Cycle::as_str),
+            ),
+            provider_endpoints: {
+                use dashtam_providers::endpoints::{plaid, schwab};
+                let of = |p: ProviderKind, e: &[&str]| {
+                    e.iter()
+                        .map(move |e| (p.as_str().to_owned(), (*e).to_owned()))
+                        .collect::<Vec<_>>()
+                };
+                [
+                    of(ProviderKind::Plaid, &plaid::ALL),
+                    of(ProviderKind::Schwab, &schwab::ALL),
+                ]
+                .concat()
+            },
+        }
+    }
+
     /// Whether new Plaid connections get our webhook registered.
     pub fn plaid_webhooks_on(&self) -> bool {
         self.providers

@@ -61,6 +61,15 @@ pub enum ConnectionStatus {
 }
 
 impl ConnectionStatus {
+    pub const ALL: [Self; 6] = [
+        Self::Pending,
+        Self::Active,
+        Self::ReauthRequired,
+        Self::Revoked,
+        Self::Disconnected,
+        Self::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",

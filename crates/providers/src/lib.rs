@@ -5,6 +5,7 @@
 //! conventions, currency fallbacks, status names) are normalized here and
 //! nowhere else.
 
+pub mod endpoints;
 mod http;
 pub mod plaid;
 mod plaid_webhooks;

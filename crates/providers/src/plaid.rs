@@ -1,5 +1,6 @@
 //! Plaid `/transactions/sync` (cursor style).
 
+use crate::endpoints;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -277,7 +278,7 @@ impl TransactionSyncSource for PlaidClient {
         }
         let bytes = self
             .post(
-                "/item/public_token/exchange",
+                endpoints::plaid::EXCHANGE,
                 &serde_json::json!({ "public_token": public_token }),
             )
             .await?;
@@ -302,7 +303,7 @@ impl TransactionSyncSource for PlaidClient {
         }
         let bytes = self
             .post(
-                "/accounts/get",
+                endpoints::plaid::ACCOUNTS,
                 &serde_json::json!({ "access_token": credentials.access_token.expose_secret() }),
             )
             .await?;
@@ -317,7 +318,7 @@ impl TransactionSyncSource for PlaidClient {
         url: &str,
     ) -> Result<(), ProviderError> {
         self.post(
-            "/item/webhook/update",
+            endpoints::plaid::WEBHOOK_UPDATE,
             &serde_json::json!({
                 "access_token": credentials.access_token.expose_secret(),
                 "webhook": url,
@@ -340,7 +341,9 @@ impl TransactionSyncSource for PlaidClient {
         if let Some(c) = cursor {
             body["cursor"] = c.into();
         }
-        let bytes = self.post("/transactions/sync", &body).await?;
+        let bytes = self
+            .post(endpoints::plaid::TRANSACTIONS_SYNC, &body)
+            .await?;
         let r: SyncResponse = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::Permanent(format!("/transactions/sync response: {e}")))?;
         let accounts = r
@@ -387,7 +390,7 @@ impl TransactionSyncSource for PlaidClient {
 
     async fn revoke(&self, credentials: &ProviderCredentials) -> Result<(), ProviderError> {
         self.post(
-            "/item/remove",
+            endpoints::plaid::REMOVE,
             &serde_json::json!({ "access_token": credentials.access_token.expose_secret() }),
         )
         .await

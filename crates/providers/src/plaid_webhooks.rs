@@ -7,6 +7,7 @@
 //! under five minutes old, and whose `request_body_sha256` must be the
 //! SHA-256 of the body as received.
 
+use crate::endpoints;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -115,7 +116,7 @@ impl PlaidWebhooks {
         let fetched = self
             .client
             .post(
-                "/webhook_verification_key/get",
+                endpoints::plaid::VERIFICATION_KEY,
                 &serde_json::json!({ "key_id": kid }),
             )
             .await;

@@ -6,6 +6,7 @@
 //! ours (positive = cash into the account); `PENDING` maps to pending,
 //! `VALID` to settled, `CANCELED`/`INVALID` to cancelled.
 
+use crate::endpoints;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -85,10 +86,10 @@ impl SchwabClient {
     async fn token(&self, form: &[(&str, &str)]) -> Result<TokenGrant, ProviderError> {
         let req = self
             .http
-            .post(self.url("/v1/oauth/token"))
+            .post(self.url(endpoints::schwab::TOKEN))
             .header(reqwest::header::AUTHORIZATION, self.basic())
             .form(form);
-        let bytes = self.send("/v1/oauth/token", req).await?;
+        let bytes = self.send(endpoints::schwab::TOKEN, req).await?;
         #[derive(Deserialize)]
         struct Tokens {
             access_token: String,
@@ -179,7 +180,9 @@ fn classify(
         s if s.is_server_error() => ProviderError::Transient(what),
         _ if err.dead_grant() => ProviderError::Unauthorized(what),
         // A 401 on the token endpoint means our app credentials are wrong.
-        StatusCode::UNAUTHORIZED if endpoint == "/v1/oauth/token" => ProviderError::Permanent(what),
+        StatusCode::UNAUTHORIZED if endpoint == endpoints::schwab::TOKEN => {
+            ProviderError::Permanent(what)
+        }
         StatusCode::UNAUTHORIZED => ProviderError::AccessTokenExpired,
         StatusCode::FORBIDDEN => ProviderError::Unauthorized(what),
         _ => ProviderError::Permanent(what),
@@ -363,10 +366,10 @@ impl WindowSyncSource for SchwabClient {
             .unwrap_or(&credentials.access_token);
         let req = self
             .http
-            .post(self.url("/v1/oauth/revoke"))
+            .post(self.url(endpoints::schwab::REVOKE))
             .header(reqwest::header::AUTHORIZATION, self.basic())
             .form(&[("token", token.expose_secret())]);
-        self.send("/v1/oauth/revoke", req).await.map(drop)
+        self.send(endpoints::schwab::REVOKE, req).await.map(drop)
     }
 
     fn refresh_token_lifetime(&self) -> Duration {
@@ -385,8 +388,8 @@ impl WindowSyncSource for SchwabClient {
             "accountNumbers",
             &self
                 .get(
-                    "/trader/v1/accounts/accountNumbers",
-                    "/trader/v1/accounts/accountNumbers",
+                    endpoints::schwab::ACCOUNT_NUMBERS,
+                    endpoints::schwab::ACCOUNT_NUMBERS,
                     access_token,
                     &[],
                 )
@@ -396,8 +399,8 @@ impl WindowSyncSource for SchwabClient {
             "accounts",
             &self
                 .get(
-                    "/trader/v1/accounts",
-                    "/trader/v1/accounts",
+                    endpoints::schwab::ACCOUNTS,
+                    endpoints::schwab::ACCOUNTS,
                     access_token,
                     &[],
                 )
@@ -455,7 +458,7 @@ impl WindowSyncSource for SchwabClient {
         let (start, end) = (iso(start), iso(end));
         let bytes = self
             .get(
-                "/trader/v1/accounts/{accountNumber}/transactions",
+                endpoints::schwab::TRANSACTIONS,
                 &path,
                 access_token,
                 &[

@@ -53,6 +53,8 @@ pub enum Cycle {
 }
 
 impl Cycle {
+    pub const ALL: [Self; 3] = [Self::TokenRefresh, Self::StaleSync, Self::Prune];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::TokenRefresh => "token_refresh",

@@ -245,5 +245,177 @@ impl Metrics {
     }
 }
 
+/// Label values known in advance. Every series they make is exported from
+/// the first scrape, at zero ([`Metrics::prime`]): a fresh deployment's
+/// dashboards show zeros rather than "No data", and `rate()` and
+/// `increase()` see the first event as a change from zero.
+#[derive(Clone, Debug, Default)]
+pub struct KnownLabels {
+    /// Each queue, with the kinds of job it runs.
+    pub queues: Vec<(String, Vec<String>)>,
+    pub providers: Vec<String>,
+    /// Every status a connection can have.
+    pub connection_statuses: Vec<String>,
+    /// The providers that send webhooks.
+    pub webhook_providers: Vec<String>,
+    /// The scheduler's cycles.
+    pub cycles: Vec<String>,
+    /// (provider, endpoint) of every provider call the adapters make.
+    pub provider_endpoints: Vec<(String, String)>,
+}
+
+/// `dashtam_jobs_total`'s events; the outcomes of a run are the last five
+/// but `released` and the others' subset in [`JOB_OUTCOMES`].
+pub const JOB_EVENTS: [&str; 10] = [
+    "enqueued",
+    "started",
+    "succeeded",
+    "snoozed",
+    "retried",
+    "failed",
+    "cancelled",
+    "rescued",
+    "handed_back",
+    "released",
+];
+/// How a handler's run ended (`dashtam_job_duration_seconds`'s outcome).
+pub const JOB_OUTCOMES: [&str; 5] = ["succeeded", "snoozed", "retried", "failed", "cancelled"];
+/// The unfinished states `dashtam_queue_jobs` counts.
+pub const PENDING_STATES: [&str; 4] = ["scheduled", "available", "running", "retryable"];
+pub const BREAKER_TRANSITIONS: [&str; 4] = ["open", "half_open", "closed", "paused"];
+pub const BUDGET_DECISIONS: [&str; 4] = ["allowed", "waited", "deferred", "fail_open"];
+pub const TOKEN_REFRESH_OUTCOMES: [&str; 5] = [
+    "refreshed",
+    "skipped",
+    "failed",
+    "deferred",
+    "reauth_required",
+];
+pub const WEBHOOK_KINDS: [&str; 7] = [
+    "sync_updates_available",
+    "login_required",
+    "reauth_soon",
+    "permission_revoked",
+    "login_repaired",
+    "other",
+    "none",
+];
+pub const WEBHOOK_RESULTS: [&str; 10] = [
+    "applied",
+    "coalesced",
+    "ignored",
+    "unknown_item",
+    "unsigned",
+    "forged",
+    "stale",
+    "replayed",
+    "malformed",
+    "key_unavailable",
+];
+pub const RATE_LIMIT_CLASSES: [&str; 2] = ["enqueue", "write"];
+pub const RATE_LIMIT_DECISIONS: [&str; 3] = ["allowed", "limited", "fail_open"];
+
+impl Metrics {
+    /// Creates every series `known` makes, at zero (counters and
+    /// histograms; the database gauges through [`Metrics::zero_gauges`]).
+    pub fn prime(&self, known: &KnownLabels) {
+        for (queue, kinds) in &known.queues {
+            self.job_pickup_seconds.with_label_values(&[queue]);
+            for kind in kinds {
+                for event in JOB_EVENTS {
+                    self.jobs.with_label_values(&[queue, kind, event]).inc_by(0);
+                }
+                for outcome in JOB_OUTCOMES {
+                    self.job_duration_seconds
+                        .with_label_values(&[queue, kind, outcome]);
+                }
+            }
+        }
+        for p in &known.providers {
+            self.transactions_ingested.with_label_values(&[p]).inc_by(0);
+            for to in BREAKER_TRANSITIONS {
+                self.provider_breaker_transitions
+                    .with_label_values(&[p, to])
+                    .inc_by(0);
+            }
+            for decision in BUDGET_DECISIONS {
+                self.provider_budget_decisions
+                    .with_label_values(&[p, decision])
+                    .inc_by(0);
+            }
+            for outcome in TOKEN_REFRESH_OUTCOMES {
+                self.token_refreshes
+                    .with_label_values(&[p, outcome])
+                    .inc_by(0);
+            }
+        }
+        for (p, endpoint) in &known.provider_endpoints {
+            self.provider_requests
+                .with_label_values(&[p, endpoint, "200"])
+                .inc_by(0);
+            self.provider_request_seconds
+                .with_label_values(&[p, endpoint]);
+        }
+        for p in &known.webhook_providers {
+            for kind in WEBHOOK_KINDS {
+                for result in WEBHOOK_RESULTS {
+                    self.webhooks
+                        .with_label_values(&[p, kind, result])
+                        .inc_by(0);
+                }
+            }
+        }
+        for class in RATE_LIMIT_CLASSES {
+            for decision in RATE_LIMIT_DECISIONS {
+                self.rate_limit_decisions
+                    .with_label_values(&[class, decision])
+                    .inc_by(0);
+            }
+        }
+        for cycle in &known.cycles {
+            self.scheduler_ticks.with_label_values(&[cycle]).inc_by(0);
+        }
+        for p in &known.providers {
+            self.provider_breaker_open.with_label_values(&[p]).set(0);
+        }
+        self.zero_queue_gauges(known);
+        self.zero_connection_gauges(known);
+    }
+
+    /// Creates the API's request series of `route` (a template) and
+    /// `method` at zero, under the status the route answers when it
+    /// succeeds.
+    pub fn prime_route(&self, route: &str, method: &str, status: &str) {
+        self.http_requests
+            .with_label_values(&[route, method, status])
+            .inc_by(0);
+        self.http_request_seconds
+            .with_label_values(&[route, method]);
+    }
+
+    /// Sets the queue gauges of every known queue and state to zero: at the
+    /// start, and after a refresh reset them (a state that emptied must read
+    /// 0, not vanish). The refresh then sets what the database counts.
+    pub fn zero_queue_gauges(&self, known: &KnownLabels) {
+        for (queue, _) in &known.queues {
+            self.queue_oldest_available_age
+                .with_label_values(&[queue])
+                .set(0.0);
+            for state in PENDING_STATES {
+                self.queue_jobs.with_label_values(&[queue, state]).set(0);
+            }
+        }
+    }
+
+    /// [`Metrics::zero_queue_gauges`] for the connection counts.
+    pub fn zero_connection_gauges(&self, known: &KnownLabels) {
+        for p in &known.providers {
+            for status in &known.connection_statuses {
+                self.connections.with_label_values(&[p, status]).set(0);
+            }
+        }
+    }
+}
+
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
