@@ -4,10 +4,33 @@
 //! apply writes no audit record). Handlers decide who may act and how an
 //! answer reads over HTTP; nothing here knows HTTP.
 
-use dashtam_domain::audit::AuditEntry;
+use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
 use dashtam_queue::{JobRecord, QueueError, ops};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
+
+/// The OUTCOME record of `action` on `resource_type` `resource_id` by
+/// `actor` (`user:<sub>` through the API, `cli:<user>` from the console),
+/// with the request it came in on if any.
+pub fn entry(
+    action: AuditAction,
+    actor: String,
+    resource_type: &'static str,
+    resource_id: String,
+    correlation_id: Option<String>,
+) -> AuditEntry {
+    AuditEntry {
+        action,
+        phase: AuditPhase::Outcome,
+        outcome: AuditOutcome::Succeeded,
+        actor,
+        resource_type,
+        resource_id,
+        correlation_id,
+        reason: None,
+        context: serde_json::json!({}),
+    }
+}
 
 /// Appends `entry` in `tx` and commits both.
 async fn commit_with(

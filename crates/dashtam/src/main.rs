@@ -3,6 +3,7 @@
 //! runs on.
 
 mod bench;
+mod console;
 mod demo;
 
 use std::net::SocketAddr;
@@ -104,6 +105,36 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Jobs: list, show, retry, cancel, discard (against the database).
+    Jobs {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        command: console::JobsCommand,
+    },
+    /// Queues: jobs per state and whether paused; pause or resume one.
+    Queues {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<console::QueuesCommand>,
+    },
+    /// Connections of every user, e.g. those needing re-authorization.
+    Connections {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(subcommand)]
+        command: console::ConnectionsCommand,
+    },
+    /// Providers: breaker, pause and budget.
+    Providers {
+        #[command(flatten)]
+        db: DbArgs,
+        #[arg(long)]
+        json: bool,
     },
     /// Benchmarks; each prints one JSON line.
     Bench {
@@ -301,6 +332,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             | Command::Token { .. }
             | Command::Keys { .. }
             | Command::Config
+            | Command::Jobs { .. }
+            | Command::Queues { .. }
+            | Command::Connections { .. }
+            | Command::Providers { .. }
     );
     let filter = if quiet {
         "warn"
@@ -361,6 +396,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys {
             command: KeysCommand::Rotate { db, batch },
         } => rotate_keys(&config, db, batch).await,
+        Command::Jobs { db, command } => {
+            let url = db_url(&config, db);
+            console::jobs(&config, &url, command).await
+        }
+        Command::Queues { db, json, command } => {
+            let url = db_url(&config, db);
+            console::queues(&config, &url, command, json).await
+        }
+        Command::Connections { db, command } => {
+            let url = db_url(&config, db);
+            console::connections(&config, &url, command).await
+        }
+        Command::Providers { db, json } => {
+            let url = db_url(&config, db);
+            console::providers(&config, &url, json).await
+        }
         Command::Bench { command } => run_bench(config, command).await.map(|()| ExitCode::SUCCESS),
     }
 }

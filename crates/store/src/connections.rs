@@ -170,6 +170,23 @@ impl Store {
         .await?)
     }
 
+    /// Every user's connections (operators only), newest first, at most
+    /// `limit`, of `status` if given.
+    pub async fn all_connections(
+        &self,
+        status: Option<ConnectionStatus>,
+        limit: i64,
+    ) -> Result<Vec<Connection>, StoreError> {
+        Ok(sqlx::query_file_as!(
+            Connection,
+            "queries/all_connections.sql",
+            status.map(ConnectionStatus::as_str),
+            limit
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     pub async fn connections(&self, user: &UserId) -> Result<Vec<Connection>, StoreError> {
         Ok(
             sqlx::query_file_as!(Connection, "queries/list_connections.sql", user.as_str())

@@ -3,7 +3,7 @@
 //! of work below the handlers; no route lives here.
 
 use axum::extract::Query;
-use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
+use dashtam_domain::audit::{AuditAction, AuditEntry};
 use dashtam_domain::jobs::SyncJob;
 use dashtam_queue::NewJob;
 
@@ -61,17 +61,13 @@ pub fn action(
     resource_id: String,
     request_id: &RequestId,
 ) -> AuditEntry {
-    AuditEntry {
+    crate::actions::entry(
         action,
-        phase: AuditPhase::Outcome,
-        outcome: AuditOutcome::Succeeded,
-        actor: format!("user:{}", caller.user),
+        format!("user:{}", caller.user),
         resource_type,
         resource_id,
-        correlation_id: Some(request_id.0.to_string()),
-        reason: None,
-        context: serde_json::json!({}),
-    }
+        Some(request_id.0.to_string()),
+    )
 }
 
 /// The queue job for `job`, a sync of `user`'s connection at `provider`.

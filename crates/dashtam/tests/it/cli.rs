@@ -86,6 +86,11 @@ fn every_command_explains_its_flags() {
         vec!["sandbox", "--help"],
         vec!["demo", "--help"],
         vec!["bench", "sync", "--help"],
+        vec!["jobs", "list", "--help"],
+        vec!["jobs", "retry", "--help"],
+        vec!["queues", "--help"],
+        vec!["connections", "list", "--help"],
+        vec!["providers", "--help"],
     ] {
         let out = dashtam().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -212,4 +217,146 @@ async fn demo_syncs_everything_and_exits_zero(pool: PgPool) {
     );
     assert!(stdout.contains("started by a webhook"), "{stdout}");
     assert!(stdout.contains("2 token refreshes"), "{stdout}");
+}
+
+/// Runs `dashtam` against `url` as operating-system user `ops-ana`:
+/// (success, stdout, stderr).
+fn console(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = dashtam()
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env("USER", "ops-ana")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The operator's console in the terminal, against the database: a dead
+/// job is listed, shown with its errors and retried (the same audit record
+/// as the admin API's, by `cli:ops-ana`) until it succeeds, then
+/// discarded; a queue is paused and resumed; connections are listed by
+/// status and providers with their breakers. Human tables by default,
+/// `--json` for scripts; a refused action exits 1 saying why.
+#[sqlx::test(migrations = "../../migrations")]
+async fn the_console_lists_shows_and_acts_on_jobs_queues_connections_and_providers(pool: PgPool) {
+    use crate::helpers::{spawn_app_with, test_config};
+    use dashtam::app::Role;
+    use dashtam_sandbox::Faults;
+
+    let mut config = test_config();
+    config.breaker.min_calls = 1000;
+    let app = spawn_app_with(pool.clone(), &[Role::Api, Role::Worker], config).await;
+    let conn = app.connect("alice", 1, 10).await;
+    app.sandbox.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    let dead = app.sync("alice", &conn).await;
+    assert_eq!(dead["state"], "failed", "{dead}");
+    let id = dead["id"].as_str().unwrap().to_owned();
+    app.sandbox.set_faults(Faults::default());
+    let url = url_of(&pool);
+
+    let (ok, out, err) = console(&url, &["jobs", "list", "--state", "failed", "--json"]);
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["data"][0]["id"], id.as_str(), "{listed}");
+    let (ok, out, _) = console(&url, &["jobs", "list", "--state", "failed"]);
+    assert!(ok);
+    assert!(out.starts_with("ID "), "{out}");
+    assert!(out.contains(&id) && out.contains("HTTP 500"), "{out}");
+    let (ok, _, err) = console(&url, &["jobs", "list", "--state", "dead"]);
+    assert!(!ok);
+    assert!(err.contains("is not a job state"), "{err}");
+    let (ok, out, _) = console(&url, &["jobs", "show", &id]);
+    assert!(ok);
+    assert!(
+        out.contains("state      failed") && out.contains("error      attempt 1"),
+        "{out}"
+    );
+
+    let (ok, out, err) = console(&url, &["jobs", "retry", &id]);
+    assert!(ok, "{err}");
+    assert!(out.contains("available again"), "{out}");
+    assert_eq!(app.wait_job("alice", &id).await["state"], "succeeded");
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM audit_records \
+             WHERE action = 'job_retried' AND actor = 'cli:ops-ana'"
+        )
+        .await,
+        1
+    );
+    let (ok, _, err) = console(&url, &["jobs", "retry", &id]);
+    assert!(!ok);
+    assert!(err.contains("not failed or cancelled"), "{err}");
+    let (ok, _, err) = console(&url, &["jobs", "discard", &id]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = console(&url, &["jobs", "show", &id]);
+    assert!(!ok);
+    assert!(err.contains("not found"), "{err}");
+
+    let (ok, _, err) = console(&url, &["queues", "pause", "sync"]);
+    assert!(ok, "{err}");
+    let (_, out, _) = console(&url, &["queues", "--json"]);
+    let queues: Value = serde_json::from_str(&out).unwrap();
+    let sync = queues["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "sync")
+        .cloned()
+        .unwrap();
+    assert_eq!(sync["paused"], true, "{queues}");
+    let (ok, out, _) = console(&url, &["queues"]);
+    assert!(ok && out.contains("paused"), "{out}");
+    assert!(console(&url, &["queues", "resume", "sync"]).0);
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM audit_records \
+             WHERE action IN ('queue_paused', 'queue_resumed') AND actor = 'cli:ops-ana'"
+        )
+        .await,
+        2
+    );
+
+    let (_, out, _) = console(
+        &url,
+        &["connections", "list", "--status", "active", "--json"],
+    );
+    let active: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(active["data"][0]["id"], conn.as_str(), "{active}");
+    assert_eq!(active["data"][0]["user_id"], "alice");
+    let (_, out, _) = console(
+        &url,
+        &[
+            "connections",
+            "list",
+            "--status",
+            "reauth_required",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["data"],
+        json!([])
+    );
+    let (ok, _, err) = console(&url, &["connections", "list", "--status", "bogus"]);
+    assert!(!ok && err.contains("reauth_required"), "{err}");
+
+    let (ok, out, _) = console(&url, &["providers", "--json"]);
+    assert!(ok);
+    let providers: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(providers["data"][0]["provider"], "plaid");
+    assert_eq!(providers["data"][0]["breaker"], "closed");
+    let (_, out, _) = console(&url, &["providers"]);
+    assert!(
+        out.starts_with("PROVIDER") && out.contains("schwab"),
+        "{out}"
+    );
+    app.stop().await;
 }
