@@ -82,19 +82,41 @@ pub async fn discard_job(pool: &PgPool, id: Uuid, entry: &AuditEntry) -> Result<
     Ok(true)
 }
 
+/// A queue's name: 1 to 64 letters, digits, `_` or `-`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueName(String);
+
+impl QueueName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for QueueName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ok = (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        ok.then(|| Self(s.to_owned()))
+            .ok_or_else(|| format!("{s:?} is not a queue name (1 to 64 letters, digits, _ or -)"))
+    }
+}
+
 /// Pauses or resumes `queue` on behalf of `by`.
 pub async fn set_queue_paused(
     pool: &PgPool,
-    queue: &str,
+    queue: &QueueName,
     paused: bool,
     by: &str,
     entry: &AuditEntry,
 ) -> Result<(), QueueError> {
     let mut tx = pool.begin().await?;
     if paused {
-        ops::pause(&mut *tx, queue, by).await?;
+        ops::pause(&mut *tx, queue.as_str(), by).await?;
     } else {
-        ops::resume(&mut *tx, queue).await?;
+        ops::resume(&mut *tx, queue.as_str()).await?;
     }
     commit_with(tx, entry).await
 }

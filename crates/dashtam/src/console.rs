@@ -11,7 +11,9 @@ use anyhow::bail;
 use clap::Subcommand;
 use dashtam::app;
 use dashtam::config::Config;
-use dashtam_api::actions;
+use std::str::FromStr;
+
+use dashtam_api::actions::{self, QueueName};
 use dashtam_domain::audit::AuditAction;
 use dashtam_domain::model::{ConnectionStatus, ProviderKind};
 use dashtam_queue::{JobFilter, JobRecord, JobState, Queue, ops};
@@ -60,9 +62,15 @@ pub enum JobsCommand {
 #[derive(Subcommand)]
 pub enum QueuesCommand {
     /// Stop workers claiming from the queue (running jobs carry on).
-    Pause { queue: String },
+    Pause {
+        #[arg(value_parser = QueueName::from_str)]
+        queue: QueueName,
+    },
     /// Let workers claim from the queue again.
-    Resume { queue: String },
+    Resume {
+        #[arg(value_parser = QueueName::from_str)]
+        queue: QueueName,
+    },
 }
 
 #[derive(Subcommand)]
@@ -348,24 +356,17 @@ pub async fn queues(
         Some(QueuesCommand::Pause { queue }) => (queue, true),
         Some(QueuesCommand::Resume { queue }) => (queue, false),
     };
-    if queue.is_empty()
-        || queue.len() > 64
-        || !queue
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        bail!("{queue:?} is not a queue name (1 to 64 letters, digits, _ or -)");
-    }
     let action = if paused {
         AuditAction::QueuePaused
     } else {
         AuditAction::QueueResumed
     };
     let by = actor();
-    let entry = actions::entry(action, by.clone(), "queue", queue.clone(), None);
+    let entry = actions::entry(action, by.clone(), "queue", queue.as_str().to_owned(), None);
     actions::set_queue_paused(&pool, &queue, paused, &by, &entry).await?;
     println!(
-        "queue {queue} {}",
+        "queue {} {}",
+        queue.as_str(),
         if paused { "paused" } else { "resumed" }
     );
     Ok(ExitCode::SUCCESS)

@@ -11,7 +11,7 @@ use dashtam_queue::ops;
 use super::jobs::JobView;
 use super::shared::action;
 use super::views::QueueStatsOut;
-use crate::actions;
+use crate::actions::{self, QueueName};
 use crate::auth::{Caller, Operator};
 use crate::error::ApiError;
 use crate::extract::{PathId, PathParam};
@@ -30,20 +30,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(resume))
         .routes(routes!(retry))
         .routes(routes!(discard))
-}
-
-/// A queue's name in a path: 1 to 64 letters, digits, `_` or `-`.
-pub(crate) struct QueueName(String);
-
-impl std::str::FromStr for QueueName {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        let ok = (1..=64).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        ok.then(|| Self(s.to_owned())).ok_or(())
-    }
 }
 
 impl PathParam for QueueName {
@@ -195,7 +181,7 @@ async fn set_paused(
     state: &AppState,
     caller: &Caller,
     rid: &RequestId,
-    QueueName(queue): QueueName,
+    queue: QueueName,
     paused: bool,
 ) -> Result<StatusCode, ApiError> {
     let audit = if paused {
@@ -203,7 +189,7 @@ async fn set_paused(
     } else {
         AuditAction::QueueResumed
     };
-    let entry = action(audit, caller, "queue", queue.clone(), rid);
+    let entry = action(audit, caller, "queue", queue.as_str().to_owned(), rid);
     actions::set_queue_paused(
         state.queue.pool(),
         &queue,
