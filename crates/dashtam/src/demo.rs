@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::localpg::LocalPostgres;
 use dashtam::app::{self, Daemon, Role};
 use dashtam::config::Config;
 use dashtam::secrets::Secrets;
@@ -25,10 +26,40 @@ pub struct DemoOptions {
     pub oauth_connections: u32,
     pub accounts: u32,
     pub transactions_per_account: u32,
+    /// Leave the daemon running after the demo, until Ctrl-C.
+    pub keep: bool,
 }
 
-pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<bool> {
+/// Whether a PostgreSQL server answers at `url` (a refusal of the login is
+/// an answer; only a connection that cannot be made, or hangs, is not).
+async fn answers(url: &str) -> bool {
+    use sqlx::ConnectOptions;
+    let Ok(opts) = url.parse::<sqlx::postgres::PgConnectOptions>() else {
+        // Not a URL sqlx reads: let the connection say why.
+        return true;
+    };
+    let opts = opts.database("postgres");
+    match tokio::time::timeout(Duration::from_secs(5), opts.connect()).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)) | Err(_) => false,
+        Ok(Err(_)) => true,
+    }
+}
+
+pub async fn run(mut config: Config, mut opts: DemoOptions) -> anyhow::Result<bool> {
     let started = Instant::now();
+    // No server running: a throwaway cluster, removed when the demo ends.
+    let _local = if answers(&opts.database_url).await {
+        None
+    } else {
+        println!(
+            "postgres   nothing answers at {}: starting a throwaway cluster for the demo",
+            app::redact(&opts.database_url)
+        );
+        let pg = LocalPostgres::start()?;
+        opts.database_url = pg.url();
+        Some(pg)
+    };
     let created = dashtam_store::migrate::ensure_database(&opts.database_url)
         .await
         .with_context(|| {
@@ -106,6 +137,34 @@ pub async fn run(mut config: Config, opts: DemoOptions) -> anyhow::Result<bool> 
         started,
     )
     .await;
+    if let Ok(ok) = &result {
+        let operator = issue_token(
+            &jwt_secret,
+            &daemon.config.auth.issuer,
+            &daemon.config.auth.audience,
+            "demo-operator",
+            TokenRole::Operator,
+            Duration::from_secs(12 * 3600),
+        )?;
+        println!(
+            "
+look around: {api}/api/v1/docs (the API), {api}/metrics"
+        );
+        println!("operator token (12 h): {operator}");
+        if opts.keep {
+            println!(
+                "the daemon keeps running (--keep); Ctrl-C stops it{}",
+                if _local.is_some() {
+                    " and removes the throwaway database"
+                } else {
+                    ""
+                }
+            );
+            app::cancel_on_signals(shutdown.clone());
+            running.wait().await?;
+            return Ok(*ok);
+        }
+    }
     shutdown.cancel();
     running.wait().await?;
     result

@@ -5,6 +5,7 @@
 mod bench;
 mod console;
 mod demo;
+mod localpg;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -91,6 +92,9 @@ enum Command {
         /// Transactions per account.
         #[arg(long, default_value_t = 250)]
         transactions_per_account: u32,
+        /// Leave the daemon running afterwards (Ctrl-C stops it), to look around.
+        #[arg(long)]
+        keep: bool,
     },
     /// Development access tokens.
     Token {
@@ -359,6 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             oauth_connections,
             accounts,
             transactions_per_account,
+            keep,
         } => {
             let opts = demo::DemoOptions {
                 database_url: db_url(&config, db),
@@ -367,6 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 oauth_connections,
                 accounts,
                 transactions_per_account,
+                keep,
             };
             let ok = demo::run(config, opts).await?;
             Ok(if ok {

@@ -219,6 +219,53 @@ async fn demo_syncs_everything_and_exits_zero(pool: PgPool) {
     assert!(stdout.contains("2 token refreshes"), "{stdout}");
 }
 
+/// The first run on a machine whose PostgreSQL server is not running (here:
+/// nothing listens at the URL given): the demo starts a throwaway cluster
+/// with the installed `initdb`/`pg_ctl`, succeeds, prints where to look and
+/// an operator token, and removes the cluster.
+#[test]
+fn the_demo_runs_with_no_postgres_server_listening() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/dashtam");
+    let child = dashtam()
+        .args([
+            "demo",
+            "--database-url",
+            &url,
+            "--connections",
+            "1",
+            "--oauth-connections",
+            "1",
+            "--accounts",
+            "1",
+            "--transactions-per-account",
+            "20",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cluster = std::env::temp_dir().join(format!("dashtam-demo-pg-{}", child.id()));
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("starting a throwaway cluster"), "{stdout}");
+    assert!(
+        stdout.contains("summary: 5 jobs (5 succeeded, 0 failed)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("operator token"), "{stdout}");
+    assert!(!cluster.exists(), "{} left behind", cluster.display());
+}
+
 /// Runs `dashtam` against `url` as operating-system user `ops-ana`:
 /// (success, stdout, stderr).
 fn console(url: &str, args: &[&str]) -> (bool, String, String) {
