@@ -72,6 +72,29 @@ async fn record_outcome(store: &dashtam_store::Store, outcome: &AuditEntry) {
     }
 }
 
+/// Writes an attempt's ATTEMPT record. When the write fails the record may
+/// still have committed (Postgres crashed between the commit and its
+/// answer), so the attempt's OUTCOME (`failed`, will retry) is written too,
+/// with the same patience as any OUTCOME: no ATTEMPT stays open. (If the
+/// ATTEMPT did not commit, the OUTCOME stands alone, saying why.)
+async fn record_attempt(
+    store: &dashtam_store::Store,
+    attempt: &AuditEntry,
+    failed: AuditAction,
+) -> Result<(), dashtam_store::StoreError> {
+    let Err(e) = store.audit(attempt).await else {
+        return Ok(());
+    };
+    let mut outcome = attempt.clone();
+    outcome.action = failed;
+    outcome.phase = AuditPhase::Outcome;
+    outcome.outcome = AuditOutcome::Failed;
+    outcome.reason = Some(format!("the attempt could not be recorded: {e}"));
+    outcome.context["will_retry"] = true.into();
+    record_outcome(store, &outcome).await;
+    Err(e)
+}
+
 /// An audit record about `connection`, written by the job in `ctx`.
 fn audit_entry(
     action: AuditAction,

@@ -192,14 +192,14 @@ impl ArgsHandler<SyncJob> for SyncHandler {
         {
             return Err(Failure::from(wait).error);
         }
-        self.store
-            .audit(&entry(
-                AuditAction::SyncAttempted,
-                AuditPhase::Attempt,
-                AuditOutcome::Attempted,
-                connection,
-                ctx,
-            ))
+        let attempt = entry(
+            AuditAction::SyncAttempted,
+            AuditPhase::Attempt,
+            AuditOutcome::Attempted,
+            connection,
+            ctx,
+        );
+        crate::record_attempt(&self.store, &attempt, AuditAction::SyncFailed)
             .await
             .map_err(|e| JobError::retry(e.to_string()))?;
         match self.sync(ctx, connection).await {

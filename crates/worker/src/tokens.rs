@@ -134,15 +134,14 @@ impl TokenKeeper {
                 .reauth(ctx, lease, "the connection has no refresh token".into())
                 .await);
         };
-        self.store
-            .audit(&audit_entry(
-                AuditAction::TokenRefreshAttempted,
-                AuditPhase::Attempt,
-                AuditOutcome::Attempted,
-                connection,
-                ctx,
-            ))
-            .await?;
+        let attempt = audit_entry(
+            AuditAction::TokenRefreshAttempted,
+            AuditPhase::Attempt,
+            AuditOutcome::Attempted,
+            connection,
+            ctx,
+        );
+        crate::record_attempt(&self.store, &attempt, AuditAction::TokenRefreshFailed).await?;
         let refreshed = source.refresh(&refresh_token).await;
         self.gate.record(provider, &refreshed).await;
         match refreshed {

@@ -311,15 +311,16 @@ async fn sync_within_budget(app: &TestApp, n: usize) {
 #[sqlx::test(migrator = "MIGRATIONS")]
 async fn the_budget_holds_the_provider_to_its_rate(pool: PgPool) {
     let app = budgeted(pool, None).await;
+    // The counters are the process's: other tests in the same process
+    // (`cargo test`) count too, so this test counts what changed.
+    let before = app.scrape().await;
     sync_within_budget(&app, 12).await;
     let metrics = app.scrape().await;
     let decided = |d: &str| {
-        crate::helpers::sample(
-            &metrics,
-            &format!(
-                r#"dashtam_provider_budget_decisions_total{{decision="{d}",provider="plaid"}}"#
-            ),
-        )
+        let key = format!(
+            r#"dashtam_provider_budget_decisions_total{{decision="{d}",provider="plaid"}}"#
+        );
+        crate::helpers::sample(&metrics, &key) - crate::helpers::sample(&before, &key)
     };
     assert!(decided("allowed") >= 2.0, "{metrics}");
     assert!(decided("waited") + decided("deferred") >= 1.0, "{metrics}");
