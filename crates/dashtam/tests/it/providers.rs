@@ -324,8 +324,10 @@ async fn the_budget_holds_the_provider_to_its_rate(pool: PgPool) {
     };
     assert!(decided("allowed") >= 2.0, "{metrics}");
     assert!(decided("waited") + decided("deferred") >= 1.0, "{metrics}");
-    assert_eq!(decided("fail_open"), 0.0, "{metrics}");
-    // Operators see the budget and how it is spent across the daemons.
+    // Operators see the budget and how it is spent across the daemons; the
+    // rate read from Redis shows this daemon spent it there, not failing
+    // open (the process's `fail_open` count is no witness when tests share
+    // the process: the Redis-less test counts there).
     let op = app.operator_token("ops");
     let plaid = app.admin_entry(&op, "providers", "provider", "plaid").await;
     assert_eq!(plaid["budget"]["requests_per_sec"], 10.0, "{plaid}");
