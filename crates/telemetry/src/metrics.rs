@@ -313,6 +313,9 @@ pub const WEBHOOK_RESULTS: [&str; 10] = [
     "key_unavailable",
 ];
 pub const RATE_LIMIT_CLASSES: [&str; 2] = ["enqueue", "write"];
+/// This process's database pools, and their connections' states.
+pub const DB_POOLS: [&str; 2] = ["main", "queue"];
+pub const DB_POOL_STATES: [&str; 2] = ["in_use", "idle"];
 pub const RATE_LIMIT_DECISIONS: [&str; 3] = ["allowed", "limited", "fail_open"];
 
 impl Metrics {
@@ -377,6 +380,14 @@ impl Metrics {
         }
         for p in &known.providers {
             self.provider_breaker_open.with_label_values(&[p]).set(0);
+        }
+        // Until the first refresh reads the pools.
+        for pool in DB_POOLS {
+            for state in DB_POOL_STATES {
+                self.db_pool_connections
+                    .with_label_values(&[pool, state])
+                    .set(0);
+            }
         }
         self.zero_queue_gauges(known);
         self.zero_connection_gauges(known);
