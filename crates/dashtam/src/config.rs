@@ -629,7 +629,8 @@ impl Config {
     pub fn known_labels(&self) -> dashtam_telemetry::metrics::KnownLabels {
         use dashtam_domain::jobs::JobKind;
         use dashtam_domain::model::ConnectionStatus;
-        let names = |v: &mut dyn Iterator<Item = &'static str>| v.map(str::to_owned).collect();
+        use dashtam_domain::schedule::Cycle;
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
         dashtam_telemetry::metrics::KnownLabels {
             queues: self
                 .worker
@@ -644,18 +645,10 @@ impl Config {
                     (q.clone(), kinds)
                 })
                 .collect(),
-            providers: names(&mut ProviderKind::ALL.into_iter().map(ProviderKind::as_str)),
-            connection_statuses: names(
-                &mut ConnectionStatus::ALL
-                    .into_iter()
-                    .map(ConnectionStatus::as_str),
-            ),
-            webhook_providers: vec![ProviderKind::Plaid.as_str().to_owned()],
-            cycles: names(
-                &mut dashtam_scheduler::Cycle::ALL
-                    .into_iter()
-                    .map(dashtam_scheduler::Cycle::as_str),
-            ),
+            providers: names(&ProviderKind::ALL.map(ProviderKind::as_str)),
+            connection_statuses: names(&ConnectionStatus::ALL.map(ConnectionStatus::as_str)),
+            webhook_providers: names(&[ProviderKind::Plaid.as_str()]),
+            cycles: names(&Cycle::ALL.map(Cycle::as_str)),
             provider_endpoints: {
                 use dashtam_providers::endpoints::{plaid, schwab};
                 let of = |p: ProviderKind, e: &[&str]| {

@@ -81,7 +81,7 @@ impl LocalPostgres {
             run_as,
         };
         if let Some(user) = run_as {
-            pg.run(Command::new("chown").arg(user).arg(&pg.dir))
+            run(Command::new("chown").arg(user).arg(&pg.dir))
                 .context("PostgreSQL refuses to run as root, and the directory could not be given to the postgres user")?;
         }
         pg.tool(
@@ -132,16 +132,17 @@ impl LocalPostgres {
     fn tool(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
         let mut c = self.command(tool);
         c.args(args).arg(&self.dir);
-        self.run(&mut c)
+        run(&mut c)
     }
+}
 
-    fn run(&self, c: &mut Command) -> anyhow::Result<()> {
-        let out = c.stdin(Stdio::null()).output()?;
-        if !out.status.success() {
-            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(())
+/// Runs `c`; its standard error is the error when it fails.
+fn run(c: &mut Command) -> anyhow::Result<()> {
+    let out = c.stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
     }
+    Ok(())
 }
 
 impl Drop for LocalPostgres {
@@ -150,7 +151,7 @@ impl Drop for LocalPostgres {
         let mut c = self.command("pg_ctl");
         c.args(["-m", "immediate", "-w", "stop", "-D"])
             .arg(&self.dir);
-        let _ = self.run(&mut c);
+        let _ = run(&mut c);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

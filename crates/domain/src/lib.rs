@@ -11,6 +11,7 @@ pub mod link;
 pub mod model;
 pub mod money;
 pub mod ports;
+pub mod schedule;
 
 pub use ids::{AccountId, ConnectionId, JobId, TransactionId, UserId};
 pub use money::{Currency, CurrencyError};

@@ -41,11 +41,7 @@ impl ProviderKind {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "plaid" => Some(Self::Plaid),
-            "schwab" => Some(Self::Schwab),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
     }
 }
 
@@ -82,15 +78,7 @@ impl ConnectionStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "pending" => Self::Pending,
-            "active" => Self::Active,
-            "reauth_required" => Self::ReauthRequired,
-            "revoked" => Self::Revoked,
-            "disconnected" => Self::Disconnected,
-            "failed" => Self::Failed,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
     /// Whether a sync may run against a connection in this state.

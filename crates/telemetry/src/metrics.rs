@@ -249,7 +249,7 @@ impl Metrics {
 /// the first scrape, at zero ([`Metrics::prime`]): a fresh deployment's
 /// dashboards show zeros rather than "No data", and `rate()` and
 /// `increase()` see the first event as a change from zero.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct KnownLabels {
     /// Each queue, with the kinds of job it runs.
     pub queues: Vec<(String, Vec<String>)>,

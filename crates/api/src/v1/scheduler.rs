@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use chrono::{DateTime, Datelike, Utc};
+use dashtam_domain::schedule::Cycle;
 use dashtam_queue::leadership;
 
 use super::views::{LeaseOut, TickOut};
@@ -20,31 +21,6 @@ use utoipa_axum::routes;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(cycles))
-}
-
-/// A scheduler cycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum Cycle {
-    TokenRefresh,
-    StaleSync,
-    Prune,
-}
-
-impl Cycle {
-    const ALL: [Self; 3] = [Self::TokenRefresh, Self::StaleSync, Self::Prune];
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::TokenRefresh => "token_refresh",
-            Self::StaleSync => "stale_sync",
-            Self::Prune => "prune",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == s)
-    }
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -56,7 +56,7 @@ impl<'de, const UNIT_MS: u64, const MIN: u64> Deserialize<'de> for Units<UNIT_MS
 
 /// A cron expression (six fields with seconds, `0 */5 * * * *`, or seven
 /// with years), or empty: off.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Cron(Option<dashtam_scheduler::Schedule>);
 
 impl Cron {
