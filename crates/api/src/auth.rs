@@ -267,12 +267,7 @@ impl FromRequestParts<AppState> for Operator {
         if caller.role == Role::Operator {
             Ok(Self(caller))
         } else {
-            Err(ApiError::new(
-                axum::http::StatusCode::FORBIDDEN,
-                "forbidden",
-                "Forbidden",
-                "this endpoint is for operators",
-            ))
+            Err(ApiError::forbidden("this endpoint is for operators"))
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod actions;
 pub mod auth;
+mod dashboard;
 pub mod error;
 mod extract;
 mod idempotency;
@@ -79,6 +80,22 @@ pub struct Services {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// The providers' budgets, for the operators' view.
     pub budgets: BudgetBook,
+    /// The last hour's throughput, as last counted (see
+    /// `GET /admin/queues/throughput`).
+    pub throughput: ThroughputCache,
+}
+
+/// The throughput charts' counts, shared by every console polling this
+/// daemon: counted at most once per [`ThroughputCache::TTL`], by one
+/// request at a time (a million jobs finished within the hour take the
+/// count ~0.4 s).
+#[derive(Default)]
+pub struct ThroughputCache(
+    pub(crate) tokio::sync::Mutex<Option<(std::time::Instant, serde_json::Value)>>,
+);
+
+impl ThroughputCache {
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(10);
 }
 
 /// The providers' budgets as configured, and where to read how they stand
@@ -135,10 +152,19 @@ async fn request_context(
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!(
         "request",
+        otel.kind = "server",
         request_id = %id,
         client_request_id = client.as_deref().filter(|_| !from_proxy),
         method = %req.method(),
         path = %req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    // A caller that traces (W3C `traceparent`) sees our spans in its trace.
+    dashtam_telemetry::traces::continue_trace(
+        &span,
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
     );
     let mut resp = next.run(req).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -193,7 +219,10 @@ async fn http_metrics(req: Request, next: Next) -> Response {
         _ => "other",
     };
     let started = std::time::Instant::now();
+    let span = tracing::Span::current();
+    dashtam_telemetry::traces::name_current_span(format!("{method} {route}"));
     let resp = next.run(req).await;
+    span.record("http.response.status_code", resp.status().as_u16());
     tracing::debug!(
         route = %route,
         status = resp.status().as_u16(),
@@ -373,6 +402,7 @@ pub fn router(state: AppState) -> Router {
         String::from("{}")
     });
     router
+        .merge(dashboard::router())
         .layer(axum::Extension(openapi::SpecJson(json.into())))
         .route_layer(middleware::from_fn(http_metrics))
         .fallback(|| async { StatusCode::NOT_FOUND })

@@ -281,6 +281,7 @@ impl Daemon {
                     .map(Arc::new),
                 shutdown: shutdown.clone(),
                 budgets: self.config.budget_book(),
+                throughput: Default::default(),
                 lease: self.config.tokens.lease_secs.get(),
                 body_read_timeout: self.config.http.body_read_timeout_secs.get(),
                 trusted_proxies: self.config.http.trusted_proxies.clone(),

@@ -42,6 +42,7 @@ pub struct Config {
     pub secrets: SecretsConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub tracing: dashtam_telemetry::TraceConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -412,6 +413,18 @@ impl Config {
                 problems.push(format!("{key}: {msg}"));
             }
         };
+        check(
+            (0.0..=1.0).contains(&self.tracing.sample_ratio),
+            "tracing.sample_ratio",
+            "must be between 0 and 1",
+        );
+        check(
+            !self.tracing.enabled()
+                || self.tracing.otlp_endpoint.starts_with("http://")
+                || self.tracing.otlp_endpoint.starts_with("https://"),
+            "tracing.otlp_endpoint",
+            "must be an http:// or https:// URL (the collector's OTLP/HTTP port, e.g. http://collector:4318)",
+        );
         check(
             self.database.max_connections >= 2,
             "database.max_connections",

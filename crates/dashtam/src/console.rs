@@ -33,6 +33,9 @@ pub enum JobsCommand {
         /// Only jobs of this kind (sync, token_refresh).
         #[arg(long)]
         kind: Option<String>,
+        /// Only jobs of this queue.
+        #[arg(long)]
+        queue: Option<String>,
         /// Only jobs of this owner (a user).
         #[arg(long)]
         owner: Option<String>,
@@ -160,6 +163,7 @@ pub async fn jobs(config: &Config, url: &str, command: JobsCommand) -> anyhow::R
         JobsCommand::List {
             state,
             kind,
+            queue: in_queue,
             owner,
             connection,
             limit,
@@ -173,6 +177,7 @@ pub async fn jobs(config: &Config, url: &str, command: JobsCommand) -> anyhow::R
                         state,
                         kind: kind.as_deref(),
                         subject: subject.as_deref(),
+                        queue: in_queue.as_deref(),
                         after: None,
                     },
                     limit.clamp(1, 10_000),

@@ -148,7 +148,8 @@ pub async fn run(mut config: Config, mut opts: DemoOptions) -> anyhow::Result<bo
         )?;
         println!(
             "
-look around: {api}/api/v1/docs (the API), {api}/metrics"
+look around: {api}/ops/ (the operator console: sign in with the token below),
+             {api}/api/v1/docs (the API), {api}/metrics"
         );
         println!("operator token (12 h): {operator}");
         if opts.keep {

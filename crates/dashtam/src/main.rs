@@ -346,8 +346,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         config.log.filter.as_str()
     };
-    dashtam_telemetry::init(config.log.format, filter)?;
-    match cli.command {
+    let traces = dashtam_telemetry::init(config.log.format, filter, Some(&config.tracing))?;
+    let code = match cli.command {
         Command::Serve {
             listen,
             db,
@@ -419,7 +419,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             console::providers(&config, &url, json).await
         }
         Command::Bench { command } => run_bench(config, command).await.map(|()| ExitCode::SUCCESS),
-    }
+    };
+    // The spans still buffered go out before the process ends (the
+    // exporter blocks its own thread, not the runtime's).
+    let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    code
 }
 
 /// The database URL: the flag, else the configuration's.

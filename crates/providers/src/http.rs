@@ -85,13 +85,40 @@ pub(crate) async fn send(
     endpoint: &'static str,
     req: reqwest::RequestBuilder,
 ) -> Result<Result<bytes::Bytes, Refusal>, ProviderError> {
+    use tracing::Instrument as _;
+    // One span per call (a trace of a sync shows each page fetch).
+    let span = tracing::info_span!(
+        "provider.call",
+        otel.name = %format_args!("{provider} {endpoint}"),
+        otel.kind = "client",
+        provider,
+        endpoint,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    send_in(provider, endpoint, req, &span)
+        .instrument(span.clone())
+        .await
+}
+
+async fn send_in(
+    provider: &'static str,
+    endpoint: &'static str,
+    req: reqwest::RequestBuilder,
+    span: &tracing::Span,
+) -> Result<Result<bytes::Bytes, Refusal>, ProviderError> {
     let call = Call::start(provider, endpoint);
     let resp = req.send().await.map_err(|e| {
         call.record("error");
+        span.record("otel.status_code", "ERROR");
         ProviderError::Transient(format!("{endpoint}: {}", without_url(&e)))
     })?;
     let status = resp.status();
     call.record(status.as_str());
+    span.record("http.response.status_code", status.as_u16());
+    if !status.is_success() {
+        span.record("otel.status_code", "ERROR");
+    }
     let retry_after = retry_after(resp.headers());
     let body = resp
         .bytes()

@@ -7,14 +7,14 @@
 WITH req AS (
     SELECT *
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::smallint[], $6::int[],
-                $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[])
-         AS u(id, queue, kind, payload, priority, max_attempts, run_at, owner, unique_key, throttle_key, subject)
+                $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
+         AS u(id, queue, kind, payload, priority, max_attempts, run_at, owner, unique_key, throttle_key, subject, trace_parent)
 ),
 ins AS (
-    INSERT INTO jobs (id, queue, kind, payload, state, priority, max_attempts, run_at, unique_key, owner, throttle_key, subject)
+    INSERT INTO jobs (id, queue, kind, payload, state, priority, max_attempts, run_at, unique_key, owner, throttle_key, subject, trace_parent)
     SELECT id, queue, kind, payload,
            CASE WHEN run_at > now() THEN 'scheduled' ELSE 'available' END,
-           priority, max_attempts, GREATEST(run_at, now()), unique_key, owner, throttle_key, subject
+           priority, max_attempts, GREATEST(run_at, now()), unique_key, owner, throttle_key, subject, trace_parent
     FROM req
     ORDER BY unique_key
     ON CONFLICT (unique_key)

@@ -78,4 +78,4 @@ SET state = 'running', attempt = j.attempt + 1, locked_by = $3, started_at = now
 FROM next
 WHERE j.id = next.id
 RETURNING j.id, j.queue, j.kind, j.payload, j.attempt, j.max_attempts, j.owner, j.throttle_key,
-          j.run_at, j.started_at AS "started_at!"
+          j.run_at, j.started_at AS "started_at!", j.trace_parent

@@ -93,6 +93,8 @@ pub(crate) struct Claimed {
     pub(crate) throttle_key: Option<String>,
     pub(crate) run_at: chrono::DateTime<chrono::Utc>,
     pub(crate) started_at: chrono::DateTime<chrono::Utc>,
+    /// The W3C `traceparent` of the span that enqueued it.
+    pub(crate) trace_parent: Option<String>,
 }
 
 /// One claim: up to `n` due jobs of `queue` for `worker`.

@@ -93,6 +93,9 @@ pub struct NewJob {
     pub throttle_key: Option<String>,
     /// What the job is about (e.g. a connection id), for listing.
     pub subject: Option<String>,
+    /// The enqueuing span's W3C `traceparent` (taken when the job is made,
+    /// if a trace is being recorded): the job's run continues that trace.
+    pub trace_parent: Option<String>,
 }
 
 impl NewJob {
@@ -123,6 +126,7 @@ impl NewJob {
             owner: None,
             throttle_key: None,
             subject: None,
+            trace_parent: dashtam_telemetry::traces::current_traceparent(),
         }
     }
 }
@@ -204,6 +208,7 @@ pub struct JobFilter<'a> {
     pub kind: Option<&'a str>,
     /// Jobs about this subject only.
     pub subject: Option<&'a str>,
+    pub queue: Option<&'a str>,
     pub after: Option<Uuid>,
 }
 
@@ -309,6 +314,7 @@ impl Queue {
             filter.kind,
             filter.subject,
             filter.after,
+            filter.queue,
             limit,
         )
         .fetch_all(&self.pool)
@@ -335,6 +341,7 @@ pub(crate) struct JobColumns<'a> {
     pub unique_key: Vec<Option<&'a str>>,
     pub throttle_key: Vec<Option<&'a str>>,
     pub subject: Vec<Option<&'a str>>,
+    pub trace_parent: Vec<Option<&'a str>>,
 }
 
 impl<'a> JobColumns<'a> {
@@ -353,12 +360,13 @@ impl<'a> JobColumns<'a> {
             unique_key: opt(|j| j.unique_key.as_deref()),
             throttle_key: opt(|j| j.throttle_key.as_deref()),
             subject: opt(|j| j.subject.as_deref()),
+            trace_parent: opt(|j| j.trace_parent.as_deref()),
         }
     }
 }
 
 /// One of the enqueue statements (`$file`) with [`JobColumns`] `$c` bound
-/// as `$1`–`$11`. (Arrays of borrowed text and JSON are bound `as _`: the
+/// as `$1`–`$12`. (Arrays of borrowed text and JSON are bound `as _`: the
 /// macros check them against arrays of owned values only; the statements'
 /// casts fix their types.)
 macro_rules! insert_jobs {
@@ -376,6 +384,7 @@ macro_rules! insert_jobs {
             &$c.unique_key as _,
             &$c.throttle_key as _,
             &$c.subject as _,
+            &$c.trace_parent as _,
         )
     };
 }

@@ -181,6 +181,28 @@ pub async fn stats(pool: &PgPool) -> Result<Vec<QueueStats>, QueueError> {
     Ok(by_queue.into_values().collect())
 }
 
+/// Jobs finished in one minute of one queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Throughput {
+    pub queue: String,
+    pub minute: chrono::DateTime<chrono::Utc>,
+    pub succeeded: i64,
+    /// Failed for good or cancelled.
+    pub failed: i64,
+}
+
+/// Jobs finished per queue and minute since `since`, oldest first.
+pub async fn throughput(
+    pool: &PgPool,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Throughput>, QueueError> {
+    Ok(
+        sqlx::query_file_as!(Throughput, "queries/throughput.sql", since)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
 /// How many worker processes heartbeated within `within`.
 pub async fn live_workers(pool: &PgPool, within: std::time::Duration) -> Result<i64, QueueError> {
     Ok(

@@ -25,7 +25,37 @@ pub async fn append<'e>(exec: impl PgExecutor<'e>, entry: &AuditEntry) -> Result
     Ok(())
 }
 
+/// One record of the audit trail, as written.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub action: String,
+    pub phase: String,
+    pub outcome: String,
+    pub actor: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub correlation_id: Option<String>,
+    pub reason: Option<String>,
+    pub context: serde_json::Value,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
 impl Store {
+    /// The audit trail of job `job_id` (its runs' records and the actions
+    /// on it), oldest first, at most `limit` records.
+    pub async fn job_audit(
+        &self,
+        job_id: &str,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        Ok(
+            sqlx::query_file_as!(AuditRecord, "queries/job_audit.sql", job_id, limit)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// Appends one record in its own transaction (ATTEMPT records, and
     /// OUTCOME records of work that wrote nothing).
     pub async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub mod browser;
+
 /// Polls `check` until it returns `Ok(value)` and returns the value. Past
 /// `limit` the test fails with `what` and the last `Err` (what was seen).
 pub async fn wait_for<T, E, F, Fut>(what: &str, limit: Duration, mut check: F) -> T

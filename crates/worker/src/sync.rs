@@ -21,6 +21,7 @@ use dashtam_store::connections::SyncState;
 use dashtam_store::sync::{Fence, SyncStats};
 use dashtam_telemetry::metrics::METRICS;
 use secrecy::SecretString;
+use tracing::Instrument as _;
 use tracing::{info, warn};
 
 use crate::audit_entry as entry;
@@ -315,6 +316,11 @@ impl SyncHandler {
                 &outcome,
                 &fence,
             )
+            .instrument(tracing::info_span!(
+                "commit",
+                pages,
+                accounts = fence.accounts
+            ))
             .await?;
         METRICS
             .transactions_ingested

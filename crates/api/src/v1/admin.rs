@@ -30,6 +30,170 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(resume))
         .routes(routes!(retry))
         .routes(routes!(discard))
+        .routes(routes!(throughput))
+        .routes(routes!(job_audit))
+        .routes(routes!(connections))
+}
+
+/// Jobs finished in one minute of one queue.
+#[derive(serde::Serialize, ToSchema)]
+struct MinuteOut {
+    queue: String,
+    minute: chrono::DateTime<chrono::Utc>,
+    succeeded: i64,
+    /// Failed for good, or cancelled.
+    failed: i64,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct ThroughputList {
+    /// From when (an hour ago).
+    since: chrono::DateTime<chrono::Utc>,
+    /// Per queue and minute with at least one finished job, oldest first.
+    data: Vec<MinuteOut>,
+}
+
+/// Jobs finished per queue and minute over the last hour (of those still
+/// kept: retention may have removed some), counted at most every 10 s.
+#[utoipa::path(
+    get, path = "/admin/queues/throughput", tag = "admin",
+    responses((status = 200, body = ThroughputList), Problems),
+)]
+async fn throughput(
+    State(state): State<AppState>,
+    _: Operator,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut cached = state.throughput.0.lock().await;
+    if let Some((at, value)) = cached.as_ref()
+        && at.elapsed() < crate::ThroughputCache::TTL
+    {
+        return Ok(Json(value.clone()));
+    }
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let data = ops::throughput(state.queue.pool(), since)
+        .await?
+        .into_iter()
+        .map(|t| MinuteOut {
+            queue: t.queue,
+            minute: t.minute,
+            succeeded: t.succeeded,
+            failed: t.failed,
+        })
+        .collect();
+    let value = serde_json::to_value(ThroughputList { since, data }).map_err(ApiError::internal)?;
+    *cached = Some((std::time::Instant::now(), value.clone()));
+    Ok(Json(value))
+}
+
+/// One audit record.
+#[derive(serde::Serialize, ToSchema)]
+#[schema(as = AuditRecord)]
+struct AuditOut {
+    id: i64,
+    action: String,
+    /// `attempt` or `outcome`.
+    phase: String,
+    /// `attempted`, `succeeded` or `failed`.
+    outcome: String,
+    actor: String,
+    resource_type: String,
+    resource_id: String,
+    correlation_id: Option<String>,
+    reason: Option<String>,
+    context: serde_json::Value,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct AuditList {
+    data: Vec<AuditOut>,
+}
+
+/// Most audit records shown for one job.
+const JOB_AUDIT_LIMIT: i64 = 500;
+
+/// The audit trail of one job, oldest first: each run's ATTEMPT and
+/// OUTCOME and every action taken on it (at most 500 records).
+#[utoipa::path(
+    get, path = "/admin/jobs/{job_id}/audit", tag = "admin", params(PathId<JobId>),
+    responses((status = 200, body = AuditList), Problems),
+)]
+async fn job_audit(
+    State(state): State<AppState>,
+    _: Operator,
+    PathId(id): PathId<JobId>,
+) -> Result<Json<AuditList>, ApiError> {
+    let data = state
+        .store
+        .job_audit(&id.to_string(), JOB_AUDIT_LIMIT)
+        .await?
+        .into_iter()
+        .map(|r| AuditOut {
+            id: r.id,
+            action: r.action,
+            phase: r.phase,
+            outcome: r.outcome,
+            actor: r.actor,
+            resource_type: r.resource_type,
+            resource_id: r.resource_id,
+            correlation_id: r.correlation_id,
+            reason: r.reason,
+            context: r.context,
+            created_at: r.created_at,
+        })
+        .collect();
+    Ok(Json(AuditList { data }))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ConnectionsQuery {
+    /// Only connections in this status: `active`, `reauth_required`, …
+    #[param(value_type = Option<String>, example = "reauth_required")]
+    status: Option<String>,
+    /// At most this many, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+#[derive(serde::Serialize, ToSchema)]
+struct ConnectionList {
+    data: Vec<super::views::ConnectionOut>,
+}
+
+/// Every user's connections, newest first, optionally of one status (who
+/// must authorize again: `status=reauth_required`).
+#[utoipa::path(
+    get, path = "/admin/connections", tag = "admin", params(ConnectionsQuery),
+    responses((status = 200, body = ConnectionList), Problems),
+)]
+async fn connections(
+    State(state): State<AppState>,
+    _: Operator,
+    q: Result<axum::extract::Query<ConnectionsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ConnectionList>, ApiError> {
+    use dashtam_domain::model::ConnectionStatus;
+    let q = super::shared::query(q)?;
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| {
+            ConnectionStatus::parse(s).ok_or_else(|| {
+                let all: Vec<&str> = ConnectionStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::invalid_field("status", format!("{s:?} is not one of {}", all.join(", ")))
+            })
+        })
+        .transpose()?;
+    let limit = super::shared::page_size(q.limit, 100, 1000)?;
+    let data = state
+        .store
+        .all_connections(status, limit)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Ok(Json(ConnectionList { data }))
 }
 
 impl PathParam for QueueName {

@@ -39,6 +39,12 @@ struct ListQuery {
     kind: Option<String>,
     #[param(value_type = Option<Uuid>)]
     connection_id: Option<String>,
+    /// Only this queue's jobs.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    queue: Option<String>,
+    /// Only this user's jobs (operators; a client lists its own).
+    #[param(min_length = 1, max_length = 200)]
+    owner: Option<String>,
     /// Page size, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
@@ -100,9 +106,24 @@ async fn list(
         .map(|c| parse_id("cursor", c))
         .transpose()?;
     let limit = super::shared::page_size(q.limit, 50, 500)?;
+    let queue: Option<actions::QueueName> = q
+        .queue
+        .as_deref()
+        .map(|v| v.parse().map_err(|e| ApiError::invalid_field("queue", e)))
+        .transpose()?;
+    let owner = match (caller.role, q.owner.as_deref()) {
+        (Role::Operator, owner) => owner,
+        (_, Some(o)) if o != caller.user.as_str() => {
+            return Err(ApiError::forbidden(
+                "owner: only operators list other users' jobs",
+            ));
+        }
+        _ => Some(caller.user.as_str()),
+    };
     let connection = connection.map(|c| c.to_string());
     let filter = dashtam_queue::JobFilter {
-        owner: (caller.role != Role::Operator).then(|| caller.user.as_str()),
+        owner,
+        queue: queue.as_ref().map(actions::QueueName::as_str),
         state: job_state,
         kind: kind.map(JobKind::as_str),
         subject: connection.as_deref(),
@@ -172,6 +193,11 @@ pub struct JobView {
     /// A running job asked to stop (it will, at its next checkpoint).
     pub cancel_requested: bool,
     pub connection_id: Option<String>,
+    /// The job's arguments (ids and versions; credentials are never put in
+    /// a job).
+    pub args: serde_json::Value,
+    /// The user the job is for.
+    pub owner: Option<String>,
     pub attempt: i32,
     pub max_attempts: i32,
     pub priority: i16,
@@ -200,6 +226,8 @@ impl From<JobRecord> for JobView {
             state: j.state,
             cancel_requested: j.cancel_requested,
             connection_id,
+            args: j.payload,
+            owner: j.owner,
             attempt: j.attempt,
             max_attempts: j.max_attempts,
             priority: j.priority,

@@ -263,6 +263,7 @@ fn the_demo_runs_with_no_postgres_server_listening() {
         "{stdout}"
     );
     assert!(stdout.contains("operator token"), "{stdout}");
+    assert!(stdout.contains("/ops/ (the operator console"), "{stdout}");
     assert!(!cluster.exists(), "{} left behind", cluster.display());
 }
 

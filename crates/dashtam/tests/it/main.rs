@@ -4,6 +4,7 @@
 mod api;
 mod audit;
 mod auth;
+mod browser;
 mod chaos;
 mod cli;
 mod crash;

@@ -209,3 +209,198 @@ async fn log_lines_carry_request_and_job_context(pool: PgPool) {
     );
     shutdown.cancel();
 }
+
+/// Spans as an OTLP receiver got them, flattened.
+#[derive(Clone, Debug)]
+struct ReceivedSpan {
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+    attributes: std::collections::HashMap<String, String>,
+    start: u64,
+    end: u64,
+}
+
+/// An OTLP/HTTP receiver on port 0 (protobuf, `POST /v1/traces`), as an
+/// OpenTelemetry Collector would be; returns its base URL and what it got.
+async fn otlp_receiver(
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<ReceivedSpan>>>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message as _;
+
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let req = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf body");
+                let mut sink = sink.lock().unwrap();
+                for rs in req.resource_spans {
+                    for ss in rs.scope_spans {
+                        for s in ss.spans {
+                            let attributes = s
+                                .attributes
+                                .iter()
+                                .map(|kv| {
+                                    let v = match kv.value.as_ref().and_then(|v| v.value.clone()) {
+                                        Some(Any::StringValue(s)) => s,
+                                        Some(Any::IntValue(i)) => i.to_string(),
+                                        Some(Any::BoolValue(b)) => b.to_string(),
+                                        other => format!("{other:?}"),
+                                    };
+                                    (kv.key.clone(), v)
+                                })
+                                .collect();
+                            sink.push(ReceivedSpan {
+                                name: s.name,
+                                trace_id: s.trace_id,
+                                span_id: s.span_id,
+                                parent_span_id: s.parent_span_id,
+                                attributes,
+                                start: s.start_time_unix_nano,
+                                end: s.end_time_unix_nano,
+                            });
+                        }
+                    }
+                }
+                (
+                    [("content-type", "application/x-protobuf")],
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+            .unwrap();
+    });
+    (url, got)
+}
+
+/// With an OTLP endpoint configured, one trace follows a sync from the
+/// API request that enqueued it, through its time in the queue and the
+/// job's run, to each provider call and the commit: the job carries the
+/// request's trace context in its row, so this holds across processes.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn a_trace_follows_a_sync_from_the_request_to_the_commit(pool: PgPool) {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (collector, spans) = otlp_receiver(&shutdown).await;
+    let sandbox = dashtam_sandbox::Sandbox::new(dashtam_sandbox::SandboxConfig::default());
+    let sandbox_url = serve_sandbox(&sandbox, &shutdown).await;
+    let daemon = DaemonProcess::start_with(
+        &url_of(&pool),
+        &sandbox_url,
+        "info",
+        &[("DASHTAM__TRACING__OTLP_ENDPOINT", &collector)],
+    )
+    .await;
+    let token = daemon.token("alice");
+    let conn = daemon.connect(&token, &sandbox_url).await;
+    let job: serde_json::Value = serde_json::from_str(&daemon.sync(&token, &conn).await).unwrap();
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let traceparent: Option<String> =
+        sqlx::query_scalar("SELECT trace_parent FROM jobs WHERE id = $1::uuid")
+            .bind(&job_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        traceparent.as_deref().is_some_and(|t| t.starts_with("00-")),
+        "the job row keeps its request's traceparent: {traceparent:?}"
+    );
+    // Shutting down sends what is still buffered.
+    daemon.terminate();
+    let spans = wait_for(
+        "the job's spans",
+        std::time::Duration::from_secs(30),
+        || async {
+            let spans = spans.lock().unwrap().clone();
+            let job_span = spans
+                .iter()
+                .find(|s| s.name == "job sync" && s.attributes.get("job_id") == Some(&job_id))
+                .cloned();
+            match job_span {
+                Some(j)
+                    if spans
+                        .iter()
+                        .any(|s| s.name == "commit" && s.trace_id == j.trace_id) =>
+                {
+                    Ok((j, spans))
+                }
+                _ => Err(spans.iter().map(|s| s.name.clone()).collect::<Vec<_>>()),
+            }
+        },
+    )
+    .await;
+    let (job_span, spans) = spans;
+    let trace: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.trace_id == job_span.trace_id)
+        .collect();
+    let names: Vec<&str> = trace.iter().map(|s| s.name.as_str()).collect();
+    let one = |name: &str| -> &ReceivedSpan {
+        trace
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name} span in the trace: {names:?}"))
+    };
+    // The request that enqueued the job is the trace's root.
+    let request = one("POST /api/v1/connections/{connection_id}/syncs");
+    assert!(request.parent_span_id.is_empty(), "{names:?}");
+    assert_eq!(
+        request
+            .attributes
+            .get("http.response.status_code")
+            .map(String::as_str),
+        Some("202")
+    );
+    // The wait in the queue, then the run, both under the request's span
+    // (or below it).
+    let wait = one("queue.wait");
+    assert!(
+        wait.start <= wait.end && wait.end <= job_span.start + 1_000_000,
+        "{wait:?} {job_span:?}"
+    );
+    assert!(!job_span.parent_span_id.is_empty());
+    // Each page fetch is a call under the job; so is the commit.
+    let under_job = |s: &ReceivedSpan| {
+        let mut parent = s.parent_span_id.clone();
+        while !parent.is_empty() {
+            if parent == job_span.span_id {
+                return true;
+            }
+            parent = trace
+                .iter()
+                .find(|p| p.span_id == parent)
+                .map(|p| p.parent_span_id.clone())
+                .unwrap_or_default();
+        }
+        false
+    };
+    let fetches: Vec<_> = trace
+        .iter()
+        .filter(|s| s.name == "plaid /transactions/sync")
+        .collect();
+    assert!(!fetches.is_empty(), "{names:?}");
+    assert!(fetches.iter().all(|s| under_job(s)), "{names:?}");
+    assert!(fetches.iter().all(|s| {
+        s.attributes
+            .get("http.response.status_code")
+            .map(String::as_str)
+            == Some("200")
+    }));
+    assert!(under_job(one("commit")), "{names:?}");
+    shutdown.cancel();
+}

@@ -23,11 +23,22 @@ impl Fetcher {
         let backoff = self.backoff;
         let span = info_span!(
             "job",
+            otel.name = %format_args!("job {}", job.kind),
             job_id = %job.id,
             queue = %job.queue,
             kind = %job.kind,
             attempt = job.attempt,
             subject = tracing::field::Empty,
+        );
+        // The run continues the trace of the request (or cycle) that
+        // enqueued the job, after a span for its time in the queue.
+        dashtam_telemetry::traces::continue_trace(&span, job.trace_parent.as_deref());
+        dashtam_telemetry::traces::record_queue_wait(
+            job.trace_parent.as_deref(),
+            job.run_at,
+            job.started_at,
+            &job.queue,
+            job.attempt,
         );
         let ctx = JobContext {
             id: job.id,

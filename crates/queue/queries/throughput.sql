@@ -1,0 +1,11 @@
+-- Jobs finished per queue and minute since $1, succeeded and not (failed or
+-- cancelled), for the console's charts (index jobs_finished). Retention
+-- may have pruned some: the counts are of the jobs still kept.
+SELECT queue AS "queue!",
+       date_trunc('minute', finished_at) AS "minute!",
+       count(*) FILTER (WHERE state = 'succeeded') AS "succeeded!",
+       count(*) FILTER (WHERE state <> 'succeeded') AS "failed!"
+FROM jobs
+WHERE finished_at >= $1
+GROUP BY 1, 2
+ORDER BY 1, 2
