@@ -31,6 +31,12 @@ struct Args {
     /// Wake on LISTEN/NOTIFY as well as polling.
     #[arg(long)]
     pubsub: bool,
+    /// `synchronous_commit` of every connection: `off` is what `dashtam
+    /// bench drain` runs its queue bookkeeping with by default, `on` what
+    /// it runs with `DASHTAM__WORKER__SYNCHRONOUS_COMMIT=true`. Compare at
+    /// equal settings.
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    synchronous_commit: String,
 }
 
 static HANDLED: AtomicUsize = AtomicUsize::new(0);
@@ -44,10 +50,19 @@ async fn handle(_n: usize) -> Result<(), BoxDynError> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     dashtam_store::migrate::recreate_database(&args.database_url).await?;
+    let options: sqlx::postgres::PgConnectOptions = args.database_url.parse()?;
+    let options = options.options([("synchronous_commit", args.synchronous_commit.as_str())]);
     let pool = PgPoolOptions::new()
         .max_connections(32)
-        .connect(&args.database_url)
+        // Every connection open before the clock starts, as ours are.
+        .min_connections(32)
+        .connect_with(options)
         .await?;
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        held.push(pool.acquire().await?);
+    }
+    drop(held);
     PostgresStorage::<()>::setup(&pool).await?;
     let config = Config::default().queue("bench").batch_size(args.batch);
     let mut storage = PostgresStorage::<usize>::new(&pool).with_config(config);
@@ -99,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
             "concurrency": args.concurrency,
             "fetch_batch": args.batch,
             "pubsub": args.pubsub,
+            "synchronous_commit": args.synchronous_commit == "on",
             "enqueue_s": (enqueue_s * 1000.0).round() / 1000.0,
             "drain_s": (drain_s * 1000.0).round() / 1000.0,
             "jobs_per_s": (args.jobs as f64 / drain_s).round(),

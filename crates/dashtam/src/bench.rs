@@ -1,5 +1,7 @@
 //! Benchmarks that print one JSON line per run (see docs/benchmarks.md).
 
+pub mod soak;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -349,6 +351,7 @@ pub async fn drain(config: Config, opts: QueueBenchOptions) -> anyhow::Result<()
         "fetch_batch": opts.fetch_batch,
         "queued_behind": opts.queued,
         "owners": opts.owners,
+        "synchronous_commit": config.worker.synchronous_commit,
         "enqueue_s": round3(enqueue_s),
         "drain_s": round3(drain_s),
         "jobs_per_s": (opts.jobs as f64 / drain_s).round(),
@@ -685,7 +688,8 @@ pub struct ApiBenchOptions {
 /// and `wrk` (Debian's package) against it from another: first
 /// `POST /api/v1/connections/{id}/syncs`, each request for the next of
 /// `connections` connections (so unique keys do not short-circuit), then
-/// `GET /api/v1/jobs/{id}`. One JSON line per endpoint.
+/// `GET /api/v1/jobs/{id}` of one job, then of every job in turn. One JSON
+/// line per run.
 pub async fn api(mut config: Config, opts: ApiBenchOptions) -> anyhow::Result<()> {
     dashtam_store::migrate::recreate_database(&opts.database_url)
         .await
@@ -722,26 +726,14 @@ pub async fn api(mut config: Config, opts: ApiBenchOptions) -> anyhow::Result<()
         dashtam_api::Role::Client,
         Duration::from_secs(3600),
     )?;
-    let enqueue = dir.join("enqueue.lua");
-    std::fs::write(
-        &enqueue,
-        format!(
-            r#"local ids = {{}}
-for line in io.lines("{list}") do ids[#ids + 1] = line end
-local n = 0
-local threads = 0
-function setup(thread) thread:set("offset", threads); threads = threads + 1 end
--- wrk runs 2 threads (-t2): each starts on its own half of the list.
-function init(args) n = offset * math.floor(#ids / 2) end
-request = function()
-  n = n + 1
-  local id = ids[(n % #ids) + 1]
-  return wrk.format("POST", "/api/v1/connections/" .. id .. "/syncs",
-    {{["Authorization"] = "Bearer {token}"}})
-end
-"#,
-            list = list.display()
-        ),
+    let enqueue = rotating_script(
+        &dir,
+        "enqueue",
+        &list,
+        "POST",
+        "/api/v1/connections/",
+        "/syncs",
+        &token,
     )?;
     let wrk = |script: Option<&std::path::Path>, path: &str| -> anyhow::Result<serde_json::Value> {
         let mut cmd = std::process::Command::new("wrk");
@@ -766,19 +758,43 @@ end
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
         .fetch_one(&pool)
         .await?;
-    let job: uuid::Uuid = sqlx::query_scalar("SELECT id FROM jobs LIMIT 1")
-        .fetch_one(&pool)
+    let job_ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM jobs")
+        .fetch_all(&pool)
         .await?;
+    let job = job_ids.first().context("no job was enqueued")?;
     let status_line = wrk(None, &format!("/api/v1/jobs/{job}"))?;
+    // The same read, a different job each request (every job enqueued
+    // above), as many clients polling their own jobs do: no row stays hot.
+    let job_list = dir.join("jobs.txt");
+    std::fs::write(
+        &job_list,
+        job_ids.iter().map(|i| format!("{i}\n")).collect::<String>(),
+    )?;
+    let statuses = rotating_script(
+        &dir,
+        "status",
+        &job_list,
+        "GET",
+        "/api/v1/jobs/",
+        "",
+        &token,
+    )?;
+    let statuses_line = wrk(Some(&statuses), "/")?;
     shutdown.cancel();
     running.wait().await?;
     std::fs::remove_dir_all(&dir)?;
-    for (endpoint, mut line) in [
-        ("POST /api/v1/connections/{id}/syncs", enqueue_line),
-        ("GET /api/v1/jobs/{id}", status_line),
+    for (endpoint, ids, mut line) in [
+        (
+            "POST /api/v1/connections/{id}/syncs",
+            ids.len(),
+            enqueue_line,
+        ),
+        ("GET /api/v1/jobs/{id}", 1, status_line),
+        ("GET /api/v1/jobs/{id}", job_ids.len(), statuses_line),
     ] {
         line["bench"] = "api".into();
         line["endpoint"] = endpoint.into();
+        line["distinct_ids"] = ids.into();
         line["wrk_connections"] = opts.wrk_connections.into();
         line["duration_s"] = opts.duration_secs.into();
         if endpoint.starts_with("POST") {
@@ -787,6 +803,42 @@ end
         println!("{line}");
     }
     Ok(())
+}
+
+/// A wrk script whose requests go to `<prefix><id><suffix>` for the ids of
+/// `list` in turn (each of wrk's two threads starting on its own half), as
+/// `token`'s caller.
+fn rotating_script(
+    dir: &std::path::Path,
+    name: &str,
+    list: &std::path::Path,
+    method: &str,
+    prefix: &str,
+    suffix: &str,
+    token: &str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let path = dir.join(format!("{name}.lua"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"local ids = {{}}
+for line in io.lines("{list}") do ids[#ids + 1] = line end
+local n = 0
+local threads = 0
+function setup(thread) thread:set("offset", threads); threads = threads + 1 end
+-- wrk runs 2 threads (-t2): each starts on its own half of the list.
+function init(args) n = offset * math.floor(#ids / 2) end
+request = function()
+  n = n + 1
+  local id = ids[(n % #ids) + 1]
+  return wrk.format("{method}", "{prefix}" .. id .. "{suffix}",
+    {{["Authorization"] = "Bearer {token}"}})
+end
+"#,
+            list = list.display()
+        ),
+    )?;
+    Ok(path)
 }
 
 /// Requests/s, latency percentiles and non-2xx counts from `wrk --latency`.

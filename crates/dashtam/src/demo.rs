@@ -56,8 +56,8 @@ pub async fn run(mut config: Config, mut opts: DemoOptions) -> anyhow::Result<bo
             "postgres   nothing answers at {}: starting a throwaway cluster for the demo",
             app::redact(&opts.database_url)
         );
-        let pg = LocalPostgres::start()?;
-        opts.database_url = pg.url();
+        let pg = LocalPostgres::start(false)?;
+        opts.database_url = pg.url("dashtam");
         Some(pg)
     };
     let created = dashtam_store::migrate::ensure_database(&opts.database_url)

@@ -65,13 +65,16 @@ fn is_root() -> bool {
 }
 
 impl LocalPostgres {
-    /// Creates and starts the cluster, or says what to install.
-    pub fn start() -> anyhow::Result<Self> {
+    /// Creates and starts the cluster, or says what to install. `durable`:
+    /// PostgreSQL's defaults as they are (benchmarks that must see what
+    /// production sees); otherwise without fsync (a demo's data is
+    /// throwaway).
+    pub fn start(durable: bool) -> anyhow::Result<Self> {
         let Some(bin) = find_bin() else {
             bail!("no PostgreSQL server answers and PostgreSQL is not installed: {INSTALL}");
         };
         let run_as = is_root().then_some("postgres");
-        let dir = std::env::temp_dir().join(format!("dashtam-demo-pg-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("dashtam-pg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let pg = Self {
@@ -90,9 +93,10 @@ impl LocalPostgres {
         )
         .context("initdb")?;
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1{}",
             pg.port,
-            pg.dir.display()
+            pg.dir.display(),
+            if durable { "" } else { " -c fsync=off" }
         );
         let log = pg.dir.join("server.log");
         pg.tool(
@@ -111,9 +115,9 @@ impl LocalPostgres {
         Ok(pg)
     }
 
-    /// The URL of the demo's database on it.
-    pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/dashtam", self.port)
+    /// The URL of database `db` on it.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
     }
 
     fn command(&self, tool: &str) -> Command {

@@ -262,6 +262,31 @@ enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         connections: usize,
     },
+    /// Hours-like churn: sync jobs at a fixed rate against a slow sandbox
+    /// for M minutes, on a private PostgreSQL with default settings unless
+    /// --database-url is given; a JSON line per minute and a summary.
+    Soak {
+        /// A server to use instead of a private one (its settings apply:
+        /// without autovacuum the table can only grow).
+        #[arg(long)]
+        database_url: Option<String>,
+        #[arg(long, default_value_t = 10)]
+        minutes: u32,
+        /// Sync jobs enqueued per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        #[arg(long, default_value_t = 2_000)]
+        connections: u32,
+        /// Added to every provider data call (a slow provider).
+        #[arg(long, default_value_t = 50)]
+        provider_latency_ms: u64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Hold a transaction (and the xmin horizon) open on another
+        /// connection for the whole run.
+        #[arg(long)]
+        pin_xmin: bool,
+    },
     /// Ingest throughput: M connections × K transactions, then an idempotent re-sync.
     Sync {
         #[command(flatten)]
@@ -576,6 +601,26 @@ async fn run_bench(config: Config, command: BenchCommand) -> anyhow::Result<()> 
         }
         BenchCommand::Latency { jobs, args } => {
             bench::latency(config, queue_bench(jobs, args)).await
+        }
+        BenchCommand::Soak {
+            database_url,
+            minutes,
+            rate,
+            connections,
+            provider_latency_ms,
+            concurrency,
+            pin_xmin,
+        } => {
+            let opts = bench::soak::SoakOptions {
+                database_url,
+                minutes,
+                rate,
+                connections,
+                provider_latency_ms,
+                concurrency,
+                pin_xmin,
+            };
+            bench::soak::soak(config, opts).await
         }
         BenchCommand::Api {
             db,

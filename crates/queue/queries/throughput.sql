@@ -1,5 +1,6 @@
 -- Jobs finished per queue and minute since $1, succeeded and not (failed or
--- cancelled), for the console's charts (index jobs_finished). Retention
+-- cancelled), for the console's charts (no index: counted at most every 10 s
+-- per API daemon). Retention
 -- may have pruned some: the counts are of the jobs still kept.
 SELECT queue AS "queue!",
        date_trunc('minute', finished_at) AS "minute!",

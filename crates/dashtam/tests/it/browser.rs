@@ -56,11 +56,15 @@ async fn an_operator_signs_in_retries_a_failed_job_and_pauses_a_queue(pool: PgPo
             .unwrap()
     );
 
-    // An operator: the queues of this run.
+    // An operator, signing in from the keyboard (Enter in the field): the
+    // queues of this run.
+    let enter = '\u{E007}';
     browser
-        .type_into("#token", &app.operator_token("ops-ana"))
+        .type_into(
+            "#token",
+            &format!("{}{enter}", app.operator_token("ops-ana")),
+        )
         .await;
-    browser.click("#sign-in-form button").await;
     browser.wait("article[data-queue='sync']").await;
     browser
         .wait_text("article[data-queue='sync'] td[data-state='failed']", |t| {

@@ -249,7 +249,7 @@ fn the_demo_runs_with_no_postgres_server_listening() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let cluster = std::env::temp_dir().join(format!("dashtam-demo-pg-{}", child.id()));
+    let cluster = std::env::temp_dir().join(format!("dashtam-pg-{}", child.id()));
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -16,7 +16,12 @@ async fn claim_jobs(
 ) -> Result<(Vec<Claimed>, usize), sqlx::Error> {
     let _booking = ledger.claiming().await;
     let mut ring = ring.lock().await;
+    let started = std::time::Instant::now();
     let jobs: Vec<Claimed> = fair::claim(&pool, &mut ring, &req).await?;
+    METRICS
+        .queue_claim_seconds
+        .with_label_values(&[&req.queue])
+        .observe(started.elapsed().as_secs_f64());
     if jobs.len() < req.n {
         ring.stale();
     }

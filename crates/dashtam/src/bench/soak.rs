@@ -1,0 +1,335 @@
+//! `bench soak`: the queue under hours-like churn. Sync jobs are enqueued
+//! at a fixed rate for M minutes while workers run them against a slow
+//! sandbox; each minute prints jobs/s, the claim statement's p50/p99, and
+//! the jobs table's dead tuples, size and autovacuum runs. With
+//! `--pin-xmin` another connection holds a transaction (and so the xmin
+//! horizon) open for the whole run: vacuum can then remove nothing, the
+//! failure mode that slows SKIP LOCKED queues down in production.
+//!
+//! By default it runs on a private PostgreSQL with the server's default
+//! settings (autovacuum on), started in a temporary directory: a shared
+//! server tuned for tests (autovacuum off) would make any queue decay.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use dashtam_domain::jobs::{JobArgs, SyncJob};
+use dashtam_domain::model::ProviderKind;
+use dashtam_domain::ports::ProviderCredentials;
+use dashtam_domain::{ConnectionId, UserId};
+use dashtam_queue::{NewJob, Queue};
+use dashtam_sandbox::{Faults, ItemSpec, Sandbox, SandboxConfig};
+use dashtam_store::connections::NewConnection;
+use dashtam_telemetry::metrics::METRICS;
+use secrecy::SecretString;
+use serde_json::json;
+use sqlx::Connection as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::localpg::LocalPostgres;
+use dashtam::app::{self, Daemon, Role};
+use dashtam::config::{Config, QueueSection};
+use dashtam::secrets::Secrets;
+
+pub struct SoakOptions {
+    /// `None`: a private server with default settings.
+    pub database_url: Option<String>,
+    pub minutes: u32,
+    /// Sync jobs enqueued per second.
+    pub rate: u32,
+    pub connections: u32,
+    /// Added to every provider data call.
+    pub provider_latency_ms: u64,
+    pub concurrency: usize,
+    /// Hold a transaction open on another connection for the whole run.
+    pub pin_xmin: bool,
+}
+
+/// The jobs table as `pg_stat_user_tables` and the catalog see it.
+#[derive(Debug, Clone, Copy, Default)]
+struct TableStats {
+    dead: i64,
+    live: i64,
+    bytes: i64,
+    autovacuums: i64,
+}
+
+async fn table_stats(pool: &sqlx::PgPool) -> anyhow::Result<TableStats> {
+    let (dead, live, bytes, autovacuums): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT n_dead_tup, n_live_tup, pg_total_relation_size(relid), autovacuum_count
+         FROM pg_stat_user_tables WHERE relname = 'jobs'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(TableStats {
+        dead,
+        live,
+        bytes,
+        autovacuums,
+    })
+}
+
+/// Cumulative claim-duration buckets of the sync queue, from this
+/// process's metrics.
+fn claim_buckets() -> Vec<(f64, u64)> {
+    dashtam_telemetry::metrics::cumulative_buckets(&METRICS.queue_claim_seconds, &["sync"])
+}
+
+/// Sync jobs that succeeded so far, in this process.
+fn succeeded() -> u64 {
+    METRICS
+        .jobs
+        .with_label_values(&["sync", "sync", "succeeded"])
+        .get()
+}
+
+/// The `q` quantile of the claims between two readings of the buckets,
+/// interpolated within its bucket (as Prometheus' histogram_quantile does).
+fn quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
+    let deltas: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let was = before.iter().find(|(b, _)| b == le).map_or(0, |(_, c)| *c);
+            (*le, n - was)
+        })
+        .collect();
+    let total = deltas.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut lower = (0.0, 0u64);
+    for (le, n) in deltas {
+        if n as f64 >= rank {
+            if le.is_infinite() {
+                return Some(lower.0);
+            }
+            let within = (rank - lower.1 as f64) / ((n - lower.1).max(1) as f64);
+            return Some(lower.0 + (le - lower.0) * within);
+        }
+        lower = (le, n);
+    }
+    None
+}
+
+pub async fn soak(mut config: Config, opts: SoakOptions) -> anyhow::Result<()> {
+    if opts.rate == 0 || opts.minutes == 0 || opts.connections == 0 {
+        bail!("--rate, --minutes and --connections must be above 0");
+    }
+    let local = match &opts.database_url {
+        Some(_) => None,
+        None => Some(LocalPostgres::start(true).context("starting a private PostgreSQL")?),
+    };
+    let url = match (&opts.database_url, &local) {
+        (Some(u), _) => u.clone(),
+        (None, Some(pg)) => pg.url("dashtam_soak"),
+        (None, None) => unreachable!("one of the two is set"),
+    };
+    dashtam_store::migrate::recreate_database(&url)
+        .await
+        .with_context(|| format!("re-creating {}", app::redact(&url)))?;
+    let pool = app::connect(&config, &url).await?;
+    dashtam_store::migrate::run(&pool).await?;
+    let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
+        .fetch_one(&pool)
+        .await?;
+    if autovacuum != "on" {
+        eprintln!("warning: autovacuum is off on this server: the table can only grow");
+    }
+
+    let shutdown = CancellationToken::new();
+    let sandbox = Sandbox::new(SandboxConfig::default());
+    sandbox.set_faults(Faults {
+        latency_ms: opts.provider_latency_ms,
+        ..Faults::default()
+    });
+    let sandbox_config = sandbox.config();
+    let stop = shutdown.clone();
+    let addr = sandbox
+        .clone()
+        .spawn(
+            "127.0.0.1:0".parse()?,
+            async move { stop.cancelled().await },
+        )
+        .await?;
+    config.use_sandbox(&format!("http://{addr}"), &sandbox_config);
+    config.worker.poll_interval_ms = 50.into();
+    config.budgets.providers.clear();
+    config.worker.queues.insert(
+        SyncJob::KIND.queue().into(),
+        QueueSection {
+            concurrency: opts.concurrency,
+            fetch_batch: opts.concurrency,
+            prefetch: 0,
+            max_running_per_owner: 0,
+        },
+    );
+    config.database.max_connections = config
+        .database
+        .max_connections
+        .max(opts.concurrency as u32 + 8);
+    let secrets = Secrets::ephemeral(&config)?;
+    let daemon = Daemon::new(config, pool.clone(), &secrets)?;
+    let store = daemon.store();
+    let user = UserId::parse("soak").map_err(anyhow::Error::msg)?;
+    let mut connections = Vec::with_capacity(opts.connections as usize);
+    for _ in 0..opts.connections {
+        let token = sandbox.create_item(ItemSpec {
+            accounts: Some(1),
+            transactions_per_account: Some(5),
+        });
+        let conn = store
+            .create_connection(NewConnection {
+                user: &user,
+                provider: ProviderKind::Plaid,
+                credentials: &ProviderCredentials {
+                    access_token: SecretString::from(token),
+                    refresh_token: None,
+                },
+                access_token_expires_at: None,
+                refresh_token_expires_at: None,
+                provider_item_id: None,
+                correlation_id: None,
+            })
+            .await?;
+        connections.push(ConnectionId(conn.id));
+    }
+    // The pinned horizon: an idle transaction that has taken an xid.
+    let mut pin = if opts.pin_xmin {
+        let mut conn = sqlx::PgConnection::connect_with(&url.parse()?).await?;
+        sqlx::query("BEGIN").execute(&mut conn).await?;
+        sqlx::query("SELECT txid_current()")
+            .execute(&mut conn)
+            .await?;
+        Some(conn)
+    } else {
+        None
+    };
+    let running = daemon
+        .start(
+            &[Role::Worker],
+            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+            shutdown.clone(),
+        )
+        .await?;
+
+    // The enqueuer: every 100 ms, a tenth of a second's jobs.
+    let queue = Queue::new(pool.clone());
+    let enqueued = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let producer = {
+        let queue = queue.clone();
+        let enqueued = enqueued.clone();
+        let stop = shutdown.clone();
+        let per_tick = (f64::from(opts.rate) / 10.0).max(1.0);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut owed = 0.0;
+            let mut next = 0usize;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => return Ok::<(), anyhow::Error>(()),
+                }
+                owed += per_tick;
+                let n = owed.floor() as usize;
+                owed -= n as f64;
+                let jobs: Vec<NewJob> = (0..n)
+                    .map(|i| {
+                        let c = connections[(next + i) % connections.len()];
+                        let mut j = NewJob::from_args(&SyncJob::new(c))?;
+                        j.max_attempts = 3;
+                        Ok(j)
+                    })
+                    .collect::<Result<_, serde_json::Error>>()?;
+                next += n;
+                let made = queue.enqueue_many(&jobs).await?;
+                enqueued.fetch_add(made, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+
+    let mut minutes = Vec::new();
+    let mut claims = claim_buckets();
+    let mut done = succeeded();
+    let mut at = Instant::now();
+    for minute in 1..=opts.minutes {
+        // Ctrl-C ends the run early, still stopping the private server.
+        tokio::select! {
+            _ = tokio::time::sleep_until((at + Duration::from_secs(60)).into()) => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let now = Instant::now();
+        let (claims_now, done_now) = (claim_buckets(), succeeded());
+        let stats = table_stats(&pool).await?;
+        let secs = now.duration_since(at).as_secs_f64();
+        let line = json!({
+            "bench": "soak",
+            "minute": minute,
+            "pinned_xmin": opts.pin_xmin,
+            "jobs_per_s": ((done_now - done) as f64 / secs).round(),
+            "enqueued_total": enqueued.load(std::sync::atomic::Ordering::Relaxed),
+            "claim_p50_ms": quantile(&claims, &claims_now, 0.5).map(|s| super::round3(s * 1000.0)),
+            "claim_p99_ms": quantile(&claims, &claims_now, 0.99).map(|s| super::round3(s * 1000.0)),
+            "jobs_live_tuples": stats.live,
+            "jobs_dead_tuples": stats.dead,
+            "jobs_table_mb": super::round3(stats.bytes as f64 / 1_048_576.0),
+            "autovacuum_runs": stats.autovacuums,
+        });
+        println!("{line}");
+        minutes.push(line);
+        (claims, done, at) = (claims_now, done_now, now);
+    }
+    shutdown.cancel();
+    producer.await??;
+    running.wait().await?;
+    if let Some(conn) = pin.as_mut() {
+        sqlx::query("ROLLBACK").execute(conn).await?;
+    }
+    let (Some(first), Some(last)) = (minutes.first(), minutes.last()) else {
+        bail!("interrupted before the first minute ended");
+    };
+    let ratio = |key: &str| {
+        let (a, b) = (first[key].as_f64(), last[key].as_f64());
+        match (a, b) {
+            (Some(a), Some(b)) if a > 0.0 => Some(super::round3(b / a)),
+            _ => None,
+        }
+    };
+    println!(
+        "{}",
+        json!({
+            "bench": "soak",
+            "summary": true,
+            "minutes": opts.minutes,
+            "rate": opts.rate,
+            "connections": opts.connections,
+            "provider_latency_ms": opts.provider_latency_ms,
+            "concurrency": opts.concurrency,
+            "pinned_xmin": opts.pin_xmin,
+            "private_server": local.is_some(),
+            "autovacuum": autovacuum,
+            "last_over_first_jobs_per_s": ratio("jobs_per_s"),
+            "last_over_first_claim_p99": ratio("claim_p99_ms"),
+        })
+    );
+    drop(local);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket_between_two_readings() {
+        let before = [(0.001, 10), (0.002, 10), (f64::INFINITY, 10)];
+        let after = [(0.001, 60), (0.002, 110), (f64::INFINITY, 110)];
+        // 100 new claims: 50 up to 1 ms, 50 in (1, 2] ms.
+        assert_eq!(quantile(&before, &after, 0.5), Some(0.001));
+        let p99 = quantile(&before, &after, 0.99).unwrap();
+        assert!((p99 - 0.00198).abs() < 1e-9, "{p99}");
+        assert_eq!(quantile(&after, &after, 0.5), None);
+    }
+}
