@@ -1,5 +1,6 @@
 //! Benchmarks that print one JSON line per run (see docs/benchmarks.md).
 
+pub mod incremental;
 pub mod soak;
 
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use dashtam_domain::model::ProviderKind;
 use dashtam_domain::ports::ProviderCredentials;
 use dashtam_domain::{ConnectionId, UserId};
 use dashtam_queue::{JobState, NewJob, Queue};
-use dashtam_sandbox::{ItemSpec, Sandbox, SandboxConfig};
+use dashtam_sandbox::{Faults, ItemSpec, Sandbox, SandboxConfig};
 use dashtam_store::connections::NewConnection;
 use secrecy::SecretString;
 use serde_json::json;
@@ -30,82 +31,140 @@ pub struct SyncBenchOptions {
     pub concurrency: usize,
 }
 
+/// What the sync benchmarks share: a re-created, migrated database, the
+/// sandbox provider on a loopback port (with `faults`), and a daemon
+/// configured against it whose sync queue runs `concurrency` jobs at once,
+/// claims as many and prefetches `prefetch`, with no provider budget (the
+/// engine's throughput is measured, not Plaid's 40 calls/s) and no
+/// per-owner cap (every bench connection belongs to one user).
+pub(crate) struct SyncRig {
+    pub pool: sqlx::PgPool,
+    pub sandbox: Sandbox,
+    /// Stops the sandbox (and the daemon, once started with it).
+    pub shutdown: CancellationToken,
+    pub daemon: Daemon,
+}
+
+impl SyncRig {
+    pub(crate) async fn new(
+        mut config: Config,
+        url: &str,
+        concurrency: usize,
+        prefetch: usize,
+        faults: Faults,
+    ) -> anyhow::Result<Self> {
+        dashtam_store::migrate::recreate_database(url)
+            .await
+            .with_context(|| format!("re-creating {}", app::redact(url)))?;
+        let pool = app::connect(&config, url).await?;
+        dashtam_store::migrate::run(&pool).await?;
+        let shutdown = CancellationToken::new();
+        let sandbox = Sandbox::new(SandboxConfig::default());
+        sandbox.set_faults(faults);
+        let sandbox_config = sandbox.config();
+        let stop = shutdown.clone();
+        let addr = sandbox
+            .clone()
+            .spawn(
+                "127.0.0.1:0".parse()?,
+                async move { stop.cancelled().await },
+            )
+            .await?;
+        config.use_sandbox(&format!("http://{addr}"), &sandbox_config);
+        config.worker.poll_interval_ms = 50.into();
+        config.budgets.providers.clear();
+        config.worker.queues.insert(
+            SyncJob::KIND.queue().into(),
+            QueueSection {
+                concurrency,
+                fetch_batch: concurrency,
+                prefetch,
+                max_running_per_owner: 0,
+            },
+        );
+        config.database.max_connections =
+            config.database.max_connections.max(concurrency as u32 + 8);
+        let secrets = Secrets::ephemeral(&config)?;
+        let daemon = Daemon::new(config, pool.clone(), &secrets)?;
+        Ok(Self {
+            pool,
+            sandbox,
+            shutdown,
+            daemon,
+        })
+    }
+
+    /// Links `n` new sandbox items of `spec` as `user`'s Plaid connections,
+    /// one by one through the store (as an API request would).
+    pub(crate) async fn link(
+        &self,
+        user: &UserId,
+        n: usize,
+        spec: ItemSpec,
+    ) -> anyhow::Result<Vec<ConnectionId>> {
+        let store = self.daemon.store();
+        let mut connections = Vec::with_capacity(n);
+        for _ in 0..n {
+            let token = self.sandbox.create_item(spec.clone());
+            let conn = store
+                .create_connection(NewConnection {
+                    user,
+                    provider: ProviderKind::Plaid,
+                    credentials: &ProviderCredentials {
+                        access_token: SecretString::from(token),
+                        refresh_token: None,
+                    },
+                    access_token_expires_at: None,
+                    refresh_token_expires_at: None,
+                    provider_item_id: None,
+                    correlation_id: None,
+                })
+                .await?;
+            connections.push(ConnectionId(conn.id));
+        }
+        Ok(connections)
+    }
+
+    /// Starts the daemon's worker role.
+    pub(crate) async fn start_worker(&self) -> anyhow::Result<app::Running> {
+        self.daemon
+            .start(
+                &[Role::Worker],
+                Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
+                self.shutdown.clone(),
+            )
+            .await
+    }
+}
+
 /// The brief's "sync" workload: M connections with K transactions each,
 /// one sync per connection, then an immediate re-sync with nothing new.
-pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<()> {
+pub async fn sync(config: Config, opts: SyncBenchOptions) -> anyhow::Result<()> {
     if opts.accounts == 0 || !opts.transactions.is_multiple_of(opts.accounts) {
         bail!("--transactions must be a multiple of --accounts");
     }
-    dashtam_store::migrate::recreate_database(&opts.database_url)
-        .await
-        .with_context(|| format!("re-creating {}", app::redact(&opts.database_url)))?;
-    let pool = app::connect(&config, &opts.database_url).await?;
-    dashtam_store::migrate::run(&pool).await?;
-
-    let shutdown = CancellationToken::new();
-    let sandbox = Sandbox::new(SandboxConfig::default());
-    let sandbox_config = sandbox.config();
-    let stop = shutdown.clone();
-    let addr = sandbox
-        .clone()
-        .spawn(
-            "127.0.0.1:0".parse()?,
-            async move { stop.cancelled().await },
-        )
-        .await?;
-    config.use_sandbox(&format!("http://{addr}"), &sandbox_config);
-    config.worker.poll_interval_ms = 50.into();
-    // The engine's throughput, not the providers' budgets (Plaid's default,
-    // 40 calls/s, would hold this bench to ~20k transactions/s).
-    config.budgets.providers.clear();
-    config.worker.queues.insert(
-        SyncJob::KIND.queue().into(),
-        QueueSection {
-            concurrency: opts.concurrency,
-            fetch_batch: opts.concurrency,
-            prefetch: 0,
-            // Every bench connection belongs to one user.
-            max_running_per_owner: 0,
-        },
-    );
-    config.database.max_connections = config
-        .database
-        .max_connections
-        .max(opts.concurrency as u32 + 8);
-
-    let secrets = Secrets::ephemeral(&config)?;
-    let daemon = Daemon::new(config, pool.clone(), &secrets)?;
-    let store = daemon.store();
+    let rig = SyncRig::new(
+        config,
+        &opts.database_url,
+        opts.concurrency,
+        0,
+        Faults::default(),
+    )
+    .await?;
+    let (pool, _sandbox) = (rig.pool.clone(), &rig.sandbox);
+    let _store = rig.daemon.store();
     let user = UserId::parse("bench").map_err(anyhow::Error::msg)?;
-    let mut connections = Vec::new();
-    for _ in 0..opts.connections {
-        let token = sandbox.create_item(ItemSpec {
-            accounts: Some(opts.accounts),
-            transactions_per_account: Some(opts.transactions / opts.accounts),
-        });
-        let conn = store
-            .create_connection(NewConnection {
-                user: &user,
-                provider: ProviderKind::Plaid,
-                credentials: &ProviderCredentials {
-                    access_token: SecretString::from(token),
-                    refresh_token: None,
-                },
-                access_token_expires_at: None,
-                refresh_token_expires_at: None,
-                provider_item_id: None,
-                correlation_id: None,
-            })
-            .await?;
-        connections.push(ConnectionId(conn.id));
-    }
-    let running = daemon
-        .start(
-            &[Role::Worker],
-            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
-            shutdown.clone(),
+    let connections = rig
+        .link(
+            &user,
+            opts.connections as usize,
+            ItemSpec {
+                accounts: Some(opts.accounts),
+                transactions_per_account: Some(opts.transactions / opts.accounts),
+            },
         )
         .await?;
+    let running = rig.start_worker().await?;
     let queue = Queue::new(pool.clone());
     let total = u64::from(opts.connections) * u64::from(opts.transactions);
 
@@ -123,7 +182,7 @@ pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<
     if stored_again != stored {
         bail!("re-sync changed the row count from {stored} to {stored_again}");
     }
-    shutdown.cancel();
+    rig.shutdown.cancel();
     running.wait().await?;
 
     let line = json!({
@@ -141,22 +200,58 @@ pub async fn sync(mut config: Config, opts: SyncBenchOptions) -> anyhow::Result<
     Ok(())
 }
 
+/// The `q` quantile of what a histogram observed between two readings of
+/// its cumulative buckets (`telemetry::metrics::cumulative_buckets`),
+/// interpolated within its bucket (as Prometheus' histogram_quantile does).
+pub(crate) fn quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
+    let deltas: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let was = before.iter().find(|(b, _)| b == le).map_or(0, |(_, c)| *c);
+            (*le, n - was)
+        })
+        .collect();
+    let total = deltas.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut lower = (0.0, 0u64);
+    for (le, n) in deltas {
+        if n as f64 >= rank {
+            if le.is_infinite() {
+                return Some(lower.0);
+            }
+            let within = (rank - lower.1 as f64) / ((n - lower.1).max(1) as f64);
+            return Some(lower.0 + (le - lower.0) * within);
+        }
+        lower = (le, n);
+    }
+    None
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// Enqueues one sync per connection and waits until none is unfinished.
-async fn round(queue: &Queue, connections: &[ConnectionId]) -> anyhow::Result<Duration> {
-    let t0 = Instant::now();
-    let jobs: Vec<NewJob> = connections
-        .iter()
+/// A sync job for each of `connections` (3 attempts each).
+pub(crate) fn sync_jobs<'a>(
+    connections: impl IntoIterator<Item = &'a ConnectionId>,
+) -> Result<Vec<NewJob>, serde_json::Error> {
+    connections
+        .into_iter()
         .map(|c| {
             let mut j = NewJob::from_args(&SyncJob::new(*c))?;
             j.max_attempts = 3;
             Ok(j)
         })
-        .collect::<Result<_, serde_json::Error>>()?;
-    queue.enqueue_many(&jobs).await?;
+        .collect()
+}
+
+/// Enqueues one sync per connection and waits until none is unfinished.
+async fn round(queue: &Queue, connections: &[ConnectionId]) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    queue.enqueue_many(&sync_jobs(connections)?).await?;
     loop {
         let counts = queue.state_counts(Some(SyncJob::KIND.as_str())).await?;
         let unfinished: i64 = counts
@@ -870,4 +965,20 @@ fn parse_wrk(text: &str) -> anyhow::Result<serde_json::Value> {
         bail!("no figures in wrk's output: {text}");
     }
     Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket_between_two_readings() {
+        let before = [(0.001, 10), (0.002, 10), (f64::INFINITY, 10)];
+        let after = [(0.001, 60), (0.002, 110), (f64::INFINITY, 110)];
+        // 100 new claims: 50 up to 1 ms, 50 in (1, 2] ms.
+        assert_eq!(quantile(&before, &after, 0.5), Some(0.001));
+        let p99 = quantile(&before, &after, 0.99).unwrap();
+        assert!((p99 - 0.00198).abs() < 1e-9, "{p99}");
+        assert_eq!(quantile(&after, &after, 0.5), None);
+    }
 }

@@ -287,6 +287,19 @@ enum BenchCommand {
         #[arg(long)]
         pin_xmin: bool,
     },
+    /// The fleet's steady state: N connections synced once, 0–5 new transactions each, one more sync of every one.
+    Incremental {
+        #[command(flatten)]
+        db: BenchDb,
+        #[arg(long, default_value_t = 100_000)]
+        connections: usize,
+        /// Sync jobs running at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Each connection gets 0 to this many new transactions.
+        #[arg(long, default_value_t = 5)]
+        max_new: u32,
+    },
     /// Ingest throughput: M connections × K transactions, then an idempotent re-sync.
     Sync {
         #[command(flatten)]
@@ -601,6 +614,20 @@ async fn run_bench(config: Config, command: BenchCommand) -> anyhow::Result<()> 
         }
         BenchCommand::Latency { jobs, args } => {
             bench::latency(config, queue_bench(jobs, args)).await
+        }
+        BenchCommand::Incremental {
+            db,
+            connections,
+            concurrency,
+            max_new,
+        } => {
+            let opts = bench::incremental::IncrementalOptions {
+                database_url: db.url,
+                connections,
+                concurrency,
+                max_new,
+            };
+            bench::incremental::incremental(config, opts).await
         }
         BenchCommand::Soak {
             database_url,

@@ -14,23 +14,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use dashtam_domain::jobs::{JobArgs, SyncJob};
-use dashtam_domain::model::ProviderKind;
-use dashtam_domain::ports::ProviderCredentials;
-use dashtam_domain::{ConnectionId, UserId};
-use dashtam_queue::{NewJob, Queue};
-use dashtam_sandbox::{Faults, ItemSpec, Sandbox, SandboxConfig};
-use dashtam_store::connections::NewConnection;
+use dashtam_domain::UserId;
+use dashtam_queue::Queue;
+use dashtam_sandbox::{Faults, ItemSpec};
 use dashtam_telemetry::metrics::METRICS;
-use secrecy::SecretString;
 use serde_json::json;
 use sqlx::Connection as _;
-use tokio_util::sync::CancellationToken;
 
 use crate::localpg::LocalPostgres;
-use dashtam::app::{self, Daemon, Role};
-use dashtam::config::{Config, QueueSection};
-use dashtam::secrets::Secrets;
+use dashtam::config::Config;
 
 pub struct SoakOptions {
     /// `None`: a private server with default settings.
@@ -84,36 +76,7 @@ fn succeeded() -> u64 {
         .get()
 }
 
-/// The `q` quantile of the claims between two readings of the buckets,
-/// interpolated within its bucket (as Prometheus' histogram_quantile does).
-fn quantile(before: &[(f64, u64)], after: &[(f64, u64)], q: f64) -> Option<f64> {
-    let deltas: Vec<(f64, u64)> = after
-        .iter()
-        .map(|(le, n)| {
-            let was = before.iter().find(|(b, _)| b == le).map_or(0, |(_, c)| *c);
-            (*le, n - was)
-        })
-        .collect();
-    let total = deltas.last()?.1;
-    if total == 0 {
-        return None;
-    }
-    let rank = q * total as f64;
-    let mut lower = (0.0, 0u64);
-    for (le, n) in deltas {
-        if n as f64 >= rank {
-            if le.is_infinite() {
-                return Some(lower.0);
-            }
-            let within = (rank - lower.1 as f64) / ((n - lower.1).max(1) as f64);
-            return Some(lower.0 + (le - lower.0) * within);
-        }
-        lower = (le, n);
-    }
-    None
-}
-
-pub async fn soak(mut config: Config, opts: SoakOptions) -> anyhow::Result<()> {
+pub async fn soak(config: Config, opts: SoakOptions) -> anyhow::Result<()> {
     if opts.rate == 0 || opts.minutes == 0 || opts.connections == 0 {
         bail!("--rate, --minutes and --connections must be above 0");
     }
@@ -126,11 +89,18 @@ pub async fn soak(mut config: Config, opts: SoakOptions) -> anyhow::Result<()> {
         (None, Some(pg)) => pg.url("dashtam_soak"),
         (None, None) => unreachable!("one of the two is set"),
     };
-    dashtam_store::migrate::recreate_database(&url)
-        .await
-        .with_context(|| format!("re-creating {}", app::redact(&url)))?;
-    let pool = app::connect(&config, &url).await?;
-    dashtam_store::migrate::run(&pool).await?;
+    let rig = super::SyncRig::new(
+        config,
+        &url,
+        opts.concurrency,
+        0,
+        Faults {
+            latency_ms: opts.provider_latency_ms,
+            ..Faults::default()
+        },
+    )
+    .await?;
+    let (pool, _sandbox) = (rig.pool.clone(), &rig.sandbox);
     let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
         .fetch_one(&pool)
         .await?;
@@ -138,63 +108,19 @@ pub async fn soak(mut config: Config, opts: SoakOptions) -> anyhow::Result<()> {
         eprintln!("warning: autovacuum is off on this server: the table can only grow");
     }
 
-    let shutdown = CancellationToken::new();
-    let sandbox = Sandbox::new(SandboxConfig::default());
-    sandbox.set_faults(Faults {
-        latency_ms: opts.provider_latency_ms,
-        ..Faults::default()
-    });
-    let sandbox_config = sandbox.config();
-    let stop = shutdown.clone();
-    let addr = sandbox
-        .clone()
-        .spawn(
-            "127.0.0.1:0".parse()?,
-            async move { stop.cancelled().await },
+    let shutdown = rig.shutdown.clone();
+    let _store = rig.daemon.store();
+    let user = UserId::parse("soak").map_err(anyhow::Error::msg)?;
+    let connections = rig
+        .link(
+            &user,
+            opts.connections as usize,
+            ItemSpec {
+                accounts: Some(1),
+                transactions_per_account: Some(5),
+            },
         )
         .await?;
-    config.use_sandbox(&format!("http://{addr}"), &sandbox_config);
-    config.worker.poll_interval_ms = 50.into();
-    config.budgets.providers.clear();
-    config.worker.queues.insert(
-        SyncJob::KIND.queue().into(),
-        QueueSection {
-            concurrency: opts.concurrency,
-            fetch_batch: opts.concurrency,
-            prefetch: 0,
-            max_running_per_owner: 0,
-        },
-    );
-    config.database.max_connections = config
-        .database
-        .max_connections
-        .max(opts.concurrency as u32 + 8);
-    let secrets = Secrets::ephemeral(&config)?;
-    let daemon = Daemon::new(config, pool.clone(), &secrets)?;
-    let store = daemon.store();
-    let user = UserId::parse("soak").map_err(anyhow::Error::msg)?;
-    let mut connections = Vec::with_capacity(opts.connections as usize);
-    for _ in 0..opts.connections {
-        let token = sandbox.create_item(ItemSpec {
-            accounts: Some(1),
-            transactions_per_account: Some(5),
-        });
-        let conn = store
-            .create_connection(NewConnection {
-                user: &user,
-                provider: ProviderKind::Plaid,
-                credentials: &ProviderCredentials {
-                    access_token: SecretString::from(token),
-                    refresh_token: None,
-                },
-                access_token_expires_at: None,
-                refresh_token_expires_at: None,
-                provider_item_id: None,
-                correlation_id: None,
-            })
-            .await?;
-        connections.push(ConnectionId(conn.id));
-    }
     // The pinned horizon: an idle transaction that has taken an xid.
     let mut pin = if opts.pin_xmin {
         let mut conn = sqlx::PgConnection::connect_with(&url.parse()?).await?;
@@ -206,13 +132,7 @@ pub async fn soak(mut config: Config, opts: SoakOptions) -> anyhow::Result<()> {
     } else {
         None
     };
-    let running = daemon
-        .start(
-            &[Role::Worker],
-            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await?),
-            shutdown.clone(),
-        )
-        .await?;
+    let running = rig.start_worker().await?;
 
     // The enqueuer: every 100 ms, a tenth of a second's jobs.
     let queue = Queue::new(pool.clone());
@@ -235,14 +155,8 @@ pub async fn soak(mut config: Config, opts: SoakOptions) -> anyhow::Result<()> {
                 owed += per_tick;
                 let n = owed.floor() as usize;
                 owed -= n as f64;
-                let jobs: Vec<NewJob> = (0..n)
-                    .map(|i| {
-                        let c = connections[(next + i) % connections.len()];
-                        let mut j = NewJob::from_args(&SyncJob::new(c))?;
-                        j.max_attempts = 3;
-                        Ok(j)
-                    })
-                    .collect::<Result<_, serde_json::Error>>()?;
+                let jobs =
+                    super::sync_jobs((0..n).map(|i| &connections[(next + i) % connections.len()]))?;
                 next += n;
                 let made = queue.enqueue_many(&jobs).await?;
                 enqueued.fetch_add(made, std::sync::atomic::Ordering::Relaxed);
@@ -270,8 +184,8 @@ pub async fn soak(mut config: Config, opts: SoakOptions) -> anyhow::Result<()> {
             "pinned_xmin": opts.pin_xmin,
             "jobs_per_s": ((done_now - done) as f64 / secs).round(),
             "enqueued_total": enqueued.load(std::sync::atomic::Ordering::Relaxed),
-            "claim_p50_ms": quantile(&claims, &claims_now, 0.5).map(|s| super::round3(s * 1000.0)),
-            "claim_p99_ms": quantile(&claims, &claims_now, 0.99).map(|s| super::round3(s * 1000.0)),
+            "claim_p50_ms": super::quantile(&claims, &claims_now, 0.5).map(|s| super::round3(s * 1000.0)),
+            "claim_p99_ms": super::quantile(&claims, &claims_now, 0.99).map(|s| super::round3(s * 1000.0)),
             "jobs_live_tuples": stats.live,
             "jobs_dead_tuples": stats.dead,
             "jobs_table_mb": super::round3(stats.bytes as f64 / 1_048_576.0),
@@ -316,20 +230,4 @@ pub async fn soak(mut config: Config, opts: SoakOptions) -> anyhow::Result<()> {
     );
     drop(local);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::quantile;
-
-    #[test]
-    fn quantiles_interpolate_within_the_bucket_between_two_readings() {
-        let before = [(0.001, 10), (0.002, 10), (f64::INFINITY, 10)];
-        let after = [(0.001, 60), (0.002, 110), (f64::INFINITY, 110)];
-        // 100 new claims: 50 up to 1 ms, 50 in (1, 2] ms.
-        assert_eq!(quantile(&before, &after, 0.5), Some(0.001));
-        let p99 = quantile(&before, &after, 0.99).unwrap();
-        assert!((p99 - 0.00198).abs() < 1e-9, "{p99}");
-        assert_eq!(quantile(&after, &after, 0.5), None);
-    }
 }
