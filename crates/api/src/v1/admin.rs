@@ -149,12 +149,21 @@ async fn job_audit(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 struct ConnectionsQuery {
-    /// Only connections in this status: `active`, `reauth_required`, …
-    #[param(value_type = Option<String>, example = "reauth_required")]
+    /// Only connections in this status.
+    #[param(schema_with = connection_status_schema, example = "reauth_required")]
     status: Option<String>,
     /// At most this many, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+}
+
+/// The connection statuses, as the domain names them.
+fn connection_status_schema() -> utoipa::openapi::schema::Object {
+    use dashtam_domain::model::ConnectionStatus;
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(ConnectionStatus::ALL.iter().map(|s| s.as_str())))
+        .build()
 }
 
 #[derive(serde::Serialize, ToSchema)]

@@ -42,8 +42,13 @@ struct ListQuery {
     /// Only this queue's jobs.
     #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     queue: Option<String>,
-    /// Only this user's jobs (operators; a client lists its own).
-    #[param(min_length = 1, max_length = 200)]
+    /// Only this user's jobs (operators; a client lists its own): a
+    /// subject, 1 to 255 characters, no control characters.
+    #[param(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     owner: Option<String>,
     /// Page size, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
@@ -111,6 +116,14 @@ async fn list(
         .as_deref()
         .map(|v| v.parse().map_err(|e| ApiError::invalid_field("queue", e)))
         .transpose()?;
+    if let Some(o) = q.owner.as_deref()
+        && (o.is_empty() || o.chars().count() > 255 || o.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid_field(
+            "owner",
+            "must be 1 to 255 characters without control characters",
+        ));
+    }
     let owner = match (caller.role, q.owner.as_deref()) {
         (Role::Operator, owner) => owner,
         (_, Some(o)) if o != caller.user.as_str() => {

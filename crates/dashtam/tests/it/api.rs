@@ -594,3 +594,68 @@ async fn transactions_filter_by_date_and_amount(pool: PgPool) {
     }
     app.stop().await;
 }
+
+/// The jobs list's queue and owner filters, and the operators' list of
+/// connections by status: filters narrow, a client cannot look at another
+/// user's jobs, and unexpected input (empty, control characters, unknown
+/// names) is a 400 naming the parameter, never a database error.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn job_and_connection_filters_narrow_and_refuse_bad_input(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let alice = app.connect("alice", 1, 5).await;
+    let bob = app.connect("bob", 1, 5).await;
+    app.sync("alice", &alice).await;
+    app.sync("bob", &bob).await;
+    let op = app.operator_token("ops");
+    let get = |token: String, path: &'static str| {
+        let req = app
+            .http
+            .get(format!("{}{path}", app.api))
+            .bearer_auth(token);
+        async move { req.send().await.unwrap() }
+    };
+
+    let mine: Value = get(op.clone(), "/api/v1/jobs?owner=alice&queue=sync")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let owners: Vec<&str> = mine["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["owner"].as_str().unwrap())
+        .collect();
+    assert_eq!(owners, ["alice"], "{mine}");
+    let none: Value = get(op.clone(), "/api/v1/jobs?queue=token_refresh")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["data"], serde_json::json!([]));
+    // A client: its own jobs only; asking for someone else's is a 403.
+    problem(get(app.token("alice"), "/api/v1/jobs?owner=bob").await, 403).await;
+    let own: Value = get(app.token("alice"), "/api/v1/jobs?owner=alice")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(own["data"].as_array().unwrap().len(), 1, "{own}");
+    for (path, field) in [
+        ("/api/v1/jobs?owner=", "owner"),
+        ("/api/v1/jobs?owner=%C2%82%00", "owner"),
+        ("/api/v1/jobs?queue=no%20spaces", "queue"),
+        ("/api/v1/admin/connections?status=%1B", "status"),
+        ("/api/v1/admin/connections?status=gone", "status"),
+    ] {
+        let p = problem(get(op.clone(), path).await, 400).await;
+        assert_eq!(p["errors"][0]["field"], field, "{path}: {p}");
+    }
+    let active: Value = get(op.clone(), "/api/v1/admin/connections?status=active")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(active["data"].as_array().unwrap().len(), 2, "{active}");
+    app.stop().await;
+}
