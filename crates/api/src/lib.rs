@@ -220,7 +220,7 @@ async fn http_metrics(req: Request, next: Next) -> Response {
     };
     let started = std::time::Instant::now();
     let span = tracing::Span::current();
-    dashtam_telemetry::traces::name_current_span(format!("{method} {route}"));
+    dashtam_telemetry::traces::name_current_span(|| format!("{method} {route}"));
     let resp = next.run(req).await;
     span.record("http.response.status_code", resp.status().as_u16());
     tracing::debug!(

@@ -5,9 +5,10 @@
 //! commit), exported by `tracing-opentelemetry`. A job's trace continues the
 //! one that enqueued it: the enqueuing span's W3C `traceparent` is stored
 //! with the job ([`current_traceparent`]) and the job's span takes it as its
-//! parent ([`continue_trace`]), with the time it waited in the queue as a
-//! span of its own ([`record_queue_wait`]). Without an exporter all of this
-//! costs a thread-local lookup: there is no context to carry.
+//! parent, with the time it waited in the queue as a span of its own
+//! ([`continue_job_trace`]); a request continues its caller's trace
+//! ([`continue_trace`]). Without an exporter all of this costs a
+//! thread-local lookup: there is no context to carry.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -134,17 +135,25 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
 }
 
 /// Renames the current span in its trace (an HTTP request's span takes its
-/// route's name once routing found it: `GET /api/v1/jobs/{job_id}`).
-pub fn name_current_span(name: String) {
-    tracing::Span::current().context().span().update_name(name);
+/// route's name once routing found it: `GET /api/v1/jobs/{job_id}`). The
+/// name is only made when a trace is being recorded.
+pub fn name_current_span(name: impl FnOnce() -> String) {
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    if span.span_context().is_valid() {
+        span.update_name(name());
+    }
 }
 
-/// A `queue.wait` span under `traceparent`, from when the job became due
-/// (or was enqueued) to when a worker claimed it.
-pub fn record_queue_wait(
+/// A job's run continues the trace of what enqueued it (`traceparent`, as
+/// stored with the job): `span` becomes its child, after a `queue.wait`
+/// span from when the job fell due to when a worker claimed it. Nothing
+/// happens without a (well-formed) `traceparent`.
+pub fn continue_job_trace(
+    span: &tracing::Span,
     traceparent: Option<&str>,
-    from: chrono::DateTime<chrono::Utc>,
-    to: chrono::DateTime<chrono::Utc>,
+    due: chrono::DateTime<chrono::Utc>,
+    claimed: chrono::DateTime<chrono::Utc>,
     queue: &str,
     attempt: i32,
 ) {
@@ -154,13 +163,14 @@ pub fn record_queue_wait(
         return;
     }
     let tracer = opentelemetry::global::tracer("dashtam");
-    let mut span = tracer
+    let mut wait = tracer
         .span_builder("queue.wait")
-        .with_start_time(std::time::SystemTime::from(from))
+        .with_start_time(std::time::SystemTime::from(due))
         .with_attributes([
             opentelemetry::KeyValue::new("queue", queue.to_owned()),
             opentelemetry::KeyValue::new("attempt", i64::from(attempt)),
         ])
         .start_with_context(&tracer, &cx);
-    span.end_with_timestamp(std::time::SystemTime::from(to.max(from)));
+    wait.end_with_timestamp(std::time::SystemTime::from(claimed.max(due)));
+    let _ = span.set_parent(cx);
 }

@@ -184,16 +184,12 @@ async fn connections(
 ) -> Result<Json<ConnectionList>, ApiError> {
     use dashtam_domain::model::ConnectionStatus;
     let q = super::shared::query(q)?;
-    let status = q
-        .status
-        .as_deref()
-        .map(|s| {
-            ConnectionStatus::parse(s).ok_or_else(|| {
-                let all: Vec<&str> = ConnectionStatus::ALL.iter().map(|s| s.as_str()).collect();
-                ApiError::invalid_field("status", format!("{s:?} is not one of {}", all.join(", ")))
-            })
-        })
-        .transpose()?;
+    let status = super::shared::one_of(
+        "status",
+        q.status.as_deref(),
+        &ConnectionStatus::ALL,
+        ConnectionStatus::as_str,
+    )?;
     let limit = super::shared::page_size(q.limit, 100, 1000)?;
     let data = state
         .store

@@ -77,29 +77,13 @@ async fn list(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<JobPage>, ApiError> {
     let q = super::shared::query(q)?;
-    fn one_of<T: Copy>(
-        field: &str,
-        value: Option<&str>,
-        all: &[T],
-        name: fn(T) -> &'static str,
-    ) -> Result<Option<T>, ApiError> {
-        let Some(v) = value else { return Ok(None) };
-        all.iter()
-            .copied()
-            .find(|t| name(*t) == v)
-            .map(Some)
-            .ok_or_else(|| {
-                let names: Vec<&str> = all.iter().map(|t| name(*t)).collect();
-                ApiError::invalid_field(field, format!("{v:?} is not one of {}", names.join(", ")))
-            })
-    }
-    let job_state = one_of(
+    let job_state = super::shared::one_of(
         "state",
         q.state.as_deref(),
         &JobState::ALL,
         JobState::as_str,
     )?;
-    let kind = one_of("kind", q.kind.as_deref(), &JobKind::ALL, JobKind::as_str)?;
+    let kind = super::shared::one_of("kind", q.kind.as_deref(), &JobKind::ALL, JobKind::as_str)?;
     let connection: Option<dashtam_domain::ConnectionId> = q
         .connection_id
         .as_deref()

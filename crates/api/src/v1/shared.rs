@@ -83,3 +83,22 @@ pub fn sync_job(
     new.max_attempts = state.jobs.sync_max_attempts;
     Ok(new)
 }
+
+/// `value`, if given, as the one of `all` whose `name` it is; otherwise a
+/// 400 naming `field` and listing the names.
+pub fn one_of<T: Copy>(
+    field: &str,
+    value: Option<&str>,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> Result<Option<T>, ApiError> {
+    let Some(v) = value else { return Ok(None) };
+    all.iter()
+        .copied()
+        .find(|t| name(*t) == v)
+        .map(Some)
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|t| name(*t)).collect();
+            ApiError::invalid_field(field, format!("{v:?} is not one of {}", names.join(", ")))
+        })
+}

@@ -32,8 +32,8 @@ impl Fetcher {
         );
         // The run continues the trace of the request (or cycle) that
         // enqueued the job, after a span for its time in the queue.
-        dashtam_telemetry::traces::continue_trace(&span, job.trace_parent.as_deref());
-        dashtam_telemetry::traces::record_queue_wait(
+        dashtam_telemetry::traces::continue_job_trace(
+            &span,
             job.trace_parent.as_deref(),
             job.run_at,
             job.started_at,
