@@ -850,10 +850,10 @@ pub async fn api(mut config: Config, opts: ApiBenchOptions) -> anyhow::Result<()
         parse_wrk(&text)
     };
     let enqueue_line = wrk(Some(&enqueue), "/")?;
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs_all")
         .fetch_one(&pool)
         .await?;
-    let job_ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM jobs")
+    let job_ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM jobs_all")
         .fetch_all(&pool)
         .await?;
     let job = job_ids.first().context("no job was enqueued")?;

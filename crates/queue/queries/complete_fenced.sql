@@ -1,10 +1,19 @@
 -- A handler completes its own job inside the transaction that commits its
--- work, so the work and the job's success are durable together. Fenced by
--- the claim ($2 holder, $3 the claim's start): no row means the claim was
--- lost (rescued, or undone by a database crash) and the caller must roll
--- its work back.
-UPDATE jobs
-SET state = 'succeeded', finished_at = now(), locked_by = NULL,
-    progress = COALESCE($4, progress)
-WHERE id = $1 AND state = 'running' AND locked_by = $2 AND started_at = $3
+-- work, so the work and the job's success are durable together: the job
+-- leaves the hot table for jobs_done. Fenced by the claim ($2 holder, $3
+-- the claim's start): no row means the claim was lost (rescued, or undone
+-- by a database crash) and the caller must roll its work back.
+WITH done AS (
+    DELETE FROM jobs
+    WHERE id = $1 AND state = 'running' AND locked_by = $2 AND started_at = $3
+    RETURNING *
+)
+INSERT INTO jobs_done (id, queue, kind, payload, state, priority, attempt, max_attempts, run_at,
+                       unique_key, owner, locked_by, progress, errors, created_at, started_at,
+                       finished_at, cancel_requested, watched, throttle_key, waiting, subject,
+                       trace_parent)
+SELECT id, queue, kind, payload, 'succeeded', priority, attempt, max_attempts, run_at,
+       unique_key, owner, NULL, COALESCE($4, progress), errors, created_at, started_at,
+       now(), cancel_requested, watched, throttle_key, waiting, subject, trace_parent
+FROM done
 RETURNING id

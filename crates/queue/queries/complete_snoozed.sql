@@ -10,4 +10,4 @@ SET state = 'scheduled',
     waiting = u.waiting
 FROM unnest($1::uuid[], $2::bigint[], $3::jsonb[], $5::timestamptz[])
     AS u(id, delay_ms, waiting, started_at)
-WHERE j.id = u.id AND j.state NOT IN ('scheduled', 'available', 'retryable', 'succeeded', 'failed', 'cancelled') AND j.locked_by IS NOT DISTINCT FROM $4 AND j.started_at = u.started_at
+WHERE j.id = u.id AND j.state NOT IN ('scheduled', 'available', 'retryable') AND j.locked_by IS NOT DISTINCT FROM $4 AND j.started_at = u.started_at

@@ -1,1 +1,1 @@
-SELECT queue, state, count(*) AS "jobs!" FROM jobs GROUP BY queue, state
+SELECT queue AS "queue!", state AS "state!", count(*) AS "jobs!" FROM jobs_all GROUP BY queue, state

@@ -1,8 +1,6 @@
--- The pending or running job that holds the unique key of job $1, if any
--- (then $1 cannot run again until that one finishes).
+-- Another pending or running job holding the unique key of finished job $1.
 SELECT h.id
-FROM jobs t
-JOIN jobs h ON h.unique_key = t.unique_key AND h.id <> t.id
+FROM jobs_done t
+JOIN jobs h ON h.unique_key = t.unique_key
 WHERE t.id = $1 AND t.unique_key IS NOT NULL
-  AND h.state IN ('scheduled', 'available', 'running', 'retryable')
 LIMIT 1

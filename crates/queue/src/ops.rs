@@ -212,56 +212,36 @@ pub async fn live_workers(pool: &PgPool, within: std::time::Duration) -> Result<
     )
 }
 
-/// The smallest UUIDv7 of the millisecond `at`: every id generated at or
-/// after `at` is greater.
-pub fn v7_floor(at: chrono::DateTime<chrono::Utc>) -> Uuid {
-    let ms = u64::try_from(at.timestamp_millis()).unwrap_or(0);
-    let mut bytes = [0u8; 16];
-    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    bytes[6] = 0x70; // version 7
-    bytes[8] = 0x80; // RFC 4122 variant
-    Uuid::from_bytes(bytes)
-}
-
-/// Deletes finished jobs past their retention, batch by batch. Returns how
-/// many went.
+/// Drops jobs_done's day partitions past their retention (and creates the
+/// coming days'), then deletes, batch by batch, what is past retention
+/// outside them (the default partitions). Returns how many jobs went.
 pub async fn prune(pool: &PgPool, retention: Retention) -> Result<u64, QueueError> {
-    let younger = retention.succeeded.min(retention.failed);
-    // A minute of slack for clock skew between us and whoever enqueued.
-    let cutoff = chrono::Utc::now() - chrono::Duration::from_std(younger).unwrap_or_default()
-        + chrono::Duration::minutes(1);
-    let floor = v7_floor(cutoff);
-    let mut total = 0;
+    let (succeeded, failed) = (
+        retention.succeeded.as_secs_f64(),
+        retention.failed.as_secs_f64(),
+    );
+    let dropped = match sqlx::query_file_scalar!("queries/maintain_history.sql", succeeded, failed)
+        .fetch_one(pool)
+        .await
+    {
+        Ok(n) => u64::try_from(n).unwrap_or(0),
+        // Another statement held a lock on jobs_done longer than the
+        // maintenance waits (lock_timeout): next time.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+            tracing::info!("jobs_done partitions busy; their maintenance waits for the next prune");
+            0
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut total = dropped;
     loop {
-        let n = sqlx::query_file!(
-            "queries/prune.sql",
-            floor,
-            retention.succeeded.as_secs_f64(),
-            retention.failed.as_secs_f64(),
-            retention.batch,
-        )
-        .execute(pool)
-        .await?
-        .rows_affected();
+        let n = sqlx::query_file!("queries/prune.sql", succeeded, failed, retention.batch)
+            .execute(pool)
+            .await?
+            .rows_affected();
         total += n;
         if n < u64::try_from(retention.batch).unwrap_or(0) || n == 0 {
             return Ok(total);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn v7_floor_orders_before_every_later_id() {
-        let now = chrono::Utc::now();
-        let floor = v7_floor(now - chrono::Duration::milliseconds(1));
-        for _ in 0..100 {
-            assert!(Uuid::now_v7() > floor);
-        }
-        assert!(v7_floor(now - chrono::Duration::days(1)) < floor);
-        assert_eq!(floor.get_version_num(), 7);
     }
 }

@@ -38,13 +38,16 @@ pub struct SoakOptions {
     pub pin_xmin: bool,
 }
 
-/// The jobs table as `pg_stat_user_tables` and the catalog see it.
+/// The hot jobs table as `pg_stat_user_tables` and the catalog see it, and
+/// the size of the finished jobs' history (jobs_done's partitions).
 #[derive(Debug, Clone, Copy, Default)]
 struct TableStats {
     dead: i64,
     live: i64,
     bytes: i64,
     autovacuums: i64,
+    history_rows: i64,
+    history_bytes: i64,
 }
 
 async fn table_stats(pool: &sqlx::PgPool) -> anyhow::Result<TableStats> {
@@ -54,11 +57,22 @@ async fn table_stats(pool: &sqlx::PgPool) -> anyhow::Result<TableStats> {
     )
     .fetch_one(pool)
     .await?;
+    let (history_rows, history_bytes): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(s.n_live_tup), 0)::int8,
+                coalesce(sum(pg_total_relation_size(t.relid)), 0)::int8
+         FROM pg_partition_tree('jobs_done') t
+         JOIN pg_stat_user_tables s ON s.relid = t.relid
+         WHERE t.isleaf",
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(TableStats {
         dead,
         live,
         bytes,
         autovacuums,
+        history_rows,
+        history_bytes,
     })
 }
 
@@ -190,6 +204,8 @@ pub async fn soak(config: Config, opts: SoakOptions) -> anyhow::Result<()> {
             "jobs_dead_tuples": stats.dead,
             "jobs_table_mb": super::round3(stats.bytes as f64 / 1_048_576.0),
             "autovacuum_runs": stats.autovacuums,
+            "history_rows": stats.history_rows,
+            "history_mb": super::round3(stats.history_bytes as f64 / 1_048_576.0),
         });
         println!("{line}");
         minutes.push(line);

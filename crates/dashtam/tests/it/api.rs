@@ -66,7 +66,7 @@ async fn clients_see_only_their_own_resources(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(accts["data"], json!([]));
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM jobs_all").await, 1);
     app.stop().await;
 }
 
@@ -253,7 +253,7 @@ async fn a_connection_has_at_most_one_pending_sync(pool: PgPool) {
     assert_eq!(second.status(), 200);
     let second: Value = second.json().await.unwrap();
     assert_eq!(first["id"], second["id"]);
-    assert_eq!(app.count("SELECT count(*) FROM jobs").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM jobs_all").await, 1);
     app.stop().await;
 }
 

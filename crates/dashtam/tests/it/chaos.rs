@@ -250,7 +250,7 @@ impl Cluster {
     /// Jobs by state (through a Postgres that may be down for a while).
     async fn states(&self) -> Result<HashMap<String, i64>, String> {
         let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state")
+            sqlx::query_as("SELECT state, count(*) FROM jobs_all GROUP BY state")
                 .fetch_all(&self.db)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -372,14 +372,14 @@ impl Cluster {
         .unwrap();
         assert_eq!(no_cursor, 0, "{scenario}: connections without a cursor");
         let (attempts, abandoned): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT coalesce(sum(attempt), 0)::int8 FROM jobs),
+            "SELECT (SELECT coalesce(sum(attempt), 0)::int8 FROM jobs_all),
                     (SELECT count(*) FROM audit_records WHERE outcome = 'abandoned')",
         )
         .fetch_one(&self.db)
         .await
         .unwrap();
         let retried: Vec<Value> = sqlx::query_scalar(
-            "SELECT errors FROM jobs WHERE jsonb_array_length(errors) > 0 LIMIT 3",
+            "SELECT errors FROM jobs_all WHERE jsonb_array_length(errors) > 0 LIMIT 3",
         )
         .fetch_all(&self.db)
         .await
@@ -655,7 +655,7 @@ async fn chaos_rotating_oauth_tokens() {
     // connection has an `abandoned` refresh attempt. Anything else that
     // needs re-authorization, or any other failed job, is our own race.
     let unexplained: Vec<(String, String, Value)> = sqlx::query_as(
-        "SELECT j.kind, j.state, j.errors FROM jobs j
+        "SELECT j.kind, j.state, j.errors FROM jobs_all j
          WHERE j.state <> 'succeeded' AND NOT EXISTS (
              SELECT 1 FROM audit_records a
              WHERE a.action = 'token_refresh_abandoned'

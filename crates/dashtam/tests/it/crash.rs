@@ -72,7 +72,7 @@ pub fn spawn_worker_with(
 }
 
 async fn job_state(pool: &PgPool, id: uuid::Uuid) -> (String, i32, Option<serde_json::Value>) {
-    sqlx::query_as("SELECT state, attempt, progress FROM jobs WHERE id = $1")
+    sqlx::query_as("SELECT state, attempt, progress FROM jobs_all WHERE id = $1")
         .bind(id)
         .fetch_one(pool)
         .await

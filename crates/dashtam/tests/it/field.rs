@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    DaemonProcess, TestApp, serve_sandbox, spawn_app_on, spawn_app_with, test_config,
+    DaemonProcess, TestApp, force_finish, serve_sandbox, spawn_app_on, spawn_app_with, test_config,
 };
 
 const MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
@@ -429,11 +429,8 @@ async fn retrying_a_dead_job_whose_key_is_taken_is_409(pool: PgPool) {
     let conn = app.connect("alice", 1, 1).await;
     let dead: Value = app.enqueue_sync("alice", &conn).await.json().await.unwrap();
     let dead = dead["id"].as_str().unwrap().to_owned();
-    sqlx::query("UPDATE jobs SET state = 'failed', finished_at = now() WHERE id = $1::uuid")
-        .bind(&dead)
-        .execute(&pool)
-        .await
-        .unwrap();
+    let dead_id: uuid::Uuid = dead.parse().unwrap();
+    force_finish(&pool, "failed", Some(&[dead_id])).await;
     let newer: Value = app.enqueue_sync("alice", &conn).await.json().await.unwrap();
     let resp = app
         .post_as(

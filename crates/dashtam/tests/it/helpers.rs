@@ -197,6 +197,28 @@ pub async fn spawn_app_with(pool: PgPool, roles: &[Role], mut config: Config) ->
     }
 }
 
+/// Finishes, as `state`, the pending or running jobs `ids` (all of them
+/// when `None`) behind the queue's back: moved from the hot table to
+/// jobs_done, as the queue's own completions do.
+pub async fn force_finish(pool: &PgPool, state: &str, ids: Option<&[uuid::Uuid]>) {
+    sqlx::query(
+        "WITH moved AS (DELETE FROM jobs WHERE $2::uuid[] IS NULL OR id = ANY($2) RETURNING *)
+         INSERT INTO jobs_done (id, queue, kind, payload, state, priority, attempt, max_attempts,
+                                run_at, unique_key, owner, progress, errors, created_at,
+                                started_at, finished_at, cancel_requested, watched, throttle_key,
+                                waiting, subject, trace_parent)
+         SELECT id, queue, kind, payload, $1, priority, attempt, max_attempts, run_at,
+                unique_key, owner, progress, errors, created_at, started_at, now(),
+                cancel_requested, watched, throttle_key, waiting, subject, trace_parent
+         FROM moved",
+    )
+    .bind(state)
+    .bind(ids)
+    .execute(pool)
+    .await
+    .expect("finishing jobs");
+}
+
 pub async fn spawn_app(pool: PgPool) -> TestApp {
     spawn_app_with(pool, &[Role::Api, Role::Worker], test_config()).await
 }

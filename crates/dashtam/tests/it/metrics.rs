@@ -311,7 +311,7 @@ async fn a_trace_follows_a_sync_from_the_request_to_the_commit(pool: PgPool) {
     let job: serde_json::Value = serde_json::from_str(&daemon.sync(&token, &conn).await).unwrap();
     let job_id = job["id"].as_str().unwrap().to_owned();
     let traceparent: Option<String> =
-        sqlx::query_scalar("SELECT trace_parent FROM jobs WHERE id = $1::uuid")
+        sqlx::query_scalar("SELECT trace_parent FROM jobs_all WHERE id = $1::uuid")
             .bind(&job_id)
             .fetch_one(&pool)
             .await

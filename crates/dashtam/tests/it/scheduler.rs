@@ -15,7 +15,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::cli::url_of;
-use crate::helpers::{TestApp, spawn_app_with, test_config};
+use crate::helpers::{TestApp, force_finish, spawn_app_with, test_config};
 
 fn scheduler(app: &TestApp) -> Scheduler {
     let store = Store::new(app.pool.clone(), Arc::new(Cipher::ephemeral().unwrap()));
@@ -79,10 +79,11 @@ async fn the_refresh_sweep_enqueues_due_connections_once_and_flags_expiring_gran
         s.process(Cycle::TokenRefresh, t2, 1).await.unwrap(),
         Some(TickOutcome::default())
     );
-    let jobs: Vec<(String, Value)> = sqlx::query_as("SELECT kind, payload FROM jobs ORDER BY id")
-        .fetch_all(&app.pool)
-        .await
-        .unwrap();
+    let jobs: Vec<(String, Value)> =
+        sqlx::query_as("SELECT kind, payload FROM jobs_all ORDER BY id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].0, "token_refresh");
     assert_eq!(jobs[0].1["connection_id"], due.as_str());
@@ -169,7 +170,7 @@ async fn the_stale_sync_sweep_spreads_due_syncs_and_skips_pending_ones(pool: PgP
         .unwrap();
     assert_eq!(outcome.enqueued, 2);
     let swept: Vec<(f64, Option<String>)> = sqlx::query_as(
-        "SELECT extract(epoch FROM run_at - created_at)::float8, owner FROM jobs \
+        "SELECT extract(epoch FROM run_at - created_at)::float8, owner FROM jobs_all \
          WHERE kind = 'sync' AND payload->>'connection_id' <> $1",
     )
     .bind(&ids[1])
@@ -213,7 +214,7 @@ async fn the_stale_sync_sweep_takes_a_large_tenant_in_turns(pool: PgPool) {
     );
     let swept = || async {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT owner, payload->>'connection_id' FROM jobs WHERE kind = 'sync' ORDER BY 2",
+            "SELECT owner, payload->>'connection_id' FROM jobs_all WHERE kind = 'sync' ORDER BY 2",
         )
         .fetch_all(&app.pool)
         .await
@@ -238,10 +239,7 @@ async fn the_stale_sync_sweep_takes_a_large_tenant_in_turns(pool: PgPool) {
     for id in &big[..2] {
         set(&app, id, "last_sync_at", "now()").await;
     }
-    sqlx::query("UPDATE jobs SET state = 'succeeded', finished_at = now()")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    force_finish(&app.pool, "succeeded", None).await;
     let second = s
         .process(Cycle::StaleSync, tick("2026-11-23T10:10:30Z"), 1)
         .await
@@ -251,7 +249,7 @@ async fn the_stale_sync_sweep_takes_a_large_tenant_in_turns(pool: PgPool) {
     // so erin's connection still has no sync on record).
     assert_eq!(second.enqueued, 3);
     let pending: Vec<String> = sqlx::query_scalar(
-        "SELECT payload->>'connection_id' FROM jobs \
+        "SELECT payload->>'connection_id' FROM jobs_all \
          WHERE kind = 'sync' AND state <> 'succeeded' AND owner = 'dave' ORDER BY 1",
     )
     .fetch_all(&app.pool)

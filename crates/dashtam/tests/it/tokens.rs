@@ -377,7 +377,7 @@ async fn fifty_concurrent_refresh_triggers_in_two_daemons_make_one_provider_call
         Duration::from_secs(60),
         || async {
             let done: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM jobs WHERE kind = 'token_refresh' AND state = 'succeeded'",
+                "SELECT count(*) FROM jobs_all WHERE kind = 'token_refresh' AND state = 'succeeded'",
             )
             .fetch_one(&pool)
             .await
@@ -587,7 +587,7 @@ async fn a_refresh_that_meets_a_provider_error_retries_and_succeeds(pool: PgPool
         Duration::from_secs(30),
         || async {
             let (state, attempt): (JobState, i32) =
-                sqlx::query_as("SELECT state, attempt FROM jobs WHERE id = $1")
+                sqlx::query_as("SELECT state, attempt FROM jobs_all WHERE id = $1")
                     .bind(job)
                     .fetch_one(&app.pool)
                     .await

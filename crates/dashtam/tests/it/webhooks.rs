@@ -58,7 +58,7 @@ impl TestApp {
     async fn sync_jobs(&self, connection: &str) -> Vec<Value> {
         sqlx::query_scalar::<_, Value>(
             "SELECT jsonb_build_object('id', id, 'state', state, 'started_at', started_at, \
-             'finished_at', finished_at, 'key', unique_key) FROM jobs \
+             'finished_at', finished_at, 'key', unique_key) FROM jobs_all \
              WHERE kind = 'sync' AND payload->>'connection_id' = $1 ORDER BY created_at",
         )
         .bind(connection)

@@ -481,7 +481,7 @@ async fn concurrent_enqueues_keep_one_job_per_key(pool: PgPool) {
         "one creation per key, plus the keyless jobs"
     );
     assert!(created.values().all(|&n| n == 1));
-    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs_all")
         .fetch_one(&pool)
         .await
         .unwrap();
@@ -617,7 +617,7 @@ async fn wait_succeeded(pool: &PgPool, n: i64) {
         Duration::from_secs(90),
         || async {
             let states: Vec<(String, i64)> =
-                sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state")
+                sqlx::query_as("SELECT state, count(*) FROM jobs_all GROUP BY state")
                     .fetch_all(pool)
                     .await
                     .map_err(|e| vec![(e.to_string(), 0)])?;
@@ -671,10 +671,11 @@ async fn a_postgres_crash_strands_no_job() {
     }
     assert!(h.calls().len() < n as usize, "drained before the crashes");
     wait_succeeded(&admin, n).await;
-    let running: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state <> 'succeeded'")
-        .fetch_one(&admin)
-        .await
-        .unwrap();
+    let running: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs_all WHERE state <> 'succeeded'")
+            .fetch_one(&admin)
+            .await
+            .unwrap();
     assert_eq!(running, 0);
     w.stop().await;
     let ran: std::collections::HashSet<i64> = h
@@ -701,7 +702,11 @@ async fn a_lost_completion_is_written_again(pool: PgPool) {
     wait_state(&queue, id, JobState::Succeeded).await;
     // Undo the completion, as the crash would.
     sqlx::query(
-        "UPDATE jobs SET state = 'running', locked_by = $2, finished_at = NULL WHERE id = $1",
+        "WITH undone AS (DELETE FROM jobs_done WHERE id = $1 RETURNING *)
+         INSERT INTO jobs (id, queue, kind, payload, state, priority, attempt, max_attempts,
+                           run_at, locked_by, errors, created_at, started_at)
+         SELECT id, queue, kind, payload, 'running', priority, attempt, max_attempts,
+                run_at, $2, errors, created_at, started_at FROM undone",
     )
     .bind(id)
     .bind(worker_id)
@@ -776,33 +781,33 @@ async fn finished_jobs_are_pruned_after_their_retention(pool: PgPool) {
     let queue = Queue::new(pool.clone());
     let jobs: Vec<NewJob> = (0..25).map(|_| NewJob::new("q", "k", json!({}))).collect();
     queue.enqueue_many(&jobs).await.unwrap();
-    // Jobs created 60 days ago (their v7 ids say so).
-    let created = Utc::now() - chrono::Duration::days(60);
-    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM jobs ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
-    for (n, id) in ids.iter().enumerate() {
-        let old = dashtam_queue::ops::v7_floor(created + chrono::Duration::milliseconds(n as i64));
-        sqlx::query("UPDATE jobs SET id = $2 WHERE id = $1")
-            .bind(id)
-            .bind(old)
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    // 10 succeeded long ago, 5 failed long ago, 5 failed recently, 5 pending.
+    // 10 succeeded 40 days ago, 5 failed 40 days ago, 5 failed yesterday
+    // (all in the default partitions: no day partition covers them), and
+    // 5 pending; then 3 that succeeded in a day partition that has passed
+    // its retention by the time pruning looks with a zero retention.
     sqlx::query(
-        "WITH picked AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM jobs)
-         UPDATE jobs j SET
-           state = CASE WHEN p.n <= 10 THEN 'succeeded' WHEN p.n <= 20 THEN 'failed' ELSE j.state END,
-           finished_at = CASE WHEN p.n <= 15 THEN now() - interval '40 days'
-                              WHEN p.n <= 20 THEN now() - interval '1 day' END
-         FROM picked p WHERE p.id = j.id",
+        "WITH picked AS (SELECT id, row_number() OVER (ORDER BY id) AS n FROM jobs),
+         moved AS (DELETE FROM jobs j USING picked p WHERE p.id = j.id AND p.n <= 20
+                   RETURNING j.*, p.n)
+         INSERT INTO jobs_done (id, queue, kind, payload, state, priority, attempt, max_attempts,
+                                run_at, errors, created_at, finished_at, cancel_requested, watched)
+         SELECT id, queue, kind, payload, CASE WHEN n <= 10 THEN 'succeeded' ELSE 'failed' END,
+                priority, attempt, max_attempts, run_at, errors, created_at,
+                CASE WHEN n <= 15 THEN now() - interval '40 days' ELSE now() - interval '1 day' END,
+                false, false
+         FROM moved",
     )
     .execute(&pool)
     .await
     .unwrap();
+    let defaults: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM jobs_done_succeeded_default)
+              + (SELECT count(*) FROM jobs_done_dead_default)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(defaults, 20);
     let retention = dashtam_queue::Retention {
         succeeded: Duration::from_secs(7 * 86_400),
         failed: Duration::from_secs(30 * 86_400),
@@ -811,9 +816,70 @@ async fn finished_jobs_are_pruned_after_their_retention(pool: PgPool) {
     let pruned = dashtam_queue::ops::prune(&pool, retention).await.unwrap();
     assert_eq!(pruned, 15);
     let left: Vec<(String, i64)> =
-        sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state")
+        sqlx::query_as("SELECT state, count(*) FROM jobs_all GROUP BY state ORDER BY state")
             .fetch_all(&pool)
             .await
             .unwrap();
     assert_eq!(left, vec![("available".into(), 5), ("failed".into(), 5)]);
+
+    // A job that succeeds now lands in today's partition (the migration
+    // made it).
+    let worker = Uuid::now_v7();
+    let (id, started): (Uuid, chrono::DateTime<Utc>) = sqlx::query_as(
+        "UPDATE jobs SET state = 'running', locked_by = $1, attempt = 1, started_at = now()
+         WHERE id = (SELECT id FROM jobs ORDER BY id LIMIT 1) RETURNING id, started_at",
+    )
+    .bind(worker)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    sqlx::query(include_str!("../../queries/complete_succeeded.sql"))
+        .bind(vec![id])
+        .bind(worker)
+        .bind(vec![started])
+        .execute(&pool)
+        .await
+        .unwrap();
+    let partition: String =
+        sqlx::query_scalar("SELECT tableoid::regclass::text FROM jobs_done WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let today = Utc::now().format("%Y%m%d").to_string();
+    assert_eq!(partition, format!("jobs_done_succeeded_p{today}"));
+
+    // A day partition past its retention is dropped whole, its jobs counted.
+    sqlx::query(
+        "CREATE TABLE jobs_done_succeeded_old PARTITION OF jobs_done_succeeded
+         FOR VALUES FROM (now() - interval '41 days') TO (now() - interval '39 days')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jobs_done (id, queue, kind, payload, state, priority, attempt, max_attempts,
+                                run_at, errors, created_at, finished_at, cancel_requested, watched)
+         SELECT gen_random_uuid(), 'q', 'k', '{}', 'succeeded', 0, 1, 1, now(), '[]', now(),
+                now() - interval '40 days', false, false
+         FROM generate_series(1, 3)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        dashtam_queue::ops::prune(&pool, retention).await.unwrap(),
+        3
+    );
+    let old: Option<String> =
+        sqlx::query_scalar("SELECT to_regclass('jobs_done_succeeded_old')::text")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(old, None, "the expired partition was dropped");
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs_done WHERE state = 'succeeded'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1, "today's success is kept");
 }
