@@ -4,9 +4,10 @@
 //! apply writes no audit record). Handlers decide who may act and how an
 //! answer reads over HTTP; nothing here knows HTTP.
 
+use dashtam_db::Db;
 use dashtam_domain::audit::{AuditAction, AuditEntry, AuditOutcome, AuditPhase};
 use dashtam_queue::{JobRecord, QueueError, ops};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 /// The OUTCOME record of `action` on `resource_type` `resource_id` by
@@ -45,7 +46,7 @@ async fn commit_with(
 /// Cancels job `id` (see [`ops::cancel`]); `None`, and no record, if it
 /// had already finished.
 pub async fn cancel_job(
-    pool: &PgPool,
+    pool: &Db,
     id: Uuid,
     entry: &AuditEntry,
 ) -> Result<Option<JobRecord>, QueueError> {
@@ -59,11 +60,7 @@ pub async fn cancel_job(
 
 /// Runs a dead or cancelled job again (see [`ops::retry`]); recorded only
 /// when it was.
-pub async fn retry_job(
-    pool: &PgPool,
-    id: Uuid,
-    entry: &AuditEntry,
-) -> Result<ops::Retry, QueueError> {
+pub async fn retry_job(pool: &Db, id: Uuid, entry: &AuditEntry) -> Result<ops::Retry, QueueError> {
     let mut tx = pool.begin().await?;
     let retry = ops::retry(&mut tx, id).await?;
     if matches!(retry, ops::Retry::Retried(_)) {
@@ -73,7 +70,7 @@ pub async fn retry_job(
 }
 
 /// Deletes a finished job; `false`, and no record, if it was not one.
-pub async fn discard_job(pool: &PgPool, id: Uuid, entry: &AuditEntry) -> Result<bool, QueueError> {
+pub async fn discard_job(pool: &Db, id: Uuid, entry: &AuditEntry) -> Result<bool, QueueError> {
     let mut tx = pool.begin().await?;
     if ops::discard(&mut *tx, id).await?.is_none() {
         return Ok(false);
@@ -106,7 +103,7 @@ impl std::str::FromStr for QueueName {
 
 /// Pauses or resumes `queue` on behalf of `by`.
 pub async fn set_queue_paused(
-    pool: &PgPool,
+    pool: &Db,
     queue: &QueueName,
     paused: bool,
     by: &str,

@@ -15,6 +15,7 @@ pub mod ratelimit;
 pub mod serve;
 mod v1;
 
+use dashtam_db::Db;
 use std::sync::Arc;
 
 use axum::Router;
@@ -267,7 +268,7 @@ async fn healthz() -> &'static str {
 /// What `/readyz` checks.
 #[derive(Clone)]
 struct OpsState {
-    pool: sqlx::PgPool,
+    pool: Db,
     rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
 }
 
@@ -323,14 +324,14 @@ async fn readyz(State(ops): State<OpsState>) -> Response {
 /// is alive), `/readyz` (the database is reachable and its schema current)
 /// and `/metrics`. Unauthenticated and cheap.
 pub fn ops_router<S: Clone + Send + Sync + 'static>(
-    pool: sqlx::PgPool,
+    pool: Db,
     rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
 ) -> Router<S> {
     ops_routes(pool, rate_limiter).split_for_parts().0
 }
 
 fn ops_routes<S: Clone + Send + Sync + 'static>(
-    pool: sqlx::PgPool,
+    pool: Db,
     rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
 ) -> OpenApiRouter<S> {
     OpenApiRouter::new()

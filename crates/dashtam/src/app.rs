@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use dashtam_api::{AppState, Auth, JobSettings};
+use dashtam_db::Db;
 use dashtam_domain::jobs::{SyncJob, TokenRefreshJob};
 use dashtam_domain::ports::LiveSecret;
 use dashtam_providers::{
@@ -49,23 +50,64 @@ pub fn process_name() -> String {
 }
 
 /// Connects to the database named in `url`, saying which one on failure
-/// (without the password).
-pub async fn connect(config: &Config, url: &str) -> anyhow::Result<PgPool> {
+/// (without the password): directly, or through a transaction pooler when
+/// `database.transaction_pooler` is set (then with a pool of direct
+/// connections from `database.direct_url` for LISTEN and migrations, if
+/// one is given).
+pub async fn connect(config: &Config, url: &str) -> anyhow::Result<Db> {
+    let db = &config.database;
+    let options = connect_options(config, url)?;
+    if !db.transaction_pooler {
+        // Our statements are short OLTP ones and bulk UNNEST writes; JIT
+        // compiling them costs more than it saves (it showed up as 2.6% of
+        // all CPU while ingesting).
+        let pool = open_pool(config, options.options([("jit", "off")]))
+            .await
+            .with_context(|| format!("cannot connect to the database at {}", redact(url)))?;
+        return Ok(Db::direct(pool));
+    }
+    // A pooler refuses settings in the startup packet; they are applied
+    // per transaction instead (`SET LOCAL`).
+    let pool = open_pool(config, dashtam_db::pooled_options(options))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to the database through the pooler at {}",
+                redact(url)
+            )
+        })?;
+    let session = if db.direct_url.is_empty() {
+        None
+    } else {
+        let direct = connect_options(config, &db.direct_url)?.options([("jit", "off")]);
+        Some(
+            PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(db.acquire_timeout_secs.get())
+                .connect_lazy_with(direct),
+        )
+    };
+    Ok(Db::pooled(pool, POOLED_MAIN, session))
+}
+
+/// The settings the main pool's connections carry (at connect time when
+/// direct, per transaction through a pooler).
+const POOLED_MAIN: &[(&str, &str)] = &[("jit", "off")];
+
+fn connect_options(config: &Config, url: &str) -> anyhow::Result<PgConnectOptions> {
     use sqlx::ConnectOptions;
     let options: PgConnectOptions = url
         .parse()
         .with_context(|| format!("the database URL {} is not valid", redact(url)))?;
     // Statements are logged (at debug) without their bind values; slow ones
     // at warn, past a threshold set for bulk writes.
-    let options = options
-        .log_slow_statements(
-            log::LevelFilter::Warn,
-            config.database.slow_statement_ms.get(),
-        )
-        // Our statements are short OLTP ones and bulk UNNEST writes; JIT
-        // compiling them costs more than it saves (it showed up as 2.6% of
-        // all CPU while ingesting).
-        .options([("jit", "off")]);
+    Ok(options.log_slow_statements(
+        log::LevelFilter::Warn,
+        config.database.slow_statement_ms.get(),
+    ))
+}
+
+async fn open_pool(config: &Config, options: PgConnectOptions) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(config.database.max_connections)
         .acquire_timeout(config.database.acquire_timeout_secs.get())
@@ -82,7 +124,6 @@ pub async fn connect(config: &Config, url: &str) -> anyhow::Result<PgPool> {
         .min_connections(2.min(config.database.max_connections))
         .connect_with(options)
         .await
-        .with_context(|| format!("cannot connect to the database at {}", redact(url)))
 }
 
 /// The pool the worker runtime uses for its own bookkeeping (claims,
@@ -92,7 +133,7 @@ pub async fn connect(config: &Config, url: &str) -> anyhow::Result<PgPool> {
 /// fenced by its lease token, a lost completion is written again by the
 /// worker's ledger (`queue::ledger`); enqueues and handlers' data (with a
 /// sync's own completion) stay fully durable on the main pool.
-pub fn queue_pool(config: &Config, pool: &PgPool) -> PgPool {
+pub fn queue_pool(config: &Config, db: &Db) -> Db {
     let sync = if config.worker.synchronous_commit {
         "on"
     } else {
@@ -105,17 +146,26 @@ pub fn queue_pool(config: &Config, pool: &PgPool) -> PgPool {
     // jobs/s. Without seq scans and merge joins (whose sorted input is a
     // scan of the whole primary key) what remains is the plan that fits
     // any statistics: one primary-key probe per job.
-    let options = (*pool.connect_options()).clone().options([
+    let settings = [
         ("synchronous_commit", sync),
         ("enable_seqscan", "off"),
         ("enable_mergejoin", "off"),
-    ]);
-    PgPoolOptions::new()
-        .max_connections(config.worker.max_connections)
-        .acquire_timeout(config.database.acquire_timeout_secs.get())
-        .test_before_acquire(false)
-        .before_acquire(dashtam_store::health::acquire_check)
-        .connect_lazy_with(options)
+    ];
+    let options = (*db.pool().connect_options()).clone();
+    let pool = |options| {
+        PgPoolOptions::new()
+            .max_connections(config.worker.max_connections)
+            .acquire_timeout(config.database.acquire_timeout_secs.get())
+            .test_before_acquire(false)
+            .before_acquire(dashtam_store::health::acquire_check)
+            .connect_lazy_with(options)
+    };
+    if db.is_pooled() {
+        let all: Vec<_> = POOLED_MAIN.iter().chain(&settings).copied().collect();
+        Db::pooled(pool(options), &all, db.session().cloned())
+    } else {
+        Db::direct(pool(options.options(settings)))
+    }
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
@@ -134,13 +184,12 @@ pub fn redact(url: &str) -> String {
 
 /// Refuses a database whose schema does not match this binary, unless
 /// `migrate` is set and the schema is merely behind.
-pub async fn ensure_schema(pool: &PgPool, migrate: bool) -> anyhow::Result<()> {
-    match dashtam_store::migrate::status(pool).await? {
+pub async fn ensure_schema(db: &Db, migrate: bool) -> anyhow::Result<()> {
+    match dashtam_store::migrate::status(db).await? {
         SchemaStatus::Current => Ok(()),
         SchemaStatus::Behind { pending } if migrate => {
             info!(pending = pending.len(), "applying migrations");
-            dashtam_store::migrate::run(pool).await?;
-            Ok(())
+            self::migrate(db).await
         }
         SchemaStatus::Behind { pending } => bail!(
             "the database schema is behind this release ({} migration(s) pending): \
@@ -185,10 +234,24 @@ pub fn providers(config: &Config, secrets: &Secrets) -> anyhow::Result<Providers
     })
 }
 
+/// Applies pending migrations, on a direct connection (not through a
+/// transaction pooler: sqlx holds a session lock while it migrates).
+pub async fn migrate(db: &Db) -> anyhow::Result<()> {
+    let Some(direct) = db.session() else {
+        bail!(
+            "migrations need a direct connection to PostgreSQL, not one through the pooler: \
+             set database.direct_url (DASHTAM__DATABASE__DIRECT_URL)"
+        );
+    };
+    dashtam_store::migrate::run(direct)
+        .await
+        .context("applying migrations")
+}
+
 /// Everything a running daemon needs, built once.
 pub struct Daemon {
     pub config: Config,
-    pub pool: PgPool,
+    pub pool: Db,
     pub cipher: Arc<Cipher>,
     pub jwt_secret: Option<LiveSecret>,
     pub jwt_public_keys: Option<LiveSecret>,
@@ -216,7 +279,7 @@ impl Running {
 }
 
 impl Daemon {
-    pub fn new(config: Config, pool: PgPool, secrets: &Secrets) -> anyhow::Result<Self> {
+    pub fn new(config: Config, pool: Db, secrets: &Secrets) -> anyhow::Result<Self> {
         Ok(Self {
             providers: providers(&config, secrets)?,
             cipher: secrets.cipher.clone(),
@@ -385,7 +448,7 @@ impl Daemon {
 /// this process's pool sizes.
 async fn refresh_gauges(
     store: Store,
-    queue_pool: PgPool,
+    queue_pool: Db,
     known: dashtam_telemetry::metrics::KnownLabels,
     every: Duration,
     stop: CancellationToken,

@@ -3,6 +3,7 @@
 pub mod incremental;
 pub mod soak;
 
+use dashtam_db::Db;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +39,7 @@ pub struct SyncBenchOptions {
 /// engine's throughput is measured, not Plaid's 40 calls/s) and no
 /// per-owner cap (every bench connection belongs to one user).
 pub(crate) struct SyncRig {
-    pub pool: sqlx::PgPool,
+    pub pool: Db,
     pub sandbox: Sandbox,
     /// Stops the sandbox (and the daemon, once started with it).
     pub shutdown: CancellationToken,
@@ -57,7 +58,7 @@ impl SyncRig {
             .await
             .with_context(|| format!("re-creating {}", app::redact(url)))?;
         let pool = app::connect(&config, url).await?;
-        dashtam_store::migrate::run(&pool).await?;
+        app::migrate(&pool).await?;
         let shutdown = CancellationToken::new();
         let sandbox = Sandbox::new(SandboxConfig::default());
         sandbox.set_faults(faults);
@@ -330,12 +331,12 @@ fn queue_worker_config(
     wc
 }
 
-async fn fresh_queue_db(config: &Config, url: &str, queued: usize) -> anyhow::Result<sqlx::PgPool> {
+async fn fresh_queue_db(config: &Config, url: &str, queued: usize) -> anyhow::Result<Db> {
     dashtam_store::migrate::recreate_database(url)
         .await
         .with_context(|| format!("re-creating {}", app::redact(url)))?;
     let pool = app::connect(config, url).await?;
-    dashtam_store::migrate::run(&pool).await?;
+    app::migrate(&pool).await?;
     let queue = Queue::new(pool.clone());
     let later = chrono::Utc::now() + chrono::Duration::days(1);
     let mut left = queued;
@@ -360,7 +361,7 @@ async fn fresh_queue_db(config: &Config, url: &str, queued: usize) -> anyhow::Re
 /// Statistics for the planner, as autovacuum keeps them in production (not
 /// timed): a table never analyzed reads as nearly empty, and the fair
 /// claim's walk over owners then picks the wrong index (docs/operations.md).
-async fn analyze_jobs(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+async fn analyze_jobs(pool: &Db) -> anyhow::Result<()> {
     sqlx::query("ANALYZE jobs").execute(pool).await?;
     Ok(())
 }
@@ -368,7 +369,7 @@ async fn analyze_jobs(pool: &sqlx::PgPool) -> anyhow::Result<()> {
 /// Whether any due job of the bench queue is still pending or running: two
 /// probes shaped like the claim query, so the planner walks the same partial
 /// indexes and a million jobs waiting behind cost nothing here.
-async fn any_due_left(pool: &sqlx::PgPool) -> anyhow::Result<bool> {
+async fn any_due_left(pool: &Db) -> anyhow::Result<bool> {
     let pending: Option<uuid::Uuid> = sqlx::query_scalar(
         "SELECT id FROM jobs WHERE queue = $1 AND run_at <= now()
            AND state IN ('scheduled', 'available', 'retryable')
@@ -587,7 +588,7 @@ type WorkerTask = tokio::task::JoinHandle<Result<(), dashtam_queue::QueueError>>
 /// daemon's are), running `handler` until the returned token is cancelled.
 async fn start_worker(
     config: &Config,
-    pool: &sqlx::PgPool,
+    pool: &Db,
     opts: &QueueBenchOptions,
     handler: Arc<dyn dashtam_queue::Handler>,
 ) -> anyhow::Result<(CancellationToken, WorkerTask)> {
@@ -671,7 +672,7 @@ fn percentiles(mut us: Vec<i64>) -> impl Fn(f64) -> f64 {
 
 /// Opens the pool's connections up front, as a long-running daemon's pool
 /// would have them open, so connection set-up is not timed.
-async fn warm(pool: sqlx::PgPool, n: u32) -> anyhow::Result<sqlx::PgPool> {
+async fn warm(pool: Db, n: u32) -> anyhow::Result<Db> {
     let mut held = Vec::new();
     for _ in 0..n {
         held.push(pool.acquire().await?);
@@ -706,7 +707,7 @@ pub async fn schedule(
         .await
         .with_context(|| format!("re-creating {}", app::redact(database_url)))?;
     let pool = app::connect(&config, database_url).await?;
-    dashtam_store::migrate::run(&pool).await?;
+    app::migrate(&pool).await?;
     let secrets = Secrets::ephemeral(&config)?;
     let store = dashtam_store::Store::new(pool.clone(), secrets.cipher.clone());
     import_due_connections(&store, connections).await?;
@@ -790,7 +791,7 @@ pub async fn api(mut config: Config, opts: ApiBenchOptions) -> anyhow::Result<()
         .await
         .with_context(|| format!("re-creating {}", app::redact(&opts.database_url)))?;
     let pool = app::connect(&config, &opts.database_url).await?;
-    dashtam_store::migrate::run(&pool).await?;
+    app::migrate(&pool).await?;
     config.rate_limit.enabled = false;
     config.database.max_connections = config.database.max_connections.max(32);
     let secrets = Secrets::ephemeral(&config)?;

@@ -220,6 +220,8 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     pub acquire_timeout_secs: Secs<1>,
     pub slow_statement_ms: Millis,
+    pub transaction_pooler: bool,
+    pub direct_url: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -14,12 +14,12 @@ use dashtam::config::Config;
 use std::str::FromStr;
 
 use dashtam_api::actions::{self, QueueName};
+use dashtam_db::Db;
 use dashtam_domain::audit::AuditAction;
 use dashtam_domain::model::{ConnectionStatus, ProviderKind};
 use dashtam_queue::{JobFilter, JobRecord, JobState, Queue, ops};
 use dashtam_store::Store;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 #[derive(Subcommand)]
@@ -150,7 +150,7 @@ fn when(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
     t.map_or_else(|| "-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
 }
 
-async fn pool(config: &Config, url: &str) -> anyhow::Result<PgPool> {
+async fn pool(config: &Config, url: &str) -> anyhow::Result<Db> {
     let pool = app::connect(config, url).await?;
     app::ensure_schema(&pool, false).await?;
     Ok(pool)
@@ -491,7 +491,7 @@ pub async fn providers(config: &Config, url: &str, json: bool) -> anyhow::Result
 
 /// A store for reading connections and provider health. The console never
 /// decrypts credentials: without configured keys a throwaway one builds it.
-fn store(config: &Config, pool: PgPool) -> anyhow::Result<Store> {
+fn store(config: &Config, pool: Db) -> anyhow::Result<Store> {
     let cipher = match config.cipher() {
         Ok(c) => c,
         Err(_) => {

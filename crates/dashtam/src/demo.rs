@@ -69,7 +69,7 @@ pub async fn run(mut config: Config, mut opts: DemoOptions) -> anyhow::Result<bo
             )
         })?;
     let pool = app::connect(&config, &opts.database_url).await?;
-    dashtam_store::migrate::run(&pool)
+    app::migrate(&pool)
         .await
         .context("migrating the demo database")?;
     println!(

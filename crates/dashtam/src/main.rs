@@ -504,9 +504,7 @@ async fn serve(
 async fn migrate(config: &Config, db: DbArgs) -> anyhow::Result<ExitCode> {
     let url = db_url(config, db);
     let pool = app::connect(config, &url).await?;
-    dashtam_store::migrate::run(&pool)
-        .await
-        .context("migration failed")?;
+    app::migrate(&pool).await.context("migration failed")?;
     println!("database {} is up to date", app::redact(&url));
     Ok(ExitCode::SUCCESS)
 }

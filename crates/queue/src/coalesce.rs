@@ -23,10 +23,10 @@
 //!
 //! [`Queue`]: crate::Queue
 
+use dashtam_db::Db;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock};
 
-use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -42,7 +42,7 @@ pub(crate) struct Wakeups {
 }
 
 impl Wakeups {
-    pub(crate) fn wake(&self, pool: &PgPool, queue: &str) {
+    pub(crate) fn wake(&self, pool: &Db, queue: &str) {
         let tx = self.tx.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(send_wakeups(pool.clone(), rx));
@@ -54,7 +54,7 @@ impl Wakeups {
     }
 }
 
-async fn send_wakeups(pool: PgPool, mut rx: mpsc::UnboundedReceiver<String>) {
+async fn send_wakeups(pool: Db, mut rx: mpsc::UnboundedReceiver<String>) {
     while let Some(first) = rx.recv().await {
         let mut queues = BTreeSet::from([first]);
         while let Ok(q) = rx.try_recv() {
@@ -104,9 +104,9 @@ impl<T, R> std::fmt::Debug for Batcher<T, R> {
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
     pub(crate) async fn call<F>(
         &self,
-        pool: &PgPool,
+        pool: &Db,
         item: T,
-        run: fn(PgPool, Batch<T, R>) -> F,
+        run: fn(Db, Batch<T, R>) -> F,
     ) -> Result<R, QueueError>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -126,9 +126,9 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
 }
 
 async fn gather<T: Send + 'static, R: Send + 'static, F>(
-    pool: PgPool,
+    pool: Db,
     mut rx: mpsc::UnboundedReceiver<(T, oneshot::Sender<R>)>,
-    run: fn(PgPool, Batch<T, R>) -> F,
+    run: fn(Db, Batch<T, R>) -> F,
 ) where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -156,10 +156,7 @@ async fn gather<T: Send + 'static, R: Send + 'static, F>(
 /// Reads of jobs by id (see the module docs).
 pub(crate) type Lookups = Batcher<Uuid, Result<Option<JobRecord>, QueueError>>;
 
-pub(crate) async fn lookup(
-    pool: PgPool,
-    batch: Batch<Uuid, Result<Option<JobRecord>, QueueError>>,
-) {
+pub(crate) async fn lookup(pool: Db, batch: Batch<Uuid, Result<Option<JobRecord>, QueueError>>) {
     let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
     let rows = sqlx::query_file_as!(JobRecord, "queries/get_many.sql", &ids)
         .fetch_all(&pool)
@@ -185,7 +182,7 @@ fn fail<T, R>(batch: Batch<T, Result<R, QueueError>>, e: sqlx::Error) {
 /// Runs `enqueue_batch.sql` for `jobs` (unique keys distinct), with `ids`
 /// for the new rows.
 pub(crate) async fn insert(
-    pool: &PgPool,
+    pool: &Db,
     ids: &[Uuid],
     jobs: &[&NewJob],
 ) -> Result<Vec<EnqueuedRow>, sqlx::Error> {
@@ -230,7 +227,7 @@ pub(crate) type EnqueueAnswer = Result<Result<Enqueued, NewJob>, QueueError>;
 /// Single enqueues (see the module docs).
 pub(crate) type Enqueues = Batcher<NewJob, EnqueueAnswer>;
 
-pub(crate) async fn enqueue(pool: PgPool, batch: Batch<NewJob, EnqueueAnswer>) {
+pub(crate) async fn enqueue(pool: Db, batch: Batch<NewJob, EnqueueAnswer>) {
     // One row per unique key: a later request for a key takes the first
     // one's job as the pending job it found.
     let mut first_of_key: HashMap<String, usize> = HashMap::new();

@@ -3,11 +3,10 @@
 //! jobs someone watches (`jobs.watched`, set by [`JobEvents::watch`]) notify
 //! on update, so the queue's hot path pays nothing when no one watches.
 
+use dashtam_db::Db;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-use sqlx::PgPool;
 
 use crate::QueueError;
 
@@ -19,13 +18,14 @@ pub type Event = Option<Uuid>;
 
 #[derive(Clone)]
 pub struct JobEvents {
-    pool: PgPool,
+    pool: Db,
     tx: broadcast::Sender<Event>,
 }
 
 impl JobEvents {
     /// Starts this process's listener (it runs until `stop`).
-    pub fn start(pool: PgPool, stop: CancellationToken) -> Self {
+    pub fn start(pool: impl Into<Db>, stop: CancellationToken) -> Self {
+        let pool = pool.into();
         let (tx, _) = broadcast::channel(1024);
         let sender = tx.clone();
         tokio::spawn(crate::listen_channel(

@@ -10,9 +10,9 @@
 //! (`fetch_fair.sql`). Otherwise there is no one to be fair between and the
 //! claim is the plain one (`fetch.sql`), at the same cost as before.
 
+use dashtam_db::Db;
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use uuid::Uuid;
 
 /// How long a read of the owners with due jobs is used before it is read
@@ -46,7 +46,7 @@ impl OwnerRing {
         self.read_at = None;
     }
 
-    async fn refresh(&mut self, pool: &PgPool, queue: &str) -> Result<(), sqlx::Error> {
+    async fn refresh(&mut self, pool: &Db, queue: &str) -> Result<(), sqlx::Error> {
         let rows = sqlx::query_file!("queries/owners_due.sql", queue, self.cursor, PAGE)
             .fetch_all(pool)
             .await?;
@@ -109,7 +109,7 @@ pub(crate) struct ClaimRequest {
 /// Claims what `req` asks for (see the module's documentation), reading the
 /// owners again first if the last read is older than [`FRESH_FOR`].
 pub(crate) async fn claim(
-    pool: &PgPool,
+    pool: &Db,
     ring: &mut OwnerRing,
     req: &ClaimRequest,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
@@ -123,7 +123,9 @@ pub(crate) async fn claim(
         Vec::new()
     };
     let priority = ring.priority;
-    if cap == 0 {
+    // (Through a transaction pooler a statement runs in a transaction of
+    // its own anyway.)
+    if cap == 0 && !pool.is_pooled() {
         let mut conn = pool.acquire().await?;
         return run(&mut conn, req, &owners, priority).await;
     }

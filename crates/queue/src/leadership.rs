@@ -9,7 +9,8 @@
 //! a second one.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, PgPool};
+use dashtam_db::Db;
+use sqlx::PgExecutor;
 
 use crate::QueueError;
 
@@ -19,7 +20,7 @@ pub const LEASE: &str = "scheduler";
 /// Takes or keeps lease `name` for `holder` for `ttl`; the term if we now
 /// lead.
 pub async fn lead(
-    pool: &PgPool,
+    pool: &Db,
     name: &str,
     holder: &str,
     ttl: std::time::Duration,
@@ -35,7 +36,7 @@ pub async fn lead(
 }
 
 /// Gives the lease up (at shutdown), if we hold it.
-pub async fn resign(pool: &PgPool, name: &str, holder: &str) -> Result<bool, QueueError> {
+pub async fn resign(pool: &Db, name: &str, holder: &str) -> Result<bool, QueueError> {
     Ok(
         sqlx::query_file!("queries/leadership/resign.sql", name, holder)
             .execute(pool)
@@ -56,7 +57,7 @@ pub struct Lease {
     pub live: bool,
 }
 
-pub async fn lease(pool: &PgPool, name: &str) -> Result<Option<Lease>, QueueError> {
+pub async fn lease(pool: &Db, name: &str) -> Result<Option<Lease>, QueueError> {
     Ok(
         sqlx::query_file_as!(Lease, "queries/leadership/lease.sql", name)
             .fetch_optional(pool)
@@ -65,7 +66,7 @@ pub async fn lease(pool: &PgPool, name: &str) -> Result<Option<Lease>, QueueErro
 }
 
 /// The latest processed tick of `cycle`.
-pub async fn last_tick(pool: &PgPool, cycle: &str) -> Result<Option<DateTime<Utc>>, QueueError> {
+pub async fn last_tick(pool: &Db, cycle: &str) -> Result<Option<DateTime<Utc>>, QueueError> {
     Ok(
         sqlx::query_file_scalar!("queries/leadership/last_tick.sql", cycle)
             .fetch_one(pool)
@@ -129,7 +130,7 @@ pub struct TickRecord {
 
 /// Newest first; `after` is the last `(tick, cycle)` of the previous page.
 pub async fn ticks(
-    pool: &PgPool,
+    pool: &Db,
     cycle: Option<&str>,
     after: Option<(DateTime<Utc>, &str)>,
     limit: i64,

@@ -20,12 +20,13 @@
 //! database agree for longer than the WAL writer's flush delay, so a crash
 //! at any moment finds them still here.
 
+use dashtam_db::Db;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+
 use tokio::sync::RwLock;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -96,7 +97,7 @@ impl Ledger {
     /// outcomes were written again and how many claims were released.
     pub(crate) async fn reconcile(
         &self,
-        pool: &PgPool,
+        pool: &Db,
         worker: Uuid,
         hook: Option<&Arc<dyn AbandonHook>>,
     ) -> Result<(usize, usize), QueueError> {
@@ -147,7 +148,7 @@ impl Ledger {
 }
 
 async fn release_strays(
-    pool: &PgPool,
+    pool: &Db,
     worker: Uuid,
     strays: &[Claim],
     hook: Option<&Arc<dyn AbandonHook>>,

@@ -21,10 +21,11 @@ mod state;
 mod worker;
 
 use chrono::{DateTime, Utc};
+use dashtam_db::Db;
 use dashtam_domain::jobs::JobArgs;
 use dashtam_telemetry::metrics::METRICS;
 use serde::Serialize;
-use sqlx::PgPool;
+
 use uuid::Uuid;
 
 pub use backoff::Backoff;
@@ -214,23 +215,23 @@ pub struct JobFilter<'a> {
 
 #[derive(Clone, Debug)]
 pub struct Queue {
-    pool: PgPool,
+    pool: Db,
     wakeups: std::sync::Arc<coalesce::Wakeups>,
     lookups: std::sync::Arc<coalesce::Lookups>,
     batches: std::sync::Arc<coalesce::Enqueues>,
 }
 
 impl Queue {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: impl Into<Db>) -> Self {
         Self {
-            pool,
+            pool: pool.into(),
             wakeups: Default::default(),
             lookups: Default::default(),
             batches: Default::default(),
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &Db {
         &self.pool
     }
 
@@ -414,17 +415,31 @@ pub async fn enqueue_many_in<'e>(
     Ok(total)
 }
 
+/// How often listeners with no connection to LISTEN on look for changes.
+const POLL_WITHOUT_LISTEN: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// LISTENs on `channel` until `stop`, reconnecting by itself. `on` gets each
 /// notification's payload, and `None` whenever notifications may have been
 /// missed (on connecting and after the connection broke): then callers
 /// should look for themselves.
 pub(crate) async fn listen_channel(
-    pool: PgPool,
+    pool: Db,
     channel: &str,
     on: impl Fn(Option<&str>),
     stop: tokio_util::sync::CancellationToken,
 ) {
     use sqlx::postgres::PgListener;
+    // Through a transaction pooler with no direct connection to LISTEN on:
+    // callers look for themselves, every POLL_WITHOUT_LISTEN.
+    let Some(pool) = pool.session().cloned() else {
+        loop {
+            on(None);
+            tokio::select! {
+                _ = tokio::time::sleep(POLL_WITHOUT_LISTEN) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    };
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,

@@ -1,7 +1,8 @@
 //! Operator actions on jobs and queues. Each takes an executor, so the
 //! caller can commit it together with its audit record.
 
-use sqlx::{PgExecutor, PgPool};
+use dashtam_db::Db;
+use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use crate::{JobRecord, JobState, QueueError, Retention};
@@ -81,7 +82,7 @@ pub async fn snooze_pending<'e>(
 
 /// Makes the jobs snoozed for `throttle_key` due now, and wakes their
 /// workers. Returns how many.
-pub async fn wake_snoozed(pool: &PgPool, throttle_key: &str) -> Result<u64, QueueError> {
+pub async fn wake_snoozed(pool: &Db, throttle_key: &str) -> Result<u64, QueueError> {
     let mut tx = pool.begin().await?;
     let queues = sqlx::query_file_scalar!("queries/wake_snoozed.sql", throttle_key)
         .fetch_all(&mut *tx)
@@ -92,7 +93,7 @@ pub async fn wake_snoozed(pool: &PgPool, throttle_key: &str) -> Result<u64, Queu
 }
 
 /// Pending jobs snoozed for each throttle key.
-pub async fn snoozed_counts(pool: &PgPool) -> Result<Vec<(String, i64)>, QueueError> {
+pub async fn snoozed_counts(pool: &Db) -> Result<Vec<(String, i64)>, QueueError> {
     Ok(sqlx::query_file!("queries/snoozed_counts.sql")
         .fetch_all(pool)
         .await?
@@ -134,7 +135,7 @@ pub struct Depth {
     pub oldest_available: Vec<(String, f64)>,
 }
 
-pub async fn depth(pool: &PgPool) -> Result<Depth, QueueError> {
+pub async fn depth(pool: &Db) -> Result<Depth, QueueError> {
     Ok(Depth {
         jobs: sqlx::query_file!("queries/depth.sql")
             .fetch_all(pool)
@@ -151,7 +152,7 @@ pub async fn depth(pool: &PgPool) -> Result<Depth, QueueError> {
     })
 }
 
-pub async fn stats(pool: &PgPool) -> Result<Vec<QueueStats>, QueueError> {
+pub async fn stats(pool: &Db) -> Result<Vec<QueueStats>, QueueError> {
     let counts = sqlx::query_file!("queries/queue_state_counts.sql")
         .fetch_all(pool)
         .await?;
@@ -193,7 +194,7 @@ pub struct Throughput {
 
 /// Jobs finished per queue and minute since `since`, oldest first.
 pub async fn throughput(
-    pool: &PgPool,
+    pool: &Db,
     since: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<Throughput>, QueueError> {
     Ok(
@@ -204,7 +205,7 @@ pub async fn throughput(
 }
 
 /// How many worker processes heartbeated within `within`.
-pub async fn live_workers(pool: &PgPool, within: std::time::Duration) -> Result<i64, QueueError> {
+pub async fn live_workers(pool: &Db, within: std::time::Duration) -> Result<i64, QueueError> {
     Ok(
         sqlx::query_file_scalar!("queries/live_workers.sql", within.as_secs_f64())
             .fetch_one(pool)
@@ -215,7 +216,7 @@ pub async fn live_workers(pool: &PgPool, within: std::time::Duration) -> Result<
 /// Drops jobs_done's day partitions past their retention (and creates the
 /// coming days'), then deletes, batch by batch, what is past retention
 /// outside them (the default partitions). Returns how many jobs went.
-pub async fn prune(pool: &PgPool, retention: Retention) -> Result<u64, QueueError> {
+pub async fn prune(pool: &Db, retention: Retention) -> Result<u64, QueueError> {
     let (succeeded, failed) = (
         retention.succeeded.as_secs_f64(),
         retention.failed.as_secs_f64(),

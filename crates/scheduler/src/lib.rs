@@ -11,6 +11,7 @@
 //! lease and ticks are `queue::leadership`, and jobs are enqueued with
 //! `queue::enqueue_many_in` inside the tick's transaction.
 
+use dashtam_db::Db;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use dashtam_queue::leadership::{self, LEASE};
 use dashtam_queue::{NewJob, QueueError, Retention, enqueue_many_in};
 use dashtam_store::{Store, StoreError, sweeps};
 use dashtam_telemetry::metrics::METRICS;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -86,7 +87,7 @@ pub struct TickOutcome {
 }
 
 pub struct Scheduler {
-    pool: PgPool,
+    pool: Db,
     store: Store,
     settings: SchedulerSettings,
 }

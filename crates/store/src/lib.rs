@@ -17,9 +17,8 @@ pub mod sweeps;
 pub mod sync;
 pub mod webhooks;
 
+use dashtam_db::Db;
 use std::sync::Arc;
-
-use sqlx::PgPool;
 
 pub use credentials::CredentialLease;
 pub use crypto::{Cipher, CryptoError};
@@ -40,16 +39,17 @@ pub enum StoreError {
 /// Handle on the domain tables.
 #[derive(Clone)]
 pub struct Store {
-    pool: PgPool,
+    pool: Db,
     cipher: Arc<Cipher>,
 }
 
 impl Store {
-    pub fn new(pool: PgPool, cipher: Arc<Cipher>) -> Self {
+    pub fn new(pool: impl Into<Db>, cipher: Arc<Cipher>) -> Self {
+        let pool = pool.into();
         Self { pool, cipher }
     }
 
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &Db {
         &self.pool
     }
 }

@@ -1,13 +1,15 @@
 //! Schema migrations (the `migrations/` folder at the repository root,
 //! embedded at compile time) and the check that `serve` runs at start-up.
 
-use sqlx::PgPool;
+use dashtam_db::Db;
 use sqlx::migrate::Migrator;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
-/// Applies every pending migration.
-pub async fn run(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+/// Applies every pending migration, on a direct connection (sqlx holds a
+/// session advisory lock while it migrates: not through a transaction
+/// pooler).
+pub async fn run(pool: &sqlx::PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
@@ -26,7 +28,7 @@ pub enum SchemaStatus {
     },
 }
 
-pub async fn status(pool: &PgPool) -> Result<SchemaStatus, sqlx::Error> {
+pub async fn status(pool: &Db) -> Result<SchemaStatus, sqlx::Error> {
     let exists = sqlx::query_file_scalar!("queries/migrations_table_exists.sql")
         .fetch_one(pool)
         .await?;

@@ -208,6 +208,86 @@ impl Drop for PrivatePg {
     }
 }
 
+/// A private PgBouncer (Debian's `pgbouncer`) in transaction pooling mode
+/// in front of the PostgreSQL server at `upstream_port` on 127.0.0.1, with
+/// at most `pool_size` server connections per database; stopped on drop.
+pub struct PrivatePgBouncer {
+    dir: PathBuf,
+    child: Child,
+    pub port: u16,
+}
+
+impl PrivatePgBouncer {
+    pub fn start(upstream_port: u16, pool_size: u32) -> Self {
+        let dir = std::env::temp_dir().join(format!("dashtam-pgbouncer-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("create PgBouncer's directory");
+        let port = free_port();
+        let users = dir.join("users.txt");
+        std::fs::write(&users, "\"postgres\" \"\"\n").expect("write the auth file");
+        let ini = dir.join("pgbouncer.ini");
+        std::fs::write(
+            &ini,
+            format!(
+                "[databases]\n* = host=127.0.0.1 port={upstream_port}\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+                 unix_socket_dir =\nauth_type = trust\nauth_file = {}\n\
+                 admin_users = postgres\npool_mode = transaction\n\
+                 default_pool_size = {pool_size}\nmax_client_conn = 1000\n\
+                 ignore_startup_parameters = extra_float_digits\n",
+                users.display()
+            ),
+        )
+        .expect("write pgbouncer.ini");
+        // PgBouncer refuses to run as root; setpriv execs it as `postgres`
+        // (no process in between, so killing the child kills PgBouncer).
+        let mut command = if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(ok.success());
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=postgres",
+                "--regid=postgres",
+                "--init-groups",
+                "/usr/sbin/pgbouncer",
+            ]);
+            c
+        } else {
+            Command::new("/usr/sbin/pgbouncer")
+        };
+        let child = command
+            .arg(&ini)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("pgbouncer.log")).expect("log file"))
+            .spawn()
+            .expect("start /usr/sbin/pgbouncer (Debian package pgbouncer)");
+        wait_for_blocking("pgbouncer to listen", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).map(drop)
+        });
+        Self { dir, child, port }
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Its log (connections, errors), for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivatePgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A private Redis server (nothing kept on disk), stopped on drop.
 pub struct PrivateRedis {
     child: Option<Child>,

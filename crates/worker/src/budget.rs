@@ -10,6 +10,7 @@
 //! processes) from a bucket of its own: never unlimited, never a stop
 //! (counted as `fail_open`).
 
+use dashtam_db::Db;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use dashtam_buckets::{BudgetKeys, Limit, RedisBuckets, Slot, Take};
 use dashtam_telemetry::metrics::METRICS;
-use sqlx::PgPool;
+
 use tracing::warn;
 
 use crate::gate::Wait;
@@ -61,7 +62,7 @@ struct Fallback {
 pub struct Budgets {
     settings: BudgetSettings,
     redis: Option<RedisBuckets>,
-    queue_pool: PgPool,
+    queue_pool: Db,
     /// Live worker processes, last counted (at least 1).
     peers: AtomicU32,
     peers_counted: Mutex<Option<Instant>>,
@@ -126,7 +127,8 @@ const PEERS_EVERY: Duration = Duration::from_secs(15);
 const PEERS_WITHIN: Duration = Duration::from_secs(30);
 
 impl Budgets {
-    pub fn new(settings: BudgetSettings, queue_pool: PgPool) -> Self {
+    pub fn new(settings: BudgetSettings, queue_pool: impl Into<Db>) -> Self {
+        let queue_pool = queue_pool.into();
         let redis = match RedisBuckets::new(&settings.redis_url, settings.redis_timeout) {
             Ok(r) => Some(r),
             Err(e) => {

@@ -18,6 +18,7 @@
 //! that received it waits a short pause out in place (it keeps the pages it
 //! fetched); every other job of the provider is snoozed until then.
 
+use dashtam_db::Db;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ use dashtam_queue::ops;
 use dashtam_store::Store;
 use dashtam_store::providers::ProviderHealth;
 use dashtam_telemetry::metrics::METRICS;
-use sqlx::PgPool;
+
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -101,7 +102,7 @@ struct Local {
 
 pub struct ProviderGate {
     store: Store,
-    queue_pool: PgPool,
+    queue_pool: Db,
     settings: BreakerSettings,
     budgets: Arc<Budgets>,
     /// This daemon, as a probe holder.
@@ -124,7 +125,7 @@ const VERDICT_WINDOW: Duration = Duration::from_secs(10);
 impl ProviderGate {
     pub fn new(
         store: Store,
-        queue_pool: PgPool,
+        queue_pool: Db,
         settings: BreakerSettings,
         budgets: Arc<Budgets>,
     ) -> Self {

@@ -50,7 +50,7 @@ struct TableStats {
     history_bytes: i64,
 }
 
-async fn table_stats(pool: &sqlx::PgPool) -> anyhow::Result<TableStats> {
+async fn table_stats(pool: &dashtam_db::Db) -> anyhow::Result<TableStats> {
     let (dead, live, bytes, autovacuums): (i64, i64, i64, i64) = sqlx::query_as(
         "SELECT n_dead_tup, n_live_tup, pg_total_relation_size(relid), autovacuum_count
          FROM pg_stat_user_tables WHERE relname = 'jobs'",

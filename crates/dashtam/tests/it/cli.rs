@@ -52,7 +52,9 @@ async fn serve_refuses_a_database_that_is_behind(pool: PgPool) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        dashtam_store::migrate::status(&pool).await.unwrap(),
+        dashtam_store::migrate::status(&pool.clone().into())
+            .await
+            .unwrap(),
         dashtam_store::migrate::SchemaStatus::Current
     );
 }

@@ -159,7 +159,15 @@ pub async fn spawn_app_on(url: &str, roles: &[Role], config: Config) -> TestApp 
 pub const OWN_WEBHOOK: &str = "own";
 
 /// Starts the sandbox and the daemon (`roles`) against `pool`'s database.
-pub async fn spawn_app_with(pool: PgPool, roles: &[Role], mut config: Config) -> TestApp {
+pub async fn spawn_app_with(
+    pool: impl Into<dashtam_db::Db>,
+    roles: &[Role],
+    mut config: Config,
+) -> TestApp {
+    let db: dashtam_db::Db = pool.into();
+    // The test's own statements: on a direct connection when there is one
+    // (through a transaction pooler a bare statement is not safe).
+    let pool = db.session().unwrap_or(db.pool()).clone();
     let shutdown = CancellationToken::new();
     let sandbox = Sandbox::new(SandboxConfig {
         accounts_per_item: 2,
@@ -179,7 +187,7 @@ pub async fn spawn_app_with(pool: PgPool, roles: &[Role], mut config: Config) ->
     }
     let secrets = Secrets::ephemeral(&config).unwrap();
     let jwt_secret = secrets.jwt.clone().unwrap().current();
-    let daemon = Daemon::new(config.clone(), pool.clone(), &secrets).unwrap();
+    let daemon = Daemon::new(config.clone(), db, &secrets).unwrap();
     let running = daemon
         .start(roles, Some(listener), shutdown.clone())
         .await

@@ -14,6 +14,7 @@ mod metrics;
 mod openapi;
 mod operations;
 mod ops;
+mod pgbouncer;
 mod providers;
 mod ratelimit;
 mod scheduler;

@@ -1,6 +1,7 @@
 //! Writes outcomes in batches, fenced by each claim's lease token.
 
 use super::*;
+use dashtam_db::Db;
 
 #[derive(Clone, Debug)]
 pub(crate) enum Outcome {
@@ -26,7 +27,7 @@ pub(crate) struct Completion {
 /// lost while the database is briefly away. Written outcomes go to the
 /// ledger, which writes them again should a crash undo them.
 pub(super) async fn complete(
-    pool: PgPool,
+    pool: Db,
     worker_id: Uuid,
     batch: usize,
     ledger: Ledger,
@@ -48,7 +49,7 @@ pub(super) async fn complete(
 /// Writes outcomes, fenced by each claim's lease token: one statement for
 /// the successes, one for the rest.
 pub(crate) async fn write_outcomes(
-    pool: &PgPool,
+    pool: &Db,
     worker_id: Uuid,
     done: &[Completion],
 ) -> Result<(), sqlx::Error> {

@@ -1,6 +1,7 @@
 //! What handlers implement and receive.
 
 use super::*;
+use dashtam_db::Db;
 
 /// What a handler reports when a job did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +59,7 @@ pub struct JobContext {
     /// The claim's lease token: the job row's `started_at` as this claim
     /// set it. Every write about the job is fenced by it.
     pub(super) started_at: chrono::DateTime<chrono::Utc>,
-    pub(super) pool: PgPool,
+    pub(super) pool: Db,
 }
 
 impl JobContext {

@@ -20,12 +20,13 @@ mod executor;
 mod producer;
 mod rescuer;
 
+use dashtam_db::Db;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::PgPool;
+
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +54,7 @@ use producer::Fetcher;
 
 /// A pool of workers over one or more queues, in one process.
 pub struct WorkerPool {
-    pool: PgPool,
+    pool: Db,
     config: WorkerConfig,
     handlers: HashMap<String, Arc<dyn Handler>>,
     abandon_hook: Option<Arc<dyn AbandonHook>>,
@@ -61,7 +62,8 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    pub fn new(pool: PgPool, config: WorkerConfig) -> Self {
+    pub fn new(pool: impl Into<Db>, config: WorkerConfig) -> Self {
+        let pool = pool.into();
         Self {
             pool,
             config,
@@ -215,7 +217,7 @@ impl WorkerPool {
 }
 
 /// Wakes the fetcher of a queue when a job is inserted into it.
-async fn listen(pool: PgPool, wakers: Arc<HashMap<String, Arc<Notify>>>, stop: CancellationToken) {
+async fn listen(pool: Db, wakers: Arc<HashMap<String, Arc<Notify>>>, stop: CancellationToken) {
     crate::listen_channel(
         pool,
         NOTIFY_CHANNEL,
@@ -230,7 +232,7 @@ async fn listen(pool: PgPool, wakers: Arc<HashMap<String, Arc<Notify>>>, stop: C
 }
 
 struct Heartbeat {
-    pool: PgPool,
+    pool: Db,
     id: Uuid,
     name: String,
     ledger: Ledger,

@@ -1,6 +1,7 @@
 //! Claims due jobs for a queue and keeps its slots busy.
 
 use super::*;
+use dashtam_db::Db;
 
 type ClaimFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<(Vec<Claimed>, usize), sqlx::Error>> + Send>,
@@ -9,7 +10,7 @@ type ClaimFuture = std::pin::Pin<
 /// Claims up to `n` due jobs of `queue` for `worker` (fairly between
 /// owners, see `fair`) and books them in the ledger; returns them and `n`.
 async fn claim_jobs(
-    pool: PgPool,
+    pool: Db,
     ring: Arc<tokio::sync::Mutex<OwnerRing>>,
     req: ClaimRequest,
     ledger: Ledger,
@@ -30,7 +31,7 @@ async fn claim_jobs(
 }
 
 pub(super) struct Fetcher {
-    pub(super) pool: PgPool,
+    pub(super) pool: Db,
     pub(super) worker_id: Uuid,
     pub(super) queue: QueueConfig,
     pub(super) handlers: Arc<HashMap<String, Arc<dyn Handler>>>,

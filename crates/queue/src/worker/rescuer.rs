@@ -1,12 +1,13 @@
 //! Hands back the jobs of dead workers, and wakes their queues.
 
 use super::*;
+use dashtam_db::Db;
 
 /// Every `every` until `stop`: hands back the jobs of dead workers. Every
 /// worker pool runs this, and so does the scheduler role. (Pruning is the
 /// scheduler's prune cycle: once per tick for the cluster.)
 pub async fn maintain(
-    pool: PgPool,
+    pool: Db,
     timeout: Duration,
     every: Duration,
     hook: Option<Arc<dyn AbandonHook>>,
@@ -33,7 +34,7 @@ pub async fn maintain(
 /// Hands back jobs held by workers silent for longer than `timeout`, and
 /// tells `hook` in the same transaction. Returns how many were rescued.
 pub async fn rescue_once(
-    pool: &PgPool,
+    pool: &Db,
     timeout: Duration,
     hook: Option<&Arc<dyn AbandonHook>>,
 ) -> Result<usize, QueueError> {

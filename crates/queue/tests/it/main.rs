@@ -813,7 +813,9 @@ async fn finished_jobs_are_pruned_after_their_retention(pool: PgPool) {
         failed: Duration::from_secs(30 * 86_400),
         batch: 4,
     };
-    let pruned = dashtam_queue::ops::prune(&pool, retention).await.unwrap();
+    let pruned = dashtam_queue::ops::prune(&pool.clone().into(), retention)
+        .await
+        .unwrap();
     assert_eq!(pruned, 15);
     let left: Vec<(String, i64)> =
         sqlx::query_as("SELECT state, count(*) FROM jobs_all GROUP BY state ORDER BY state")
@@ -868,7 +870,9 @@ async fn finished_jobs_are_pruned_after_their_retention(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(
-        dashtam_queue::ops::prune(&pool, retention).await.unwrap(),
+        dashtam_queue::ops::prune(&pool.clone().into(), retention)
+            .await
+            .unwrap(),
         3
     );
     let old: Option<String> =
