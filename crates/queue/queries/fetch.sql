@@ -1,7 +1,9 @@
 -- Claim up to $2 due jobs of queue $1 for worker $3 (none while the queue
 -- is paused), in priority, then run_at order; with a per-owner cap ($4 > 0)
 -- only jobs without an owner (owned jobs are claimed through their owner's
--- share, fetch_fair.sql, where the cap is checked).
+-- share, fetch_fair.sql, where the cap is checked). Only jobs from the
+-- claim floor $5 on (claim_floor.sql: no pending job is older), so no
+-- scan steps over the index entries of jobs claimed long ago.
 --
 -- Walked one priority at a time (a skip scan over the priorities that have
 -- pending jobs), so the `run_at <= now()` bound limits each index scan: in
@@ -10,13 +12,13 @@
 -- million of them, against ~1 ms this way).
 WITH RECURSIVE prio AS (
     (SELECT priority FROM jobs
-     WHERE queue = $1 AND state IN ('scheduled', 'available', 'retryable')
+     WHERE queue = $1 AND state IN ('scheduled', 'available', 'retryable') AND run_at >= $5
        AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1)
      ORDER BY priority LIMIT 1)
     UNION ALL
     SELECT (SELECT j.priority FROM jobs j
             WHERE j.queue = $1 AND j.state IN ('scheduled', 'available', 'retryable')
-              AND j.priority > prio.priority
+              AND j.priority > prio.priority AND j.run_at >= $5
             ORDER BY j.priority LIMIT 1)
     FROM prio WHERE prio.priority IS NOT NULL
 ),
@@ -26,7 +28,7 @@ next AS (
         SELECT id, run_at FROM jobs
         WHERE queue = $1 AND priority = prio.priority
           AND state IN ('scheduled', 'available', 'retryable')
-          AND run_at <= now()
+          AND run_at >= $5::timestamptz AND run_at <= now()
           AND ($4::bigint <= 0 OR owner IS NULL)
         ORDER BY run_at, id
         LIMIT $2::bigint

@@ -5,16 +5,17 @@
 -- round-robin (each owner's first, then each one's second, ...). What the
 -- shares leave is filled in priority, run_at order: from anyone without a
 -- cap, only from jobs without an owner with one. None while the queue is
--- paused. See docs/ARCHITECTURE.md ("Fair claims").
+-- paused. Only jobs from the claim floor $7 on (see fetch.sql). See
+-- docs/ARCHITECTURE.md ("Fair claims").
 WITH RECURSIVE prio AS (
     (SELECT priority FROM jobs
-     WHERE queue = $1 AND state IN ('scheduled', 'available', 'retryable')
+     WHERE queue = $1 AND state IN ('scheduled', 'available', 'retryable') AND run_at >= $7
        AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1)
      ORDER BY priority LIMIT 1)
     UNION ALL
     SELECT (SELECT j.priority FROM jobs j
             WHERE j.queue = $1 AND j.state IN ('scheduled', 'available', 'retryable')
-              AND j.priority > prio.priority
+              AND j.priority > prio.priority AND j.run_at >= $7
             ORDER BY j.priority LIMIT 1)
     FROM prio WHERE prio.priority IS NOT NULL
 ),
@@ -32,7 +33,8 @@ shares AS MATERIALIZED (
     LATERAL (
         SELECT j.id, j.run_at FROM jobs j
         WHERE j.queue = $1 AND j.priority = $6::smallint AND j.owner = o.owner
-          AND j.state IN ('scheduled', 'available', 'retryable') AND j.run_at <= now()
+          AND j.state IN ('scheduled', 'available', 'retryable')
+          AND j.run_at >= $7::timestamptz AND j.run_at <= now()
           AND EXISTS (SELECT 1 FROM prio)
         ORDER BY j.run_at, j.id
         LIMIT least(ceil($2::numeric / cardinality($4::text[]))::bigint, room.room)
@@ -54,7 +56,7 @@ fill AS (
         SELECT id, run_at FROM jobs
         WHERE queue = $1 AND priority = prio.priority
           AND state IN ('scheduled', 'available', 'retryable')
-          AND run_at <= now()
+          AND run_at >= $7 AND run_at <= now()
           AND ($5::bigint <= 0 OR owner IS NULL)
           AND id <> ALL (ARRAY(SELECT id FROM fair))
         ORDER BY run_at, id

@@ -21,6 +21,14 @@ use uuid::Uuid;
 pub(crate) const FRESH_FOR: Duration = Duration::from_millis(500);
 /// Owners read at once.
 const PAGE: i64 = 512;
+/// How long a claim floor (`claim_floor.sql`) is used before it is read
+/// again: a job that became pending below it (its enqueue's transaction
+/// committed more than [`FLOOR_SLACK_SECS`] after it began) waits at most
+/// about this long.
+const FLOOR_FRESH_FOR: Duration = Duration::from_secs(5);
+/// How far below the oldest pending job (or now) the floor lies: longer
+/// than any enqueueing transaction stays open before it commits.
+const FLOOR_SLACK_SECS: f64 = 30.0;
 /// Owners served by one claim, each an equal share of it: each served
 /// owner costs the claim an index probe and a lock (~50 µs), so a claim of
 /// 100 jobs for 100 owners cost ~6 ms against ~2 ms for 10 owners; the
@@ -37,6 +45,9 @@ pub(crate) struct OwnerRing {
     read_at: Option<Instant>,
     /// The next page starts after this owner ("": from the first).
     cursor: String,
+    /// No pending job of the queue has an older run_at (see
+    /// `claim_floor.sql`), and when that was read.
+    floor: Option<(chrono::DateTime<chrono::Utc>, Instant)>,
 }
 
 impl OwnerRing {
@@ -46,8 +57,28 @@ impl OwnerRing {
         self.read_at = None;
     }
 
+    /// The claim floor, read again when older than [`FLOOR_FRESH_FOR`].
+    async fn floor(
+        &mut self,
+        pool: &Db,
+        queue: &str,
+    ) -> Result<chrono::DateTime<chrono::Utc>, sqlx::Error> {
+        match self.floor {
+            Some((floor, at)) if at.elapsed() < FLOOR_FRESH_FOR => Ok(floor),
+            _ => {
+                let floor =
+                    sqlx::query_file_scalar!("queries/claim_floor.sql", queue, FLOOR_SLACK_SECS)
+                        .fetch_one(pool)
+                        .await?;
+                self.floor = Some((floor, Instant::now()));
+                Ok(floor)
+            }
+        }
+    }
+
     async fn refresh(&mut self, pool: &Db, queue: &str) -> Result<(), sqlx::Error> {
-        let rows = sqlx::query_file!("queries/owners_due.sql", queue, self.cursor, PAGE)
+        let floor = self.floor(pool, queue).await?;
+        let rows = sqlx::query_file!("queries/owners_due.sql", queue, self.cursor, PAGE, floor)
             .fetch_all(pool)
             .await?;
         // A short page reached the last owner: the next starts over.
@@ -123,11 +154,12 @@ pub(crate) async fn claim(
         Vec::new()
     };
     let priority = ring.priority;
+    let floor = ring.floor(pool, &req.queue).await?;
     // (Through a transaction pooler a statement runs in a transaction of
     // its own anyway.)
     if cap == 0 && !pool.is_pooled() {
         let mut conn = pool.acquire().await?;
-        return run(&mut conn, req, &owners, priority).await;
+        return run(&mut conn, req, &owners, priority, floor).await;
     }
     // The cap counts running jobs in the claim's snapshot: claims of the
     // queue take turns (a lock held to commit), so each one's snapshot
@@ -137,7 +169,7 @@ pub(crate) async fn claim(
     sqlx::query_file!("queries/claim_turn.sql", req.queue)
         .fetch_one(&mut *tx)
         .await?;
-    let jobs = run(&mut tx, req, &owners, priority).await?;
+    let jobs = run(&mut tx, req, &owners, priority, floor).await?;
     tx.commit().await?;
     Ok(jobs)
 }
@@ -148,13 +180,22 @@ async fn run(
     req: &ClaimRequest,
     owners: &[String],
     priority: i16,
+    floor: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let n = i64::try_from(req.n).unwrap_or(i64::MAX);
     let cap = i64::try_from(req.max_running_per_owner).unwrap_or(i64::MAX);
     if owners.is_empty() {
-        sqlx::query_file_as!(Claimed, "queries/fetch.sql", req.queue, n, req.worker, cap)
-            .fetch_all(conn)
-            .await
+        sqlx::query_file_as!(
+            Claimed,
+            "queries/fetch.sql",
+            req.queue,
+            n,
+            req.worker,
+            cap,
+            floor
+        )
+        .fetch_all(conn)
+        .await
     } else {
         sqlx::query_file_as!(
             Claimed,
@@ -164,7 +205,8 @@ async fn run(
             req.worker,
             owners,
             cap,
-            priority
+            priority,
+            floor
         )
         .fetch_all(conn)
         .await

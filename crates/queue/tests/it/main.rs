@@ -244,6 +244,37 @@ async fn scheduled_jobs_wait_for_their_time(pool: PgPool) {
     assert!(done.started_at.unwrap() >= due);
 }
 
+/// Claims look for jobs from a floor (the oldest pending run_at, read every
+/// few seconds) up. A job that turns up below it, as one committed by a
+/// transaction that began long before would, is still claimed: the floor
+/// is read again and goes down to it.
+#[sqlx::test(migrator = "MIGRATIONS")]
+async fn a_job_below_the_claim_floor_is_still_claimed(pool: PgPool) {
+    let queue = Queue::new(pool.clone());
+    let h = Scripted::new(Duration::ZERO, |_, _| Ok(()));
+    let w = start(&pool, config(&[("q", 1), ("other", 1)]), "k", h.clone());
+    // The worker has claimed, so it holds a floor of about now - 30 s.
+    let first = enqueue(&queue, NewJob::new("q", "k", json!({}))).await;
+    wait_state(&queue, first, JobState::Succeeded).await;
+    // A job an hour old, and one for a priority the queue has not had.
+    let old: Uuid = sqlx::query_scalar(
+        "INSERT INTO jobs (id, queue, kind, payload, state, max_attempts, run_at, created_at)
+         VALUES (gen_random_uuid(), 'q', 'k', '{}', 'available', 1,
+                 now() - interval '1 hour', now() - interval '1 hour')
+         RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let mut urgent = NewJob::new("q", "k", json!({}));
+    urgent.priority = -5;
+    let urgent = enqueue(&queue, urgent).await;
+    wait_state(&queue, urgent, JobState::Succeeded).await;
+    let done = wait_state(&queue, old, JobState::Succeeded).await;
+    w.stop().await;
+    assert_eq!(done.attempt, 1);
+}
+
 #[sqlx::test(migrator = "MIGRATIONS")]
 async fn lower_priority_numbers_run_first(pool: PgPool) {
     let queue = Queue::new(pool.clone());
