@@ -1,5 +1,6 @@
--- The claim floor of queue $1: the oldest run_at of its pending jobs (one
--- probe per priority that has any), or now if it has none, less $2 seconds
+-- The claim floor of queue $1 and the priorities it has pending jobs at
+-- (a skip scan: one probe per priority): the oldest run_at of its pending
+-- jobs, or now if it has none, less $2 seconds
 -- for jobs enqueued (run_at = their transaction's start) by transactions
 -- that had not committed yet. Every later pending job gets a run_at of at
 -- least now() (enqueues, retries, snoozes, rescues), so claims need not
@@ -18,7 +19,9 @@ WITH RECURSIVE prio AS (
             ORDER BY j.priority LIMIT 1)
     FROM prio WHERE prio.priority IS NOT NULL
 )
-SELECT LEAST(now(), min(first.run_at)) - $2::float8 * interval '1 second' AS "floor!"
+SELECT LEAST(now(), min(first.run_at)) - $2::float8 * interval '1 second' AS "floor!",
+       COALESCE(array_agg(prio.priority ORDER BY prio.priority)
+                    FILTER (WHERE prio.priority IS NOT NULL), '{}') AS "priorities!: Vec<i16>"
 FROM prio
 LEFT JOIN LATERAL (
     SELECT run_at FROM jobs

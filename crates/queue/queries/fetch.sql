@@ -5,22 +5,25 @@
 -- claim floor $5 on (claim_floor.sql: no pending job is older), so no
 -- scan steps over the index entries of jobs claimed long ago.
 --
--- Walked one priority at a time (a skip scan over the priorities that have
--- pending jobs), so the `run_at <= now()` bound limits each index scan: in
--- one scan ordered by (priority, run_at) it could only filter, and a claim
--- that came back short walked every job scheduled for later (43 ms with a
--- million of them, against ~1 ms this way).
-WITH RECURSIVE prio AS (
+-- Walked one priority at a time (those the floor's read found pending,
+-- $6, and a better one if one turned up since), so the `run_at` bounds
+-- delimit each index scan: in one scan ordered by (priority, run_at) they
+-- could only filter, and a claim that came back short walked every job
+-- scheduled for later (43 ms with a million of them, against ~1 ms this
+-- way).
+WITH prio AS (
+    -- The priorities that had pending jobs when the floor was read ($6),
+    -- and the best one up to $7 (just below those) that has some now: an
+    -- urgent job is claimed at once; one at a worse priority new since the
+    -- read waits for the next read, two seconds at most.
+    SELECT p.priority FROM unnest($6::smallint[]) AS p(priority)
+    WHERE NOT EXISTS (SELECT 1 FROM queue_pauses q WHERE q.queue = $1)
+    UNION
     (SELECT priority FROM jobs
      WHERE queue = $1 AND state IN ('scheduled', 'available', 'retryable') AND run_at >= $5
-       AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1)
+       AND priority <= $7::smallint
+       AND NOT EXISTS (SELECT 1 FROM queue_pauses q WHERE q.queue = $1)
      ORDER BY priority LIMIT 1)
-    UNION ALL
-    SELECT (SELECT j.priority FROM jobs j
-            WHERE j.queue = $1 AND j.state IN ('scheduled', 'available', 'retryable')
-              AND j.priority > prio.priority AND j.run_at >= $5
-            ORDER BY j.priority LIMIT 1)
-    FROM prio WHERE prio.priority IS NOT NULL
 ),
 next AS (
     SELECT due.id

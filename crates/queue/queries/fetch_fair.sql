@@ -7,17 +7,19 @@
 -- cap, only from jobs without an owner with one. None while the queue is
 -- paused. Only jobs from the claim floor $7 on (see fetch.sql). See
 -- docs/ARCHITECTURE.md ("Fair claims").
-WITH RECURSIVE prio AS (
+WITH prio AS (
+    -- The priorities that had pending jobs when the floor was read ($8),
+    -- and the best one up to $9 (just below those) that has some now: an
+    -- urgent job is claimed at once; one at a worse priority new since the
+    -- read waits for the next read, two seconds at most.
+    SELECT p.priority FROM unnest($8::smallint[]) AS p(priority)
+    WHERE NOT EXISTS (SELECT 1 FROM queue_pauses q WHERE q.queue = $1)
+    UNION
     (SELECT priority FROM jobs
      WHERE queue = $1 AND state IN ('scheduled', 'available', 'retryable') AND run_at >= $7
-       AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1)
+       AND priority <= $9::smallint
+       AND NOT EXISTS (SELECT 1 FROM queue_pauses q WHERE q.queue = $1)
      ORDER BY priority LIMIT 1)
-    UNION ALL
-    SELECT (SELECT j.priority FROM jobs j
-            WHERE j.queue = $1 AND j.state IN ('scheduled', 'available', 'retryable')
-              AND j.priority > prio.priority AND j.run_at >= $7
-            ORDER BY j.priority LIMIT 1)
-    FROM prio WHERE prio.priority IS NOT NULL
 ),
 shares AS MATERIALIZED (
     SELECT o.ord, d.id, d.run_at

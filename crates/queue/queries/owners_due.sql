@@ -4,24 +4,28 @@
 -- owner, however many jobs each has). None while the queue is paused.
 -- Only jobs from the claim floor $4 on (see fetch.sql).
 WITH RECURSIVE prio AS (
+    -- The priorities that had pending jobs when the floor was read ($5),
+    -- and the best one up to $6 (just below those) that has some now: an
+    -- urgent job is claimed at once; one at a worse priority new since the
+    -- read waits for the next read, two seconds at most.
+    SELECT p.priority FROM unnest($5::smallint[]) AS p(priority)
+    WHERE NOT EXISTS (SELECT 1 FROM queue_pauses q WHERE q.queue = $1)
+    UNION
     (SELECT priority FROM jobs
      WHERE queue = $1 AND state IN ('scheduled', 'available', 'retryable') AND run_at >= $4
-       AND NOT EXISTS (SELECT 1 FROM queue_pauses p WHERE p.queue = $1)
+       AND priority <= $6::smallint
+       AND NOT EXISTS (SELECT 1 FROM queue_pauses q WHERE q.queue = $1)
      ORDER BY priority LIMIT 1)
-    UNION ALL
-    SELECT (SELECT j.priority FROM jobs j
-            WHERE j.queue = $1 AND j.state IN ('scheduled', 'available', 'retryable')
-              AND j.priority > prio.priority AND j.run_at >= $4
-            ORDER BY j.priority LIMIT 1)
-    FROM prio WHERE prio.priority IS NOT NULL
 ),
 top AS MATERIALIZED (
-    SELECT prio.priority FROM prio
-    WHERE prio.priority IS NOT NULL AND EXISTS (
+    SELECT prio.priority FROM prio, LATERAL (
         SELECT 1 FROM jobs d
         WHERE d.queue = $1 AND d.priority = prio.priority
           AND d.state IN ('scheduled', 'available', 'retryable')
-          AND d.run_at >= $4 AND d.run_at <= now())
+          AND d.run_at >= $4 AND d.run_at <= now()
+        LIMIT 1) due
+    WHERE prio.priority IS NOT NULL
+    ORDER BY prio.priority
     LIMIT 1
 ),
 owners AS (

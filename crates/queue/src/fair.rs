@@ -21,19 +21,88 @@ use uuid::Uuid;
 pub(crate) const FRESH_FOR: Duration = Duration::from_millis(500);
 /// Owners read at once.
 const PAGE: i64 = 512;
-/// How long a claim floor (`claim_floor.sql`) is used before it is read
-/// again: a job that became pending below it (its enqueue's transaction
-/// committed more than [`FLOOR_SLACK_SECS`] after it began) waits at most
-/// about this long.
-const FLOOR_FRESH_FOR: Duration = Duration::from_secs(5);
-/// How far below the oldest pending job (or now) the floor lies: longer
-/// than any enqueueing transaction stays open before it commits.
-const FLOOR_SLACK_SECS: f64 = 30.0;
+/// How often each fetcher reads its queue's claim floor (`claim_floor.sql`)
+/// again, in a task of its own (the read walks the old end of the index,
+/// and claims should not wait for it): a job that became pending below the
+/// floor (its enqueue's transaction committed more than
+/// [`FLOOR_SLACK_SECS`] after it began) waits at most about this long.
+const FLOOR_EVERY: Duration = Duration::from_secs(2);
+/// How far below the oldest pending job (or now) the floor lies: what an
+/// enqueueing transaction usually takes to commit. Claims step over the
+/// index entries of the jobs claimed within this (plus [`FLOOR_EVERY`]):
+/// 30 s of them made a claim walk ~10,000 entries at 300 jobs/s while a
+/// transaction held vacuum back.
+const FLOOR_SLACK_SECS: f64 = 2.0;
+
 /// Owners served by one claim, each an equal share of it: each served
 /// owner costs the claim an index probe and a lock (~50 µs), so a claim of
 /// 100 jobs for 100 owners cost ~6 ms against ~2 ms for 10 owners; the
 /// ring brings the others round in the next claims.
 const OWNERS_PER_CLAIM: usize = 10;
+
+/// A queue's claim floor as last read: no pending job of the queue has an
+/// older run_at; and the priorities it had pending jobs at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FloorRead {
+    pub(crate) floor: chrono::DateTime<chrono::Utc>,
+    pub(crate) priorities: Vec<i16>,
+}
+
+impl FloorRead {
+    /// The worst priority claims probe for besides `priorities`: just
+    /// better than the best of them (any priority when there are none).
+    fn probe_up_to(&self) -> i16 {
+        self.priorities
+            .first()
+            .map_or(i16::MAX, |best| best.saturating_sub(1))
+    }
+}
+
+/// The last [`FloorRead`] of a fetcher's queue, shared with the task that
+/// keeps it fresh.
+#[derive(Clone, Default)]
+pub(crate) struct Floor(std::sync::Arc<std::sync::Mutex<Option<FloorRead>>>);
+
+impl Floor {
+    async fn read(&self, pool: &Db, queue: &str) -> Result<FloorRead, sqlx::Error> {
+        let row = sqlx::query_file!("queries/claim_floor.sql", queue, FLOOR_SLACK_SECS)
+            .fetch_one(pool)
+            .await?;
+        let read = FloorRead {
+            floor: row.floor,
+            priorities: row.priorities,
+        };
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(read.clone());
+        Ok(read)
+    }
+
+    /// The floor as last read, reading it first if it never was.
+    async fn get(&self, pool: &Db, queue: &str) -> Result<FloorRead, sqlx::Error> {
+        let last = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match last {
+            Some(read) => Ok(read),
+            None => self.read(pool, queue).await,
+        }
+    }
+
+    /// Reads the floor again every [`FLOOR_EVERY`] until `stop`.
+    pub(crate) async fn keep_fresh(
+        self,
+        pool: Db,
+        queue: String,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(FLOOR_EVERY) => {}
+                _ = stop.cancelled() => return,
+            }
+            if let Err(e) = self.read(&pool, &queue).await {
+                tracing::warn!(queue, error = %e, "reading the claim floor failed; keeping the last one");
+            }
+        }
+    }
+}
 
 /// The owners with due jobs, as last read, served in turn.
 #[derive(Default)]
@@ -45,9 +114,8 @@ pub(crate) struct OwnerRing {
     read_at: Option<Instant>,
     /// The next page starts after this owner ("": from the first).
     cursor: String,
-    /// No pending job of the queue has an older run_at (see
-    /// `claim_floor.sql`), and when that was read.
-    floor: Option<(chrono::DateTime<chrono::Utc>, Instant)>,
+    /// The queue's claim floor (kept fresh by [`Floor::keep_fresh`]).
+    pub(crate) floor: Floor,
 }
 
 impl OwnerRing {
@@ -57,30 +125,19 @@ impl OwnerRing {
         self.read_at = None;
     }
 
-    /// The claim floor, read again when older than [`FLOOR_FRESH_FOR`].
-    async fn floor(
-        &mut self,
-        pool: &Db,
-        queue: &str,
-    ) -> Result<chrono::DateTime<chrono::Utc>, sqlx::Error> {
-        match self.floor {
-            Some((floor, at)) if at.elapsed() < FLOOR_FRESH_FOR => Ok(floor),
-            _ => {
-                let floor =
-                    sqlx::query_file_scalar!("queries/claim_floor.sql", queue, FLOOR_SLACK_SECS)
-                        .fetch_one(pool)
-                        .await?;
-                self.floor = Some((floor, Instant::now()));
-                Ok(floor)
-            }
-        }
-    }
-
     async fn refresh(&mut self, pool: &Db, queue: &str) -> Result<(), sqlx::Error> {
-        let floor = self.floor(pool, queue).await?;
-        let rows = sqlx::query_file!("queries/owners_due.sql", queue, self.cursor, PAGE, floor)
-            .fetch_all(pool)
-            .await?;
+        let floor = self.floor.get(pool, queue).await?;
+        let rows = sqlx::query_file!(
+            "queries/owners_due.sql",
+            queue,
+            self.cursor,
+            PAGE,
+            floor.floor,
+            &floor.priorities,
+            floor.probe_up_to()
+        )
+        .fetch_all(pool)
+        .await?;
         // A short page reached the last owner: the next starts over.
         self.cursor = if rows.len() < PAGE as usize {
             String::new()
@@ -154,12 +211,12 @@ pub(crate) async fn claim(
         Vec::new()
     };
     let priority = ring.priority;
-    let floor = ring.floor(pool, &req.queue).await?;
+    let floor = ring.floor.get(pool, &req.queue).await?;
     // (Through a transaction pooler a statement runs in a transaction of
     // its own anyway.)
     if cap == 0 && !pool.is_pooled() {
         let mut conn = pool.acquire().await?;
-        return run(&mut conn, req, &owners, priority, floor).await;
+        return run(&mut conn, req, &owners, priority, &floor).await;
     }
     // The cap counts running jobs in the claim's snapshot: claims of the
     // queue take turns (a lock held to commit), so each one's snapshot
@@ -169,7 +226,7 @@ pub(crate) async fn claim(
     sqlx::query_file!("queries/claim_turn.sql", req.queue)
         .fetch_one(&mut *tx)
         .await?;
-    let jobs = run(&mut tx, req, &owners, priority, floor).await?;
+    let jobs = run(&mut tx, req, &owners, priority, &floor).await?;
     tx.commit().await?;
     Ok(jobs)
 }
@@ -180,7 +237,7 @@ async fn run(
     req: &ClaimRequest,
     owners: &[String],
     priority: i16,
-    floor: chrono::DateTime<chrono::Utc>,
+    floor: &FloorRead,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
     let n = i64::try_from(req.n).unwrap_or(i64::MAX);
     let cap = i64::try_from(req.max_running_per_owner).unwrap_or(i64::MAX);
@@ -192,7 +249,9 @@ async fn run(
             n,
             req.worker,
             cap,
-            floor
+            floor.floor,
+            &floor.priorities,
+            floor.probe_up_to()
         )
         .fetch_all(conn)
         .await
@@ -206,7 +265,9 @@ async fn run(
             owners,
             cap,
             priority,
-            floor
+            floor.floor,
+            &floor.priorities,
+            floor.probe_up_to()
         )
         .fetch_all(conn)
         .await

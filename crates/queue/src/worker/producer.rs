@@ -57,8 +57,16 @@ impl Fetcher {
         let mut claim: Option<ClaimFuture> = None;
         // The last claim came back short: wait for a wake-up before the next.
         let mut dry = false;
-        // The owners with due jobs, served in turn.
-        let ring = Arc::new(tokio::sync::Mutex::new(OwnerRing::default()));
+        // The owners with due jobs, served in turn, and the claim floor,
+        // read again in the background while this fetcher runs.
+        let ring = OwnerRing::default();
+        let floor_stop = stop.child_token();
+        tokio::spawn(ring.floor.clone().keep_fresh(
+            self.pool.clone(),
+            self.queue.name.clone(),
+            floor_stop.clone(),
+        ));
+        let ring = Arc::new(tokio::sync::Mutex::new(ring));
         let mut db_failures = 0u32;
         let poll = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(poll);
@@ -133,6 +141,7 @@ impl Fetcher {
                 _ = stop.cancelled() => break,
             }
         }
+        floor_stop.cancel();
         // A claim still in flight holds jobs too: take them to hand back.
         if let Some(c) = claim.take()
             && let Ok((jobs, _)) = c.await
