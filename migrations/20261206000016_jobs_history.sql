@@ -132,6 +132,46 @@ DROP INDEX jobs_dead;
 DROP INDEX jobs_owner;
 CREATE INDEX jobs_owner ON jobs (owner, id) WHERE owner IS NOT NULL;
 
+-- Jobs `ids` (running, locked by the caller) whose worker no longer runs
+-- them go back to the queue with `message` in their errors, or, when that
+-- was their last attempt, die: moved to jobs_done as failed. Returns each
+-- one's id, queue, kind and attempt. Shared by the orphan rescue and the
+-- release of claims lost in a database crash.
+CREATE FUNCTION jobs_give_back(ids uuid[], message text)
+RETURNS TABLE (id uuid, queue text, kind text, attempt integer)
+LANGUAGE sql AS $$
+WITH again AS (
+    UPDATE jobs AS j
+    SET state = 'available', run_at = now(), locked_by = NULL,
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempt, 'at', now(), 'error', message))
+    WHERE j.id = ANY (ids) AND j.attempt < j.max_attempts
+    RETURNING j.id, j.queue, j.kind, j.attempt
+),
+dead AS (
+    DELETE FROM jobs AS j
+    WHERE j.id = ANY (ids) AND j.attempt >= j.max_attempts
+    RETURNING j.*
+),
+buried AS (
+    INSERT INTO jobs_done (id, queue, kind, payload, state, priority, attempt, max_attempts, run_at,
+                           unique_key, owner, locked_by, progress, errors, created_at, started_at,
+                           finished_at, cancel_requested, watched, throttle_key, waiting, subject,
+                           trace_parent)
+    SELECT d.id, d.queue, d.kind, d.payload, 'failed', d.priority, d.attempt, d.max_attempts,
+           now(), d.unique_key, d.owner, NULL, d.progress,
+           d.errors || jsonb_build_array(jsonb_build_object(
+               'attempt', d.attempt, 'at', now(), 'error', message)),
+           d.created_at, d.started_at, now(), d.cancel_requested, d.watched, d.throttle_key,
+           d.waiting, d.subject, d.trace_parent
+    FROM dead AS d
+    RETURNING jobs_done.id, jobs_done.queue, jobs_done.kind, jobs_done.attempt
+)
+SELECT a.id, a.queue, a.kind, a.attempt FROM again AS a
+UNION ALL
+SELECT b.id, b.queue, b.kind, b.attempt FROM buried AS b
+$$;
+
 -- Every job, pending, running or finished, for readers.
 CREATE VIEW jobs_all AS
 SELECT id, queue, kind, payload, state, priority, attempt, max_attempts, run_at, unique_key,

@@ -536,13 +536,38 @@ async fn jobs_of_a_dead_worker_are_rescued_and_completed(pool: PgPool) {
         .execute(&pool)
         .await
         .unwrap();
+    // Another job of the dead worker's, on its last attempt: it dies, and
+    // leaves the hot table for the finished jobs.
+    let mut last = NewJob::new("q", "k", json!({}));
+    last.max_attempts = 1;
+    let last = enqueue(&queue, last).await;
+    sqlx::query("UPDATE jobs SET state = 'running', attempt = 1, locked_by = $2 WHERE id = $1")
+        .bind(last)
+        .bind(dead)
+        .execute(&pool)
+        .await
+        .unwrap();
     let h = Scripted::new(Duration::ZERO, |_, _| Ok(()));
     let w = start(&pool, config(&[("q", 1)]), "k", h.clone());
     let job = wait_state(&queue, id, JobState::Succeeded).await;
+    let died = wait_state(&queue, last, JobState::Failed).await;
     w.stop().await;
     assert_eq!(h.calls().len(), 1, "ran exactly once more");
     assert_eq!(job.attempt, 2);
     assert!(job.errors[0]["error"].as_str().unwrap().contains("rescued"));
+    assert!(
+        died.errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("heartbeating")
+    );
+    assert!(died.finished_at.is_some());
+    let in_history: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs_done_dead WHERE id = $1")
+        .bind(last)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(in_history, 1);
 }
 
 #[sqlx::test(migrator = "MIGRATIONS")]
