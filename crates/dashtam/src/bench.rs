@@ -152,8 +152,7 @@ pub async fn sync(config: Config, opts: SyncBenchOptions) -> anyhow::Result<()> 
         Faults::default(),
     )
     .await?;
-    let (pool, _sandbox) = (rig.pool.clone(), &rig.sandbox);
-    let _store = rig.daemon.store();
+    let pool = rig.pool.clone();
     let user = UserId::parse("bench").map_err(anyhow::Error::msg)?;
     let connections = rig
         .link(

@@ -42,7 +42,7 @@ const OWNERS_PER_CLAIM: usize = 10;
 
 /// A queue's claim floor as last read: no pending job of the queue has an
 /// older run_at; and the priorities it had pending jobs at.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) struct FloorRead {
     pub(crate) floor: chrono::DateTime<chrono::Utc>,
     pub(crate) priorities: Vec<i16>,
@@ -125,8 +125,12 @@ impl OwnerRing {
         self.read_at = None;
     }
 
-    async fn refresh(&mut self, pool: &Db, queue: &str) -> Result<(), sqlx::Error> {
-        let floor = self.floor.get(pool, queue).await?;
+    async fn refresh(
+        &mut self,
+        pool: &Db,
+        queue: &str,
+        floor: &FloorRead,
+    ) -> Result<(), sqlx::Error> {
         let rows = sqlx::query_file!(
             "queries/owners_due.sql",
             queue,
@@ -201,8 +205,9 @@ pub(crate) async fn claim(
     ring: &mut OwnerRing,
     req: &ClaimRequest,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
+    let floor = ring.floor.get(pool, &req.queue).await?;
     if ring.read_at.is_none_or(|at| at.elapsed() >= FRESH_FOR) {
-        ring.refresh(pool, &req.queue).await?;
+        ring.refresh(pool, &req.queue, &floor).await?;
     }
     let cap = req.max_running_per_owner;
     let owners = if ring.owners.len() >= 2 || (cap > 0 && !ring.owners.is_empty()) {
@@ -211,21 +216,21 @@ pub(crate) async fn claim(
         Vec::new()
     };
     let priority = ring.priority;
-    let floor = ring.floor.get(pool, &req.queue).await?;
-    // (Through a transaction pooler a statement runs in a transaction of
-    // its own anyway.)
     if cap == 0 && !pool.is_pooled() {
         let mut conn = pool.acquire().await?;
         return run(&mut conn, req, &owners, priority, &floor).await;
     }
-    // The cap counts running jobs in the claim's snapshot: claims of the
-    // queue take turns (a lock held to commit), so each one's snapshot
-    // includes every earlier claim and two at once cannot both fill the
-    // last slot of an owner.
+    // Through a transaction pooler every statement runs in a transaction
+    // anyway. With a cap, it counts running jobs in the claim's snapshot:
+    // claims of the queue take turns (a lock held to commit), so each
+    // one's snapshot includes every earlier claim and two at once cannot
+    // both fill the last slot of an owner.
     let mut tx = pool.begin().await?;
-    sqlx::query_file!("queries/claim_turn.sql", req.queue)
-        .fetch_one(&mut *tx)
-        .await?;
+    if cap > 0 {
+        sqlx::query_file!("queries/claim_turn.sql", req.queue)
+            .fetch_one(&mut *tx)
+            .await?;
+    }
     let jobs = run(&mut tx, req, &owners, priority, &floor).await?;
     tx.commit().await?;
     Ok(jobs)

@@ -114,7 +114,7 @@ pub async fn soak(config: Config, opts: SoakOptions) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let (pool, _sandbox) = (rig.pool.clone(), &rig.sandbox);
+    let pool = rig.pool.clone();
     let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
         .fetch_one(&pool)
         .await?;
@@ -123,7 +123,6 @@ pub async fn soak(config: Config, opts: SoakOptions) -> anyhow::Result<()> {
     }
 
     let shutdown = rig.shutdown.clone();
-    let _store = rig.daemon.store();
     let user = UserId::parse("soak").map_err(anyhow::Error::msg)?;
     let connections = rig
         .link(
